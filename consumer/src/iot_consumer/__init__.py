@@ -1,0 +1,1 @@
+"""iot-consumer: Kafka topic ``iot_sensores`` → PostgreSQL table ``sensores``, exactly-once effect."""

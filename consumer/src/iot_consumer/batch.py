@@ -1,0 +1,134 @@
+"""Turning one poll's records into one write: a COPY buffer, dead letters and new positions.
+
+This is the per-message hot path: one validation and one formatted line per record, no
+per-row objects beyond what validation returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from iot_common.schema import InvalidReading, ReadingLimits, validate_reading
+
+MAX_STORED_PAYLOAD = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    partition: int
+    offset: int
+    kafka_timestamp_ms: int | None
+    key: bytes | None
+    payload: bytes | None
+    reason: str
+    detail: str
+
+    @property
+    def payload_size(self) -> int:
+        return len(self.payload) if self.payload is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class PositionUpdate:
+    """Partition ``partition`` moves from ``expected`` (None: no stored row yet) to ``next_offset``."""
+
+    partition: int
+    expected: int | None
+    next_offset: int
+
+
+@dataclass(slots=True)
+class Batch:
+    copy_lines: list[str] = field(default_factory=list)
+    # The Kafka record behind each COPY line, to dead-letter a row PostgreSQL refuses.
+    sources: list[Any] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    positions: list[PositionUpdate] = field(default_factory=list)
+    days: set[date] = field(default_factory=set)
+    consumed: int = 0
+    # Per partition: the newest reading's timestamp (end-to-end latency sample).
+    newest: dict[int, datetime] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.copy_lines)
+
+    def copy_payload(self) -> bytes:
+        return "".join(self.copy_lines).encode()
+
+    def reject_rows(self, rejected: list[tuple[int, str]]) -> None:
+        """Move rows PostgreSQL refused from the COPY buffer to the dead letters."""
+        for index, detail in sorted(rejected, reverse=True):
+            record = self.sources.pop(index)
+            del self.copy_lines[index]
+            self.dead_letters.append(
+                DeadLetter(record.topic, record.partition, record.offset, record.timestamp, record.key,
+                           record.value, "rejected_by_database", detail)
+            )
+
+
+def build_batch(
+    records_by_partition: Mapping[Any, Iterable[Any]],
+    stored: Mapping[int, int | None],
+    position: Mapping[int, int],
+    limits: ReadingLimits,
+) -> Batch:
+    """Validate records and lay them out for one transaction.
+
+    ``position`` is where each partition's consumption stands (the offset the next record
+    must have at least); ``stored`` is what ``consumer_positions`` holds for it (the fence).
+    Records of partitions not in ``position`` (positions not loaded yet) and records before
+    the position (stale fetches after a seek) are skipped; they will be read again.
+    """
+    batch = Batch()
+    now = datetime.now(UTC)
+    append = batch.copy_lines.append
+    remember = batch.sources.append
+    days = batch.days
+    for tp, records in records_by_partition.items():
+        partition = tp.partition
+        start = position.get(partition)
+        if start is None:
+            continue
+        last_offset = -1
+        newest: datetime | None = None
+        for record in records:
+            offset = record.offset
+            if offset < start:
+                continue
+            last_offset = offset
+            batch.consumed += 1
+            try:
+                reading = validate_reading(record.value, limits, now)
+            except InvalidReading as exc:
+                value = record.value
+                batch.dead_letters.append(
+                    DeadLetter(
+                        tp.topic,
+                        partition,
+                        offset,
+                        record.timestamp if record.timestamp is not None and record.timestamp >= 0 else None,
+                        record.key,
+                        value,
+                        exc.reason.value,
+                        exc.detail,
+                    )
+                )
+                continue
+            stamp = reading.timestamp
+            newest = stamp
+            days.add(stamp.date())
+            append(
+                f"{reading.sensor_id}\t{stamp.isoformat()}\t{reading.temperatura!r}\t"
+                f"{reading.umidade!r}\t{partition}\t{offset}\n"
+            )
+            remember(record)
+        if last_offset >= 0:
+            batch.positions.append(PositionUpdate(partition, stored.get(partition), last_offset + 1))
+            if newest is not None:
+                batch.newest[partition] = newest
+    return batch

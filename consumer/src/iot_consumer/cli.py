@@ -1,0 +1,98 @@
+"""``iot-consumer``: Kafka topic → PostgreSQL table ``sensores``, exactly-once effect."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import psycopg2
+import typer
+
+from iot_common.cli import fail, setup_service
+from iot_common.http import start_observability_server
+from iot_common.lifecycle import StopFlag
+from iot_common.logging import get_logger
+from iot_common.postgres import connect
+from iot_common.schema import ReadingLimits
+from iot_common.settings import ConfigError, KafkaSettings, PostgresSettings, load_settings
+from iot_consumer.loop import ConsumerOptions, ConsumerService
+from iot_consumer.schema import migrate
+from iot_consumer.sink import PostgresSink
+
+app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+log = get_logger("iot_consumer")
+
+
+def _settings() -> tuple[KafkaSettings, PostgresSettings]:
+    try:
+        return load_settings(KafkaSettings), load_settings(PostgresSettings)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _migrate(postgres: PostgresSettings) -> int:
+    try:
+        conn = connect(postgres, application_name="iot-consumer:migrate")
+    except psycopg2.OperationalError as exc:
+        fail(f"cannot connect to {postgres.describe()}: {str(exc).strip()}", code=1)
+    try:
+        return migrate(conn)
+    finally:
+        conn.close()
+
+
+@app.command()
+def run(
+    group: Annotated[str, typer.Option(envvar="CONSUMER_GROUP", help="Kafka consumer group (replicas share it).")] = "iot-consumer",
+    max_batch: Annotated[int, typer.Option(min=1, max=500_000, envvar="CONSUMER_MAX_BATCH", help="Most messages per poll and per transaction.")] = 10_000,
+    poll_timeout_ms: Annotated[int, typer.Option(min=1, max=60_000, envvar="CONSUMER_POLL_TIMEOUT_MS", help="How long one poll waits for data.")] = 500,
+    exit_when_idle: Annotated[float | None, typer.Option(min=0.1, envvar="CONSUMER_EXIT_WHEN_IDLE", help="Bounded mode: exit 0 after this many seconds without new messages (batch jobs, tests).")] = None,
+    temperature_min: Annotated[float, typer.Option(envvar="READING_TEMPERATURE_MIN", help="Readings below are dead-lettered (physical sanity).")] = -40.0,
+    temperature_max: Annotated[float, typer.Option(envvar="READING_TEMPERATURE_MAX")] = 85.0,
+    humidity_min: Annotated[float, typer.Option(envvar="READING_HUMIDITY_MIN")] = 0.0,
+    humidity_max: Annotated[float, typer.Option(envvar="READING_HUMIDITY_MAX")] = 100.0,
+    max_payload_bytes: Annotated[int, typer.Option(min=64, envvar="READING_MAX_PAYLOAD_BYTES", help="Larger messages are dead-lettered unparsed.")] = 4096,
+    metrics_port: Annotated[int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")] = None,
+) -> None:
+    """Consume readings into PostgreSQL until SIGTERM/SIGINT (or idle, with --exit-when-idle).
+
+    Each poll becomes one transaction: valid readings are COPYed into `sensores`, invalid
+    messages go to `dead_letters` with the reason, and the partitions' next offsets are
+    stored in `consumer_positions`, all committed together. Exit code 0 after a clean stop.
+    """
+    obs = setup_service("iot-consumer")
+    kafka, postgres = _settings()
+    if temperature_min >= temperature_max or humidity_min >= humidity_max:
+        fail("reading limits: each minimum must be below its maximum")
+    limits = ReadingLimits(temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes)
+    stop = StopFlag().install()
+    version = _migrate(postgres)
+    log.info("schema_ready", version=version, database=postgres.describe())
+    service = ConsumerService(
+        kafka,
+        PostgresSink(postgres, group, kafka.topic),
+        ConsumerOptions(group=group, max_batch=max_batch, poll_timeout_ms=poll_timeout_ms,
+                        exit_when_idle_s=exit_when_idle, limits=limits),
+        stop,
+    )
+    server = start_observability_server(
+        obs.metrics_host, obs.metrics_port if metrics_port is None else metrics_port,
+        readiness=service.readiness,
+    )
+    try:
+        service.run()
+    finally:
+        if server:
+            server.stop()
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Create or upgrade the database schema, then exit (the `run` command does this too)."""
+    setup_service("iot-consumer")
+    _, postgres = _settings()
+    version = _migrate(postgres)
+    typer.echo(f"schema version {version} at {postgres.describe()}")
+
+
+def main() -> None:
+    app()

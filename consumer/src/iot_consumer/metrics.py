@@ -1,0 +1,35 @@
+"""Prometheus metrics of the consumer (prefix ``iot_consumer_``; no per-sensor labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_CONSUMED = Counter("iot_consumer_messages_consumed_total", "Kafka messages taken into a batch")
+ROWS_INSERTED = Counter("iot_consumer_rows_inserted_total", "Rows committed into sensores")
+DEAD_LETTERS = Counter("iot_consumer_dead_letters_total", "Messages committed to dead_letters", ["reason"])
+BATCHES = Counter("iot_consumer_batches_total", "Batches by outcome", ["outcome"])
+BATCH_SIZE = Histogram(
+    "iot_consumer_batch_size",
+    "Messages per committed batch",
+    buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000),
+)
+COPY_SECONDS = Histogram(
+    "iot_consumer_copy_duration_seconds",
+    "Time of the COPY of one batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+BATCH_SECONDS = Histogram(
+    "iot_consumer_batch_duration_seconds",
+    "Time from poll result to COMMIT (validation, COPY, positions)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+END_TO_END_SECONDS = Histogram(
+    "iot_consumer_end_to_end_latency_seconds",
+    "Commit time minus the reading's timestamp (newest reading of each partition in a batch)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+LAG = Gauge("iot_consumer_lag", "Messages behind the partition's high watermark", ["partition"])
+ASSIGNED_PARTITIONS = Gauge("iot_consumer_assigned_partitions", "Partitions this replica owns")
+REBALANCES = Counter("iot_consumer_rebalances_total", "Partition assignment changes seen")
+DATABASE_UP = Gauge("iot_consumer_database_up", "1 while PostgreSQL accepts writes, 0 during an outage")
+LAST_COMMIT = Gauge("iot_consumer_last_commit_timestamp_seconds", "Unix time of the last committed batch")

@@ -1,0 +1,160 @@
+"""Database schema: versioned migrations and the daily partitions of ``sensores``.
+
+Migrations run at start under a PostgreSQL advisory lock, so several replicas starting at
+once apply each one exactly once. Partition DDL runs in its own short transaction, never
+inside a batch: ``CREATE TABLE … PARTITION OF`` locks the parent, and holding that lock
+together with a COPY's lock in two replicas would deadlock.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from iot_common.logging import get_logger
+
+log = get_logger(__name__)
+
+# Any fixed 64-bit number; shared by every process that migrates this database.
+MIGRATION_LOCK_KEY = 0x10_7_3017_0001
+PARTITION_LOCK_KEY = 0x10_7_3017_0002
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "readings, dead letters, stored Kafka positions",
+        """
+        CREATE TABLE sensores (
+            sensor_id        uuid             NOT NULL,
+            "timestamp"      timestamptz      NOT NULL,
+            temperatura      double precision NOT NULL,
+            umidade          double precision NOT NULL,
+            kafka_partition  integer          NOT NULL,
+            kafka_offset     bigint           NOT NULL,
+            ingested_at      timestamptz      NOT NULL DEFAULT now()
+        ) PARTITION BY RANGE ("timestamp");
+        COMMENT ON TABLE sensores IS 'Sensor readings, one row per valid Kafka message; partitioned by UTC day';
+
+        -- "one sensor over a time range" and "latest reading per sensor" (DISTINCT ON / LIMIT 1)
+        CREATE INDEX sensores_sensor_time_idx ON sensores (sensor_id, "timestamp" DESC);
+
+        CREATE TABLE dead_letters (
+            id                bigserial    PRIMARY KEY,
+            consumer_group    text         NOT NULL,
+            topic             text         NOT NULL,
+            kafka_partition   integer      NOT NULL,
+            kafka_offset      bigint       NOT NULL,
+            kafka_timestamp   timestamptz,
+            message_key       bytea,
+            payload           bytea,
+            payload_size      integer      NOT NULL,
+            payload_truncated boolean      NOT NULL,
+            reason            text         NOT NULL,
+            detail            text         NOT NULL,
+            dead_lettered_at  timestamptz  NOT NULL DEFAULT now(),
+            UNIQUE (consumer_group, topic, kafka_partition, kafka_offset)
+        );
+        COMMENT ON TABLE dead_letters IS 'Messages that are not valid readings, with the raw bytes and the reason';
+        CREATE INDEX dead_letters_time_idx ON dead_letters (dead_lettered_at);
+
+        CREATE TABLE consumer_positions (
+            consumer_group   text        NOT NULL,
+            topic            text        NOT NULL,
+            kafka_partition  integer     NOT NULL,
+            next_offset      bigint      NOT NULL CHECK (next_offset >= 0),
+            updated_at       timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (consumer_group, topic, kafka_partition)
+        );
+        COMMENT ON TABLE consumer_positions IS
+            'Next Kafka offset to read per partition, written in the same transaction as the rows';
+        """,
+    ),
+]
+
+
+def migrate(conn: psycopg2.extensions.connection) -> int:
+    """Apply pending migrations; return the schema version. Safe to run concurrently."""
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            cur.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version integer PRIMARY KEY,
+                       description text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            row = cur.fetchone()
+            current = int(row[0]) if row else 0
+            for version, description, ddl in MIGRATIONS:
+                if version <= current:
+                    continue
+                conn.autocommit = False
+                try:
+                    cur.execute(ddl)
+                    cur.execute(
+                        "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                        (version, description),
+                    )
+                    conn.commit()
+                except Exception:
+                    conn.rollback()
+                    raise
+                finally:
+                    conn.autocommit = True
+                log.info("migration_applied", version=version, description=description)
+                current = version
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    return current
+
+
+def partition_name(day: date) -> str:
+    return f"sensores_{day:%Y%m%d}"
+
+
+class DailyPartitions:
+    """Creates ``sensores_YYYYMMDD`` partitions ahead of time and for late readings on demand."""
+
+    def __init__(self, days_ahead: int = 2) -> None:
+        self.days_ahead = days_ahead
+        self._known: set[date] = set()
+
+    def ensure(self, conn: psycopg2.extensions.connection, days: set[date]) -> None:
+        """Make sure a partition exists for every day in ``days`` (UTC)."""
+        missing = days - self._known
+        if not missing:
+            return
+        previous_autocommit = conn.autocommit
+        conn.autocommit = False
+        try:
+            with conn.cursor() as cur:
+                # Serialise creators across replicas: CREATE TABLE IF NOT EXISTS alone can race.
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+                for day in sorted(missing):
+                    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                    cur.execute(
+                        sql.SQL(
+                            "CREATE TABLE IF NOT EXISTS {} PARTITION OF sensores FOR VALUES FROM (%s) TO (%s)"
+                        ).format(sql.Identifier(partition_name(day))),
+                        (start, start + timedelta(days=1)),
+                    )
+            conn.commit()
+        except Exception:
+            conn.rollback()
+            raise
+        finally:
+            conn.autocommit = previous_autocommit
+        self._known |= missing
+        log.info("partitions_ensured", days=[d.isoformat() for d in sorted(missing)])
+
+    def ensure_ahead(self, conn: psycopg2.extensions.connection, today: date | None = None) -> None:
+        today = today or datetime.now(UTC).date()
+        self.ensure(conn, {today + timedelta(days=i) for i in range(-1, self.days_ahead + 1)})
+
+    def forget(self) -> None:
+        """Drop the cache (after a reconnect the partitions may have been changed by others)."""
+        self._known.clear()

@@ -1,0 +1,198 @@
+"""PostgreSQL side of the consumer: one transaction per batch (rows + dead letters + positions).
+
+The stored positions are the source of truth for where consumption stands. A batch commits
+only if every partition's stored position is still the one this process started from; a
+replica that lost a partition in a rebalance ("zombie") therefore cannot write it.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2.extras import execute_values
+
+from iot_common.logging import get_logger
+from iot_common.postgres import connect
+from iot_common.settings import PostgresSettings
+from iot_consumer.batch import MAX_STORED_PAYLOAD, Batch, DeadLetter
+from iot_consumer.schema import DailyPartitions
+
+log = get_logger(__name__)
+
+COPY_SQL = (
+    'COPY sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset) FROM STDIN'
+)
+# Errors that mean "the database is not reachable now", as opposed to "this batch is wrong".
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class FencedError(RuntimeError):
+    """Stored positions moved under us: another replica owns (or owned) the partition."""
+
+
+class RowRejectedError(RuntimeError):
+    """PostgreSQL refused a row the validator accepted; carries the offending line."""
+
+
+class PostgresSink:
+    """Owns the consumer's connection and writes batches atomically."""
+
+    def __init__(self, settings: PostgresSettings, group: str, topic: str, days_ahead: int = 2) -> None:
+        self._settings = settings
+        self.group = group
+        self.topic = topic
+        self.partitions = DailyPartitions(days_ahead)
+        self._conn: psycopg2.extensions.connection | None = None
+        self.last_copy_seconds = 0.0
+
+    # ------------------------------------------------------------------ connection
+    def connection(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._settings, application_name=f"iot-consumer:{self.group}")
+            self._conn.autocommit = False
+            self.partitions.forget()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.rollback()
+            finally:
+                self._conn.close()
+        self._conn = None
+
+    def discard_connection(self) -> None:
+        """Forget a connection that failed (it may be half-open)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+        self._conn = None
+
+    def ping(self) -> None:
+        conn = self.connection()
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.rollback()
+
+    # ------------------------------------------------------------------ positions
+    def load_positions(self, partitions: Iterable[int]) -> dict[int, int | None]:
+        """Stored next offsets for ``partitions`` (None where nothing is stored yet)."""
+        wanted = sorted(set(partitions))
+        conn = self.connection()
+        with conn.cursor() as cur:
+            cur.execute(
+                """SELECT kafka_partition, next_offset FROM consumer_positions
+                   WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)""",
+                (self.group, self.topic, wanted),
+            )
+            found = {int(p): int(o) for p, o in cur.fetchall()}
+        conn.rollback()
+        return {p: found.get(p) for p in wanted}
+
+    # ------------------------------------------------------------------ writing
+    def write(self, batch: Batch) -> None:
+        """Write the batch's rows, dead letters and positions in one transaction, or nothing.
+
+        Raises FencedError when a stored position is not the expected one, and the
+        psycopg2 error otherwise; the transaction is rolled back in both cases.
+        """
+        conn = self.connection()
+        if batch.days:
+            self.partitions.ensure(conn, batch.days)
+        try:
+            with conn.cursor() as cur:
+                if batch.copy_lines:
+                    self._copy(cur, batch.copy_payload())
+                if batch.dead_letters:
+                    self._insert_dead_letters(cur, batch.dead_letters)
+                self._advance_positions(cur, batch)
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg2.Error:
+                    self.discard_connection()
+            raise
+
+    def _copy(self, cur: psycopg2.extensions.cursor, payload: bytes) -> None:
+        started = time.perf_counter()
+        cur.copy_expert(COPY_SQL, io.BytesIO(payload), size=1 << 20)
+        self.last_copy_seconds = time.perf_counter() - started
+
+    def _insert_dead_letters(self, cur: psycopg2.extensions.cursor, letters: list[DeadLetter]) -> None:
+        rows = [
+            (
+                self.group,
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                datetime.fromtimestamp(letter.kafka_timestamp_ms / 1000, UTC)
+                if letter.kafka_timestamp_ms is not None
+                else None,
+                psycopg2.Binary(letter.key) if letter.key is not None else None,
+                psycopg2.Binary(letter.payload[:MAX_STORED_PAYLOAD]) if letter.payload is not None else None,
+                letter.payload_size,
+                letter.payload_size > MAX_STORED_PAYLOAD,
+                letter.reason,
+                letter.detail[:1000],
+            )
+            for letter in letters
+        ]
+        execute_values(
+            cur,
+            """INSERT INTO dead_letters (consumer_group, topic, kafka_partition, kafka_offset, kafka_timestamp,
+                   message_key, payload, payload_size, payload_truncated, reason, detail) VALUES %s""",
+            rows,
+            page_size=1000,
+        )
+
+    def _advance_positions(self, cur: psycopg2.extensions.cursor, batch: Batch) -> None:
+        for update in batch.positions:
+            if update.expected is None:
+                cur.execute(
+                    """INSERT INTO consumer_positions (consumer_group, topic, kafka_partition, next_offset)
+                       VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                    (self.group, self.topic, update.partition, update.next_offset),
+                )
+            else:
+                cur.execute(
+                    """UPDATE consumer_positions SET next_offset = %s, updated_at = now()
+                       WHERE consumer_group = %s AND topic = %s AND kafka_partition = %s
+                         AND next_offset = %s""",
+                    (update.next_offset, self.group, self.topic, update.partition, update.expected),
+                )
+            if cur.rowcount != 1:
+                raise FencedError(
+                    f"partition {update.partition}: stored position is no longer {update.expected}"
+                )
+
+    def find_rejected_lines(self, lines: list[str]) -> list[tuple[int, str]]:
+        """Indexes of COPY lines PostgreSQL refuses, each tried alone under a savepoint.
+
+        Only used after a batch failed with a data error the validator did not foresee, so
+        one bad row is dead-lettered instead of stopping the pipeline.
+        """
+        conn = self.connection()
+        rejected: list[tuple[int, str]] = []
+        try:
+            with conn.cursor() as cur:
+                for index, line in enumerate(lines):
+                    cur.execute("SAVEPOINT probe")
+                    try:
+                        cur.copy_expert(COPY_SQL, io.BytesIO(line.encode()))
+                    except psycopg2.DataError as exc:
+                        rejected.append((index, str(exc).strip().splitlines()[0]))
+                    except psycopg2.IntegrityError as exc:
+                        rejected.append((index, str(exc).strip().splitlines()[0]))
+                    cur.execute("ROLLBACK TO SAVEPOINT probe")
+        finally:
+            conn.rollback()
+        return rejected

@@ -1,0 +1,1 @@
+"""iot-producer: simulated sensors → Kafka topic ``iot_sensores``."""

@@ -1,0 +1,170 @@
+"""Simulated sensors: smooth, bounded values with a daily cycle, and optional anomalies.
+
+Each sensor keeps a state that evolves as a mean-reverting random walk around a baseline
+that follows the time of day, so consecutive readings look like a real room, not noise.
+Anomaly episodes (spike above the range, stuck values, missing readings) can be switched on
+to exercise alerting downstream.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from faker import Faker
+
+from iot_common.schema import SensorReading
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class Anomaly(StrEnum):
+    SPIKE = "spike"  # temperature above the configured maximum
+    STUCK = "stuck"  # the same values repeated
+    MISSING = "missing"  # no reading at all
+
+
+@dataclass(frozen=True, slots=True)
+class Ranges:
+    """Where normal readings live (the seed: 20-30 °C, 30-80 %)."""
+
+    temperature_min: float = 20.0
+    temperature_max: float = 30.0
+    humidity_min: float = 30.0
+    humidity_max: float = 80.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature_min < self.temperature_max:
+            raise ValueError("temperature min must be below max")
+        if not self.humidity_min < self.humidity_max:
+            raise ValueError("humidity min must be below max")
+
+
+@dataclass(slots=True)
+class Sensor:
+    """One simulated device: stable identity and metadata, evolving state."""
+
+    sensor_id: uuid.UUID
+    name: str
+    location: str
+    latitude: float
+    longitude: float
+    key: bytes  # Kafka message key: the UUID's text, so per-sensor order is kept
+    temperature: float
+    humidity: float
+    phase: float  # offset of this sensor's daily cycle, in radians
+    last_timestamp: datetime | None = None
+    anomaly: Anomaly | None = None
+    anomaly_left: int = 0
+    anomaly_peak: float = 0.0
+    readings: int = field(default=0)
+
+
+def _reflect(value: float, low: float, high: float) -> float:
+    """Keep a walk inside [low, high] by bouncing off the bounds."""
+    if value < low:
+        value = low + (low - value)
+    elif value > high:
+        value = high - (value - high)
+    return min(max(value, low), high)
+
+
+class SensorFleet:
+    """A reproducible set of sensors (same ``seed`` → same ids, metadata and values)."""
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        seed: int,
+        ranges: Ranges = Ranges(),
+        anomaly_rate: float = 0.0,
+        anomaly_kinds: tuple[Anomaly, ...] = tuple(Anomaly),
+    ) -> None:
+        if count < 1:
+            raise ValueError("a fleet needs at least one sensor")
+        if not 0.0 <= anomaly_rate <= 1.0:
+            raise ValueError("anomaly rate must be within [0, 1]")
+        self.seed = seed
+        self.ranges = ranges
+        self.anomaly_rate = anomaly_rate
+        self.anomaly_kinds = anomaly_kinds or tuple(Anomaly)
+        self._rng = random.Random(seed)
+        faker = Faker("pt_BR")
+        faker.seed_instance(seed)
+        self.sensors = [self._make_sensor(faker, index) for index in range(count)]
+
+    def _make_sensor(self, faker: Faker, index: int) -> Sensor:
+        r = self.ranges
+        sensor_id = uuid.UUID(int=self._rng.getrandbits(128), version=4)
+        city = faker.city()
+        return Sensor(
+            sensor_id=sensor_id,
+            name=f"sensor-{index:04d}-{city.lower().replace(' ', '-')}",
+            location=f"{city}, {faker.estado_sigla()}",
+            latitude=float(faker.latitude()),
+            longitude=float(faker.longitude()),
+            key=str(sensor_id).encode(),
+            temperature=self._rng.uniform(r.temperature_min + 2, r.temperature_max - 2),
+            humidity=self._rng.uniform(r.humidity_min + 5, r.humidity_max - 5),
+            phase=self._rng.uniform(-0.5, 0.5),
+        )
+
+    def _step_values(self, sensor: Sensor, now: datetime) -> None:
+        r = self.ranges
+        # Daily cycle: warmest mid-afternoon, humidity moves the other way.
+        day_fraction = (now.hour * 3600 + now.minute * 60 + now.second) / 86400
+        cycle = math.sin(2 * math.pi * (day_fraction - 0.375) + sensor.phase)
+        t_mid = (r.temperature_min + r.temperature_max) / 2
+        t_amp = (r.temperature_max - r.temperature_min) / 4
+        h_mid = (r.humidity_min + r.humidity_max) / 2
+        h_amp = (r.humidity_max - r.humidity_min) / 4
+        t_target = t_mid + t_amp * cycle
+        h_target = h_mid - h_amp * cycle
+        rng = self._rng
+        sensor.temperature = _reflect(
+            sensor.temperature + 0.05 * (t_target - sensor.temperature) + rng.gauss(0, 0.08),
+            r.temperature_min,
+            r.temperature_max,
+        )
+        sensor.humidity = _reflect(
+            sensor.humidity + 0.05 * (h_target - sensor.humidity) + rng.gauss(0, 0.25),
+            r.humidity_min,
+            r.humidity_max,
+        )
+
+    def _maybe_start_anomaly(self, sensor: Sensor) -> None:
+        if sensor.anomaly is None and self.anomaly_rate and self._rng.random() < self.anomaly_rate:
+            sensor.anomaly = self._rng.choice(self.anomaly_kinds)
+            sensor.anomaly_left = self._rng.randint(5, 30)
+            sensor.anomaly_peak = self.ranges.temperature_max + self._rng.uniform(2.0, 12.0)
+
+    def next_reading(self, sensor: Sensor, now: datetime) -> SensorReading | None:
+        """The sensor's reading at ``now`` (UTC), or None when it is in a 'missing' episode."""
+        self._maybe_start_anomaly(sensor)
+        anomaly = sensor.anomaly
+        if anomaly is not None:
+            sensor.anomaly_left -= 1
+            if sensor.anomaly_left <= 0:
+                sensor.anomaly = None
+        if anomaly is Anomaly.MISSING:
+            return None
+        if anomaly is not Anomaly.STUCK:
+            self._step_values(sensor, now)
+        temperature = sensor.temperature
+        if anomaly is Anomaly.SPIKE:
+            temperature = sensor.anomaly_peak + self._rng.gauss(0, 0.3)
+        # Per-sensor timestamps strictly increase, even when generating faster than 1/µs.
+        if sensor.last_timestamp is not None and now <= sensor.last_timestamp:
+            now = sensor.last_timestamp + _MICROSECOND
+        sensor.last_timestamp = now
+        sensor.readings += 1
+        return SensorReading(sensor.sensor_id, now, round(temperature, 2), round(sensor.humidity, 2))
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

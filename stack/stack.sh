@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# Native local stack for iot-monitor: Apache Kafka 4.3.1 (KRaft, one combined node) from
+# Maven Central jars, and a PostgreSQL server from the machine's packages. No Docker.
+#
+#   stack/stack.sh up     [kafka|postgres]   start (idempotent), create topic, role, database
+#   stack/stack.sh down   [kafka|postgres]   stop; leaves no process behind
+#   stack/stack.sh status                    what runs, where, and where its logs are
+#   stack/stack.sh restart [kafka|postgres]
+#
+# Everything lives under $STACK_DIR (default: <repo>/.stack). Settings come from the
+# environment with the same names the services read (KAFKA_*, POSTGRES_*).
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK_DIR=${STACK_DIR:-$REPO_DIR/.stack}
+KAFKA_VERSION=4.3.1
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_TOPIC=${KAFKA_TOPIC:-iot_sensores}
+KAFKA_PARTITIONS=${KAFKA_PARTITIONS:-6}
+KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
+POSTGRES_PORT=${POSTGRES_PORT:-5432}
+POSTGRES_DB=${POSTGRES_DB:-iot}
+POSTGRES_USER=${POSTGRES_USER:-iot}
+POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-iot}
+
+KAFKA_HOME=$STACK_DIR/kafka
+KAFKA_LIBS=$KAFKA_HOME/libs
+KAFKA_DATA=$KAFKA_HOME/data
+KAFKA_LOGS=$KAFKA_HOME/logs
+KAFKA_PID=$KAFKA_HOME/kafka.pid
+PG_HOME=$STACK_DIR/postgres
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# ---------------------------------------------------------------- Kafka
+require_java() {
+  command -v java >/dev/null || die "Java 17+ is required for Kafka: apt-get install openjdk-17-jre-headless"
+  local major
+  major=$(java -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}')
+  [[ ${major%%.*} -ge 17 ]] || die "Kafka $KAFKA_VERSION needs Java 17+, found Java $major: apt-get install openjdk-17-jre-headless"
+}
+
+kafka_classpath() {
+  # The jars are resolved once; a stamp of the pom says whether they are still current.
+  local stamp
+  stamp=$(sha256sum "$REPO_DIR/stack/kafka/pom.xml" | cut -c1-16)
+  if [[ -f $KAFKA_LIBS/.stamp && $(cat "$KAFKA_LIBS/.stamp") == "$stamp" ]]; then return; fi
+  command -v mvn >/dev/null || die "Maven is required to fetch Kafka $KAFKA_VERSION from Maven Central: apt-get install maven"
+  log "resolving Kafka $KAFKA_VERSION jars from Maven Central (cached in ~/.m2 afterwards)"
+  rm -rf "$KAFKA_LIBS"
+  mvn -q -B -f "$REPO_DIR/stack/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" >&2 \
+    || die "mvn could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (is Maven Central reachable?)"
+  echo "$stamp" >"$KAFKA_LIBS/.stamp"
+}
+
+kafka_tool() {
+  # Runs one Kafka command-line tool (StorageTool, TopicCommand, ...) on the stack's classpath.
+  java -Xmx256m -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$REPO_DIR/stack/kafka/log4j2.properties" \
+    -Dkafka.logs.dir="$KAFKA_LOGS/tools" "$@"
+}
+
+kafka_up() {
+  require_java
+  mkdir -p "$KAFKA_HOME" "$KAFKA_DATA" "$KAFKA_LOGS"
+  kafka_classpath
+  if pid_alive "$KAFKA_PID"; then
+    log "kafka already running (pid $(cat "$KAFKA_PID")) on localhost:$KAFKA_PORT"
+  else
+    port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (not this stack's Kafka); set KAFKA_PORT"
+    sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" -e "s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
+        -e "s|@DATA_DIR@|$KAFKA_DATA|g" -e "s|@PARTITIONS@|$KAFKA_PARTITIONS|g" \
+        "$REPO_DIR/stack/kafka/server.properties.template" >"$KAFKA_HOME/server.properties"
+    if [[ ! -f $KAFKA_DATA/meta.properties ]]; then
+      log "formatting KRaft storage in $KAFKA_DATA"
+      local cluster_id
+      cluster_id=$(kafka_tool kafka.tools.StorageTool random-uuid)
+      kafka_tool kafka.tools.StorageTool format --cluster-id "$cluster_id" \
+        --config "$KAFKA_HOME/server.properties" --ignore-formatted >&2
+    fi
+    log "starting Kafka $KAFKA_VERSION (KRaft) on localhost:$KAFKA_PORT, logs in $KAFKA_LOGS"
+    # setsid: the broker outlives this script and is not killed by the caller's Ctrl-C.
+    setsid nohup java $KAFKA_HEAP_OPTS -XX:+UseG1GC -cp "$KAFKA_LIBS/*" \
+      -Dlog4j2.configurationFile="$REPO_DIR/stack/kafka/log4j2.properties" \
+      -Dkafka.logs.dir="$KAFKA_LOGS" kafka.Kafka "$KAFKA_HOME/server.properties" \
+      >"$KAFKA_LOGS/stdout.log" 2>&1 </dev/null &
+    echo $! >"$KAFKA_PID"
+    local waited=0
+    until port_open "$KAFKA_PORT"; do
+      pid_alive "$KAFKA_PID" || die "Kafka exited during start; see $KAFKA_LOGS/server.log and $KAFKA_LOGS/stdout.log"
+      ((waited++ < 120)) || die "Kafka did not open port $KAFKA_PORT within 60 s; see $KAFKA_LOGS/server.log"
+      sleep 0.5
+    done
+  fi
+  kafka_ensure_topic
+}
+
+kafka_ensure_topic() {
+  local attempt out
+  for attempt in $(seq 1 30); do
+    if out=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
+        --create --if-not-exists --topic "$KAFKA_TOPIC" --partitions "$KAFKA_PARTITIONS" \
+        --replication-factor 1 2>&1); then
+      break
+    fi
+    ((attempt < 30)) || die "could not create topic $KAFKA_TOPIC: $out"
+    sleep 1
+  done
+  local partitions
+  partitions=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
+    --describe --topic "$KAFKA_TOPIC" 2>/dev/null | grep -o 'PartitionCount: [0-9]*' | grep -o '[0-9]*' || true)
+  if [[ -n $partitions && $partitions -lt $KAFKA_PARTITIONS ]]; then
+    log "topic $KAFKA_TOPIC has $partitions partitions; raising to $KAFKA_PARTITIONS"
+    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
+      --alter --topic "$KAFKA_TOPIC" --partitions "$KAFKA_PARTITIONS" >&2
+    partitions=$KAFKA_PARTITIONS
+  fi
+  log "topic $KAFKA_TOPIC ready ($partitions partitions)"
+}
+
+stop_pid() {
+  # SIGTERM, wait for a clean exit, SIGKILL as a last resort.
+  local pidfile=$1 name=$2 pid
+  pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
+  pid=$(cat "$pidfile")
+  log "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name did not stop within 30 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$pidfile"
+}
+
+kafka_down() { stop_pid "$KAFKA_PID" kafka; }
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_bindir() {
+  local dir
+  for dir in ${POSTGRES_BINDIR:-} $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r); do
+    [[ -x $dir/postgres && -x $dir/initdb && -x $dir/pg_ctl ]] && { echo "$dir"; return; }
+  done
+  die "no PostgreSQL server found (looked in /usr/lib/postgresql/*/bin): apt-get install postgresql"
+}
+
+# PostgreSQL refuses to run as root; as root we run it as the 'postgres' user that
+# Debian's package creates.
+as_pg() {
+  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_data_home() {
+  # The data directory must be reachable by the user that runs the server. If the
+  # repository's path is not (e.g. /root/...), keep the data in /var/tmp and link to it.
+  if [[ -L $PG_HOME || -d $PG_HOME ]]; then return; fi
+  mkdir -p "$STACK_DIR"
+  if [[ $(id -u) -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || die "user 'postgres' is missing: apt-get install postgresql"
+    if runuser -u postgres -- test -x "$STACK_DIR"; then
+      mkdir -p "$PG_HOME"
+    else
+      local elsewhere
+      elsewhere=/var/tmp/iot-monitor-pg-$(echo "$STACK_DIR" | sha256sum | cut -c1-8)
+      mkdir -p "$elsewhere"
+      ln -s "$elsewhere" "$PG_HOME"
+    fi
+    chown postgres: "$PG_HOME/"
+  else
+    mkdir -p "$PG_HOME"
+  fi
+}
+
+pg_up() {
+  local bin
+  bin=$(pg_bindir)
+  pg_data_home
+  local data=$PG_HOME/data
+  if [[ ! -f $data/PG_VERSION ]]; then
+    log "initialising PostgreSQL $("$bin/postgres" --version | awk '{print $3}') cluster in $data"
+    as_pg "$bin/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+      -E UTF8 --locale=C.UTF-8 >"$PG_HOME/initdb.log" 2>&1 \
+      || die "initdb failed; see $PG_HOME/initdb.log"
+    cat >>"$data/postgresql.conf" <<EOF
+# iot-monitor local stack
+listen_addresses = 'localhost'
+unix_socket_directories = '$PG_HOME'
+timezone = 'UTC'
+log_timezone = 'UTC'
+shared_buffers = 256MB
+max_wal_size = 4GB
+max_connections = 200
+EOF
+  fi
+  sed -i "s/^#\?port = .*/port = $POSTGRES_PORT/" "$data/postgresql.conf"
+  if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    log "postgres already running on localhost:$POSTGRES_PORT"
+  else
+    port_open "$POSTGRES_PORT" && die "port $POSTGRES_PORT is taken by another process; set POSTGRES_PORT"
+    log "starting PostgreSQL on localhost:$POSTGRES_PORT, log in $PG_HOME/postgres.log"
+    as_pg "$bin/pg_ctl" -D "$data" -l "$PG_HOME/postgres.log" -w -t 60 start >/dev/null \
+      || die "PostgreSQL did not start; see $PG_HOME/postgres.log"
+  fi
+  pg_ensure_database
+}
+
+pg_superuser_psql() {
+  as_pg "$(pg_bindir)/psql" -h "$PG_HOME" -p "$POSTGRES_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA "$@"
+}
+
+pg_ensure_database() {
+  pg_superuser_psql -d postgres -v role="$POSTGRES_USER" -v pw="$POSTGRES_PASSWORD" >/dev/null <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'role', :'pw')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'pw') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'role', :'role')
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'role') \gexec
+SQL
+  if [[ $POSTGRES_DB != "$POSTGRES_USER" ]]; then
+    pg_superuser_psql -d postgres -v db="$POSTGRES_DB" -v role="$POSTGRES_USER" >/dev/null <<'SQL'
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
+SQL
+  fi
+  log "database $POSTGRES_DB ready (role $POSTGRES_USER)"
+}
+
+pg_down() {
+  [[ -e $PG_HOME/data/PG_VERSION ]] || return 0
+  local bin
+  bin=$(pg_bindir)
+  if as_pg "$bin/pg_ctl" -D "$PG_HOME/data" status >/dev/null 2>&1; then
+    log "stopping postgres"
+    as_pg "$bin/pg_ctl" -D "$PG_HOME/data" -m fast -w -t 60 stop >/dev/null
+  fi
+}
+
+# ---------------------------------------------------------------- status
+status() {
+  local rc=0
+  if pid_alive "$KAFKA_PID" && port_open "$KAFKA_PORT"; then
+    echo "kafka     running  pid $(cat "$KAFKA_PID")  localhost:$KAFKA_PORT  logs $KAFKA_LOGS/server.log"
+  else
+    echo "kafka     stopped"; rc=1
+  fi
+  if [[ -e $PG_HOME/data/PG_VERSION ]] && as_pg "$(pg_bindir)/pg_ctl" -D "$PG_HOME/data" status >/dev/null 2>&1; then
+    echo "postgres  running  pid $(head -1 "$PG_HOME/data/postmaster.pid")  localhost:$POSTGRES_PORT  db $POSTGRES_DB  log $PG_HOME/postgres.log"
+  else
+    echo "postgres  stopped"; rc=1
+  fi
+  if pid_alive "$KAFKA_PID"; then
+    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
+      --describe --topic "$KAFKA_TOPIC" 2>/dev/null | head -1 | sed 's/^/topic     /' || true
+  fi
+  return $rc
+}
+
+components() { if [[ $# -eq 0 ]]; then echo "postgres kafka"; else echo "$@"; fi; }
+
+cmd=${1:-}; shift || true
+case $cmd in
+  up)      for c in $(components "$@"); do case $c in kafka) kafka_up ;; postgres) pg_up ;; *) die "unknown component '$c' (kafka|postgres)";; esac; done ;;
+  down)    for c in $(components "$@"); do case $c in kafka) kafka_down ;; postgres) pg_down ;; *) die "unknown component '$c' (kafka|postgres)";; esac; done ;;
+  restart) "$0" down "$@"; "$0" up "$@" ;;
+  status)  status ;;
+  *)       die "usage: stack/stack.sh up|down|restart [kafka|postgres] | status" ;;
+esac
