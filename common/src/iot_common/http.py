@@ -53,7 +53,7 @@ class ObservabilityServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, generate_latest(server._registry), CONTENT_TYPE_LATEST)
@@ -61,7 +61,7 @@ class ObservabilityServer:
                     check = server._liveness if path == "/healthz" else server._readiness
                     try:
                         health = check()
-                    except Exception as exc:  # a failing check means "not healthy", not a 500
+                    except Exception as exc:  # noqa: BLE001 - a failing check means "not healthy", not a 500
                         health = Health(False, f"check failed: {exc}")
                     body = orjson.dumps({"ok": health.ok, "detail": health.detail})
                     self._send(200 if health.ok else 503, body, "application/json")
@@ -80,9 +80,7 @@ class ObservabilityServer:
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="observability-http", daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="observability-http", daemon=True)
 
     @property
     def port(self) -> int:

@@ -20,9 +20,7 @@ def _orjson_dumps(event: Any, default: Any) -> str:
     return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def configure_logging(
-    level: LogLevel = "INFO", log_format: LogFormat = "auto", service: str | None = None
-) -> None:
+def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto", service: str | None = None) -> None:
     """Configure structlog and the standard library's root logger for this process."""
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     shared: list[structlog.typing.Processor] = [
@@ -32,9 +30,7 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if use_json:
-        renderer: structlog.typing.Processor = structlog.processors.JSONRenderer(
-            serializer=_orjson_dumps
-        )
+        renderer: structlog.typing.Processor = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())

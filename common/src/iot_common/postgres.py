@@ -13,5 +13,5 @@ def connect(settings: PostgresSettings, application_name: str | None = None) -> 
     kwargs = settings.connect_kwargs()
     if application_name:
         kwargs["application_name"] = application_name
-    conn = psycopg2.connect(options="-c TimeZone=UTC", **kwargs)
+    conn: psycopg2.extensions.connection = psycopg2.connect(options="-c TimeZone=UTC", **kwargs)
     return conn

@@ -118,9 +118,7 @@ def validate_reading(
     if not raw:
         raise InvalidReading(RejectReason.EMPTY, "empty message value")
     if len(raw) > limits.max_payload_bytes:
-        raise InvalidReading(
-            RejectReason.TOO_LARGE, f"{len(raw)} bytes > {limits.max_payload_bytes}"
-        )
+        raise InvalidReading(RejectReason.TOO_LARGE, f"{len(raw)} bytes > {limits.max_payload_bytes}")
     obj = _parse_json(raw)
     if type(obj) is not dict:
         raise InvalidReading(RejectReason.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")

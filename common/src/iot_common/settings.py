@@ -47,9 +47,7 @@ class KafkaSettings(BaseSettings):
                 if getattr(self, name) is None
             ]
             if missing:
-                raise ValueError(
-                    f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs {', '.join(missing)}"
-                )
+                raise ValueError(f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs {', '.join(missing)}")
         if self.ssl_cafile is not None and not self.ssl_cafile.is_file():
             raise ValueError(f"KAFKA_SSL_CAFILE={self.ssl_cafile} is not a readable file")
         return self

@@ -66,8 +66,16 @@ class Batch:
             record = self.sources.pop(index)
             del self.copy_lines[index]
             self.dead_letters.append(
-                DeadLetter(record.topic, record.partition, record.offset, record.timestamp, record.key,
-                           record.value, "rejected_by_database", detail)
+                DeadLetter(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.timestamp,
+                    record.key,
+                    record.value,
+                    "rejected_by_database",
+                    detail,
+                )
             )
 
 

@@ -42,16 +42,41 @@ def _migrate(postgres: PostgresSettings) -> int:
 
 @app.command()
 def run(
-    group: Annotated[str, typer.Option(envvar="CONSUMER_GROUP", help="Kafka consumer group (replicas share it).")] = "iot-consumer",
-    max_batch: Annotated[int, typer.Option(min=1, max=500_000, envvar="CONSUMER_MAX_BATCH", help="Most messages per poll and per transaction.")] = 10_000,
-    poll_timeout_ms: Annotated[int, typer.Option(min=1, max=60_000, envvar="CONSUMER_POLL_TIMEOUT_MS", help="How long one poll waits for data.")] = 500,
-    exit_when_idle: Annotated[float | None, typer.Option(min=0.1, envvar="CONSUMER_EXIT_WHEN_IDLE", help="Bounded mode: exit 0 after this many seconds without new messages (batch jobs, tests).")] = None,
-    temperature_min: Annotated[float, typer.Option(envvar="READING_TEMPERATURE_MIN", help="Readings below are dead-lettered (physical sanity).")] = -40.0,
+    group: Annotated[
+        str, typer.Option(envvar="CONSUMER_GROUP", help="Kafka consumer group (replicas share it).")
+    ] = "iot-consumer",
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            min=1, max=500_000, envvar="CONSUMER_MAX_BATCH", help="Most messages per poll and per transaction."
+        ),
+    ] = 10_000,
+    poll_timeout_ms: Annotated[
+        int,
+        typer.Option(min=1, max=60_000, envvar="CONSUMER_POLL_TIMEOUT_MS", help="How long one poll waits for data."),
+    ] = 500,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            envvar="CONSUMER_EXIT_WHEN_IDLE",
+            help="Bounded mode: exit 0 after this many seconds without new messages (batch jobs, tests).",
+        ),
+    ] = None,
+    temperature_min: Annotated[
+        float,
+        typer.Option(envvar="READING_TEMPERATURE_MIN", help="Readings below are dead-lettered (physical sanity)."),
+    ] = -40.0,
     temperature_max: Annotated[float, typer.Option(envvar="READING_TEMPERATURE_MAX")] = 85.0,
     humidity_min: Annotated[float, typer.Option(envvar="READING_HUMIDITY_MIN")] = 0.0,
     humidity_max: Annotated[float, typer.Option(envvar="READING_HUMIDITY_MAX")] = 100.0,
-    max_payload_bytes: Annotated[int, typer.Option(min=64, envvar="READING_MAX_PAYLOAD_BYTES", help="Larger messages are dead-lettered unparsed.")] = 4096,
-    metrics_port: Annotated[int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")] = None,
+    max_payload_bytes: Annotated[
+        int,
+        typer.Option(min=64, envvar="READING_MAX_PAYLOAD_BYTES", help="Larger messages are dead-lettered unparsed."),
+    ] = 4096,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")
+    ] = None,
 ) -> None:
     """Consume readings into PostgreSQL until SIGTERM/SIGINT (or idle, with --exit-when-idle).
 
@@ -70,12 +95,18 @@ def run(
     service = ConsumerService(
         kafka,
         PostgresSink(postgres, group, kafka.topic),
-        ConsumerOptions(group=group, max_batch=max_batch, poll_timeout_ms=poll_timeout_ms,
-                        exit_when_idle_s=exit_when_idle, limits=limits),
+        ConsumerOptions(
+            group=group,
+            max_batch=max_batch,
+            poll_timeout_ms=poll_timeout_ms,
+            exit_when_idle_s=exit_when_idle,
+            limits=limits,
+        ),
         stop,
     )
     server = start_observability_server(
-        obs.metrics_host, obs.metrics_port if metrics_port is None else metrics_port,
+        obs.metrics_host,
+        obs.metrics_port if metrics_port is None else metrics_port,
         readiness=service.readiness,
     )
     try:

@@ -45,6 +45,10 @@ class ConsumerOptions:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     progress_interval_s: float = 10.0
+    # Kafka's default is 45 s: a crashed replica's partitions would sit idle that long.
+    session_timeout_ms: int = 10_000
+    # Bounded mode without any partition (more replicas than partitions): give up after this.
+    unassigned_grace_s: float = 60.0
     partitions_check_interval_s: float = 600.0
 
 
@@ -134,6 +138,8 @@ class ConsumerService:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             isolation_level="read_committed",
+            session_timeout_ms=self.options.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.options.session_timeout_ms // 5),
             metrics_enabled=False,  # client-side metrics cost CPU per record; ours are enough
             **options,
         )
@@ -146,8 +152,13 @@ class ConsumerService:
         if self.stop.is_set():
             return self.totals
         self._consumer = consumer = self._make_consumer()
-        log.info("consumer_started", group=self.options.group, topic=self.topic,
-                 max_batch=self.options.max_batch, exit_when_idle_s=self.options.exit_when_idle_s)
+        log.info(
+            "consumer_started",
+            group=self.options.group,
+            topic=self.topic,
+            max_batch=self.options.max_batch,
+            exit_when_idle_s=self.options.exit_when_idle_s,
+        )
         next_progress = time.monotonic() + self.options.progress_interval_s
         next_partition_check = time.monotonic() + self.options.partitions_check_interval_s
         progress_mark = (0, 0, time.monotonic())
@@ -171,9 +182,8 @@ class ConsumerService:
                 if now >= next_partition_check and self._database_ok:
                     self._ensure_partitions_ahead()
                     next_partition_check = now + self.options.partitions_check_interval_s
-                idle = self.options.exit_when_idle_s
-                if idle is not None and now - self._last_activity >= idle and not records:
-                    log.info("idle_exit", idle_seconds=idle)
+                if not records and self._idle_long_enough(consumer, now):
+                    log.info("idle_exit", idle_seconds=self.options.exit_when_idle_s)
                     break
         finally:
             self._log_progress(progress_mark)
@@ -182,10 +192,35 @@ class ConsumerService:
             except KafkaError as exc:
                 log.warning("consumer_close_failed", error=repr(exc))
             self.sink.close()
-            log.info("consumer_stopped", consumed=self.totals.consumed, inserted=self.totals.inserted,
-                     dead_lettered=self.totals.dead_lettered, batches=self.totals.batches,
-                     failed_batches=self.totals.failed_batches)
+            log.info(
+                "consumer_stopped",
+                consumed=self.totals.consumed,
+                inserted=self.totals.inserted,
+                dead_lettered=self.totals.dead_lettered,
+                batches=self.totals.batches,
+                failed_batches=self.totals.failed_batches,
+            )
         return self.totals
+
+    def _idle_long_enough(self, consumer: KafkaConsumer, now: float) -> bool:
+        """Bounded mode: nothing new for the idle time, and caught up on every owned partition.
+
+        Time without an assignment does not count as idle (a rebalance may be waiting for a
+        crashed member's session to expire), except after a long grace period.
+        """
+        idle = self.options.exit_when_idle_s
+        if idle is None:
+            return False
+        if not self.position:
+            return now - self._last_activity >= idle + self.options.unassigned_grace_s
+        if now - self._last_activity < idle:
+            return False
+        for partition, next_offset in self.position.items():
+            highwater = consumer.highwater(TopicPartition(self.topic, partition))
+            if highwater is None or highwater > next_offset:
+                self._last_activity = now  # not caught up (or not fetched yet): keep going
+                return False
+        return True
 
     # ------------------------------------------------------------------ database availability
     def _connect_database_until_ok(self) -> None:
@@ -241,7 +276,11 @@ class ConsumerService:
             except CONNECTION_ERRORS as exc:
                 self.sink.discard_connection()
                 backoff = min(backoff * 2, self.options.backoff_max_s)
-                log.warning("database_still_unavailable", error=str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), retry_in_s=backoff)
+                log.warning(
+                    "database_still_unavailable",
+                    error=str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
+                    retry_in_s=backoff,
+                )
                 continue
             self._set_database_ok(True)
             self._forget_positions()
@@ -287,11 +326,15 @@ class ConsumerService:
         self._synced_generation = generation
         m.REBALANCES.inc()
         m.ASSIGNED_PARTITIONS.set(len(position))
-        for label in list(m.LAG._metrics):  # noqa: SLF001 - drop series of partitions we no longer own
+        for label in list(m.LAG._metrics):
             if int(label[0]) not in position:
                 m.LAG.remove(*label)
-        log.info("partitions_synced", partitions=sorted(position), positions=position,
-                 stored=sum(1 for v in self.stored.values() if v is not None))
+        log.info(
+            "partitions_synced",
+            partitions=sorted(position),
+            positions=position,
+            stored=sum(1 for v in self.stored.values() if v is not None),
+        )
         self._last_activity = time.monotonic()
         return True
 
@@ -317,7 +360,9 @@ class ConsumerService:
         except psycopg2.Error as exc:
             m.BATCHES.labels("database_error").inc()
             self.totals.failed_batches += 1
-            log.error("batch_failed", error=str(exc).strip(), rows=batch.rows, retry_in_s=self.options.backoff_initial_s)
+            log.error(
+                "batch_failed", error=str(exc).strip(), rows=batch.rows, retry_in_s=self.options.backoff_initial_s
+            )
             self._forget_positions()
             self.stop.wait(self.options.backoff_initial_s)
             return
@@ -366,8 +411,13 @@ class ConsumerService:
         for letter in batch.dead_letters:
             m.DEAD_LETTERS.labels(letter.reason).inc()
             totals.dead_by_reason[letter.reason] = totals.dead_by_reason.get(letter.reason, 0) + 1
-        log.debug("batch_committed", consumed=batch.consumed, rows=batch.rows,
-                  dead_letters=len(batch.dead_letters), seconds=round(seconds, 4))
+        log.debug(
+            "batch_committed",
+            consumed=batch.consumed,
+            rows=batch.rows,
+            dead_letters=len(batch.dead_letters),
+            seconds=round(seconds, 4),
+        )
 
     # ------------------------------------------------------------------ observability
     def _update_lag(self, consumer: KafkaConsumer) -> None:
@@ -380,12 +430,18 @@ class ConsumerService:
                 m.LAG.labels(str(partition)).set(max(0, highwater - next_offset))
 
     def _log_progress(self, mark: tuple[int, int, float]) -> tuple[int, int, float]:
-        consumed, inserted, since = mark
+        consumed, _inserted, since = mark
         now = time.monotonic()
         elapsed = max(now - since, 1e-9)
         t = self.totals
         if t.consumed != consumed:
-            log.info("progress", consumed=t.consumed, inserted=t.inserted, dead_lettered=t.dead_lettered,
-                     batches=t.batches, rate=round((t.consumed - consumed) / elapsed, 1),
-                     partitions=sorted(self.position))
+            log.info(
+                "progress",
+                consumed=t.consumed,
+                inserted=t.inserted,
+                dead_lettered=t.dead_lettered,
+                batches=t.batches,
+                rate=round((t.consumed - consumed) / elapsed, 1),
+                partitions=sorted(self.position),
+            )
         return (t.consumed, t.inserted, now)

@@ -7,6 +7,7 @@ replica that lost a partition in a rebalance ("zombie") therefore cannot write i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Iterable
@@ -24,9 +25,7 @@ from iot_consumer.schema import DailyPartitions
 
 log = get_logger(__name__)
 
-COPY_SQL = (
-    'COPY sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset) FROM STDIN'
-)
+COPY_SQL = 'COPY sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset) FROM STDIN'
 # Errors that mean "the database is not reachable now", as opposed to "this batch is wrong".
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
@@ -69,10 +68,8 @@ class PostgresSink:
     def discard_connection(self) -> None:
         """Forget a connection that failed (it may be half-open)."""
         if self._conn is not None:
-            try:
+            with contextlib.suppress(psycopg2.Error):
                 self._conn.close()
-            except psycopg2.Error:
-                pass
         self._conn = None
 
     def ping(self) -> None:
@@ -170,9 +167,7 @@ class PostgresSink:
                     (update.next_offset, self.group, self.topic, update.partition, update.expected),
                 )
             if cur.rowcount != 1:
-                raise FencedError(
-                    f"partition {update.partition}: stored position is no longer {update.expected}"
-                )
+                raise FencedError(f"partition {update.partition}: stored position is no longer {update.expected}")
 
     def find_rejected_lines(self, lines: list[str]) -> list[tuple[int, str]]:
         """Indexes of COPY lines PostgreSQL refuses, each tried alone under a savepoint.

@@ -34,23 +34,69 @@ def _parse_anomalies(value: str) -> tuple[Anomaly, ...]:
 
 @app.command()
 def produce(
-    sensors: Annotated[int, typer.Option(min=1, max=1_000_000, envvar="PRODUCER_SENSORS", help="Number of simulated sensors.")] = 5,
-    interval: Annotated[float, typer.Option(min=0.001, envvar="PRODUCER_INTERVAL", help="Seconds between two readings of one sensor (real-time mode).")] = 1.0,
-    rate: Annotated[float | None, typer.Option(min=0.001, envvar="PRODUCER_RATE", help="Total readings per second; overrides --interval.")] = None,
-    max_rate: Annotated[bool, typer.Option("--max-rate", envvar="PRODUCER_MAX_RATE", help="As fast as possible (load test); overrides --rate and --interval.")] = False,
-    count: Annotated[int | None, typer.Option(min=1, envvar="PRODUCER_COUNT", help="Stop after this many readings in total (round-robin over sensors).")] = None,
-    duration: Annotated[float | None, typer.Option(min=0.001, envvar="PRODUCER_DURATION", help="Stop after this many seconds.")] = None,
-    seed: Annotated[int | None, typer.Option(envvar="PRODUCER_SEED", help="Seed for sensor ids, metadata and values (reproducible runs).")] = None,
-    anomaly_rate: Annotated[float, typer.Option(min=0.0, max=1.0, envvar="PRODUCER_ANOMALY_RATE", help="Probability per reading that an anomaly episode starts.")] = 0.0,
-    anomalies: Annotated[str, typer.Option(envvar="PRODUCER_ANOMALIES", help="Anomaly kinds to draw from: spike,stuck,missing.")] = "spike,stuck,missing",
+    sensors: Annotated[
+        int, typer.Option(min=1, max=1_000_000, envvar="PRODUCER_SENSORS", help="Number of simulated sensors.")
+    ] = 5,
+    interval: Annotated[
+        float,
+        typer.Option(
+            min=0.001, envvar="PRODUCER_INTERVAL", help="Seconds between two readings of one sensor (real-time mode)."
+        ),
+    ] = 1.0,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=0.001, envvar="PRODUCER_RATE", help="Total readings per second; overrides --interval."),
+    ] = None,
+    max_rate: Annotated[
+        bool,
+        typer.Option(
+            "--max-rate",
+            envvar="PRODUCER_MAX_RATE",
+            help="As fast as possible (load test); overrides --rate and --interval.",
+        ),
+    ] = False,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            min=1, envvar="PRODUCER_COUNT", help="Stop after this many readings in total (round-robin over sensors)."
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0.001, envvar="PRODUCER_DURATION", help="Stop after this many seconds.")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(envvar="PRODUCER_SEED", help="Seed for sensor ids, metadata and values (reproducible runs)."),
+    ] = None,
+    anomaly_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            envvar="PRODUCER_ANOMALY_RATE",
+            help="Probability per reading that an anomaly episode starts.",
+        ),
+    ] = 0.0,
+    anomalies: Annotated[
+        str, typer.Option(envvar="PRODUCER_ANOMALIES", help="Anomaly kinds to draw from: spike,stuck,missing.")
+    ] = "spike,stuck,missing",
     temperature_min: Annotated[float, typer.Option(envvar="PRODUCER_TEMPERATURE_MIN")] = 20.0,
     temperature_max: Annotated[float, typer.Option(envvar="PRODUCER_TEMPERATURE_MAX")] = 30.0,
     humidity_min: Annotated[float, typer.Option(envvar="PRODUCER_HUMIDITY_MIN")] = 30.0,
     humidity_max: Annotated[float, typer.Option(envvar="PRODUCER_HUMIDITY_MAX")] = 80.0,
-    compression: Annotated[str, typer.Option(envvar="PRODUCER_COMPRESSION", help=f"One of {', '.join(COMPRESSION_CHOICES)}.")] = "none",
-    linger_ms: Annotated[int, typer.Option(min=0, max=60_000, envvar="PRODUCER_LINGER_MS", help="How long the client waits to fill a batch.")] = 5,
-    batch_size: Annotated[int, typer.Option(min=1024, envvar="PRODUCER_BATCH_SIZE", help="Kafka batch size in bytes per partition.")] = 65536,
-    metrics_port: Annotated[int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")] = None,
+    compression: Annotated[
+        str, typer.Option(envvar="PRODUCER_COMPRESSION", help=f"One of {', '.join(COMPRESSION_CHOICES)}.")
+    ] = "none",
+    linger_ms: Annotated[
+        int,
+        typer.Option(min=0, max=60_000, envvar="PRODUCER_LINGER_MS", help="How long the client waits to fill a batch."),
+    ] = 5,
+    batch_size: Annotated[
+        int, typer.Option(min=1024, envvar="PRODUCER_BATCH_SIZE", help="Kafka batch size in bytes per partition.")
+    ] = 65536,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")
+    ] = None,
 ) -> None:
     """Simulate SENSORS sensors and publish one reading per sensor per INTERVAL seconds.
 
@@ -76,9 +122,7 @@ def produce(
         publisher = ReadingPublisher(kafka, compression=compression, linger_ms=linger_ms, batch_size=batch_size)
     except PublisherError as exc:
         fail(str(exc))
-    server = start_observability_server(
-        obs.metrics_host, obs.metrics_port if metrics_port is None else metrics_port
-    )
+    server = start_observability_server(obs.metrics_host, obs.metrics_port if metrics_port is None else metrics_port)
     log.info(
         "producer_started",
         topic=kafka.topic,

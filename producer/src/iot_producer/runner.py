@@ -55,9 +55,8 @@ def run(fleet: SensorFleet, publisher: ReadingPublisher, pacing: Pacing, stop: S
             break
         if interval:
             ahead = start + k * interval - now_mono
-            if ahead > _MIN_SLEEP_S:
-                if stop.wait(ahead):
-                    break
+            if ahead > _MIN_SLEEP_S and stop.wait(ahead):
+                break
         sensor = sensors[k % n]
         reading = fleet.next_reading(sensor, datetime.now(UTC))
         if reading is None:
@@ -66,6 +65,11 @@ def run(fleet: SensorFleet, publisher: ReadingPublisher, pacing: Pacing, stop: S
             publisher.publish(reading, sensor.key)
         k += 1
     elapsed = time.monotonic() - start
-    log.info("generation_finished", slots=k, seconds=round(elapsed, 3),
-             rate=round(k / elapsed, 1) if elapsed > 0 else None, stopped_by_signal=stop.is_set())
+    log.info(
+        "generation_finished",
+        slots=k,
+        seconds=round(elapsed, 3),
+        rate=round(k / elapsed, 1) if elapsed > 0 else None,
+        stopped_by_signal=stop.is_set(),
+    )
     return k

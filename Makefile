@@ -1,0 +1,66 @@
+# iot-monitor — the two commands: `make run` (stack + pipeline) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PACKAGES := common producer consumer exporter
+PYPROJECTS := pyproject.toml $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
+
+# Ports of the pipeline started by `make run` (each process serves /metrics, /healthz, /readyz).
+PRODUCER_METRICS_PORT ?= 8001
+CONSUMER_METRICS_PORT ?= 8002
+
+.PHONY: help dev stack-up stack-down stack-status run test test-unit test-integration lint format typecheck bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+$(STAMP): $(PYPROJECTS)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s)" % sys.version.split()[0])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install -q $(foreach p,$(PACKAGES),-e ./$(p)) --group dev
+	touch $@
+
+dev: $(STAMP) ## Create .venv with every package installed editable, plus pytest, ruff, mypy
+
+stack-up: ## Start Kafka 4.3.1 (localhost:9092, topic iot_sensores) and PostgreSQL (localhost:5432)
+	stack/stack.sh up
+
+stack-down: ## Stop Kafka and PostgreSQL (no process left behind)
+	stack/stack.sh down
+
+stack-status: ## Show what runs where, and where the logs are
+	stack/stack.sh status
+
+run: dev stack-up ## Start the stack, then producer + consumer in the foreground (Ctrl-C stops them)
+	PRODUCER_METRICS_PORT=$(PRODUCER_METRICS_PORT) CONSUMER_METRICS_PORT=$(CONSUMER_METRICS_PORT) scripts/run-pipeline.sh
+
+lint: dev ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: dev ## Apply ruff's formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: dev ## mypy --strict on every package
+	$(BIN)/mypy
+
+test-unit: dev ## Unit tests only (no servers needed)
+	scripts/pytest.sh tests/unit
+
+test-integration: dev stack-up ## Integration tests against the local Kafka and PostgreSQL
+	scripts/pytest.sh -m integration tests
+
+test: dev lint typecheck stack-up ## Everything CI runs: lint, types, unit and integration tests
+	scripts/pytest.sh tests
+
+bench: dev stack-up ## Benchmarks (tables printed and saved under bench/results/)
+	$(BIN)/python -m bench.run_all
+
+clean: ## Remove the virtualenv and caches (the stack's data stays in .stack/)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""iot-exporter: PostgreSQL table ``sensores`` → CSV/XLSX files."""

@@ -1,0 +1,222 @@
+"""Helpers for integration tests: the local stack, topics, service processes, read-backs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = REPO / ".venv" / "bin"
+
+
+@dataclass(frozen=True)
+class Stack:
+    repo: Path
+    kafka_port: int
+    postgres_port: int
+    pg_user: str
+    pg_password: str
+    stack_dir: Path
+
+    @classmethod
+    def from_env(cls, repo: Path) -> Stack:
+        return cls(
+            repo=repo,
+            kafka_port=int(os.environ.get("KAFKA_PORT", "9092")),
+            postgres_port=int(os.environ.get("POSTGRES_PORT", "5432")),
+            pg_user=os.environ.get("POSTGRES_USER", "iot"),
+            pg_password=os.environ.get("POSTGRES_PASSWORD", "iot"),
+            stack_dir=Path(os.environ.get("STACK_DIR", repo / ".stack")),
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return f"localhost:{self.kafka_port}"
+
+    def admin_connection(self) -> psycopg2.extensions.connection:
+        """Superuser over the stack's unix socket (trust auth), for creating test databases."""
+        conn = psycopg2.connect(
+            host=str((self.stack_dir / "postgres").resolve()),
+            port=self.postgres_port,
+            user="postgres",
+            dbname="postgres",
+        )
+        conn.autocommit = True
+        return conn
+
+    def connect(self, database: str) -> psycopg2.extensions.connection:
+        conn = psycopg2.connect(
+            host="localhost",
+            port=self.postgres_port,
+            user=self.pg_user,
+            password=self.pg_password,
+            dbname=database,
+            options="-c TimeZone=UTC",
+        )
+        conn.autocommit = True
+        return conn
+
+    def service_env(self, topic: str, database: str, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "KAFKA_TOPIC": topic,
+            "POSTGRES_HOST": "localhost",
+            "POSTGRES_PORT": str(self.postgres_port),
+            "POSTGRES_DB": database,
+            "POSTGRES_USER": self.pg_user,
+            "POSTGRES_PASSWORD": self.pg_password,
+            "METRICS_PORT": "0",
+            "LOG_FORMAT": "json",
+        }
+        env.update(extra)
+        return env
+
+    def stack_command(self, *args: str) -> None:
+        subprocess.run([str(self.repo / "stack" / "stack.sh"), *args], check=True)
+
+
+def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+    wait_until(lambda: len(partitions_of(bootstrap, name)) == partitions, timeout=30, what=f"topic {name}")
+
+
+def delete_topic(bootstrap: str, name: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics([name])
+    except UnknownTopicOrPartitionError:
+        pass
+    finally:
+        admin.close()
+
+
+def partitions_of(bootstrap: str, topic: str) -> set[int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        return set(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
+    finally:
+        consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` from the beginning (no group, nothing committed)."""
+    ends = end_offsets(bootstrap, topic)
+    total = sum(ends.values())
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    parts = [TopicPartition(topic, p) for p in ends]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    records: list[Any] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(records) < total and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500, max_records=50_000).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def send_raw(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]]) -> None:
+    """Publish raw (key, value) pairs as they are, acks=all."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        for key, value in messages:
+            producer.send(topic, key=key, value=value)
+        producer.flush(60)
+    finally:
+        producer.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Service:
+    """A service CLI running as a real child process, its JSON log lines captured."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def event(self, name: str) -> dict[str, Any]:
+        found = [e for e in self.events() if e.get("event") == name]
+        assert found, f"{self.args[0]} logged no {name!r}; log: {self.log_path.read_text()[-3000:]}"
+        return found[-1]
+
+
+def scalar(conn: psycopg2.extensions.connection, query: str, params: tuple[Any, ...] = ()) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def row_count(conn: psycopg2.extensions.connection) -> int:
+    """Rows in sensores, 0 while the consumer has not created the table yet."""
+    if scalar(conn, "SELECT to_regclass('sensores')") is None:
+        return 0
+    return int(scalar(conn, "SELECT count(*) FROM sensores"))
