@@ -25,6 +25,7 @@ import orjson
 FIELDS = ("sensor_id", "timestamp", "temperatura", "umidade")
 _FIELD_SET = frozenset(FIELDS)
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_UUID_MATCH = _UUID_RE.fullmatch
 _ZERO = timedelta(0)
 
 
@@ -113,8 +114,45 @@ def validate_reading(
     """Decode and check one message value; raise :class:`InvalidReading` on any defect.
 
     ``now`` bounds how far in the future a timestamp may be (callers validating a batch pass
-    one value for the whole batch).
+    one value for the whole batch). The common case - a well-formed reading stamped in UTC -
+    takes one straight path of cheap checks (this runs once per message); anything else goes
+    through :func:`_explain`, which finds the exact reason.
     """
+    try:
+        if raw and len(raw) <= limits.max_payload_bytes:
+            obj = orjson.loads(raw)
+            if type(obj) is dict and obj.keys() == _FIELD_SET:
+                sensor_id = obj["sensor_id"]
+                stamp = obj["timestamp"]
+                temperature = obj["temperatura"]
+                humidity = obj["umidade"]
+                t_type = type(temperature)
+                h_type = type(humidity)
+                if (
+                    type(sensor_id) is str
+                    and len(sensor_id) == 36
+                    and _UUID_MATCH(sensor_id) is not None
+                    and type(stamp) is str
+                    and (t_type is float or t_type is int)
+                    and (h_type is float or h_type is int)
+                    and limits.temperature_min <= temperature <= limits.temperature_max
+                    and limits.humidity_min <= humidity <= limits.humidity_max
+                ):
+                    when = datetime.fromisoformat(stamp)
+                    if (
+                        when.tzinfo is UTC
+                        and limits.earliest <= when
+                        and when <= (now or datetime.now(UTC)) + limits.max_clock_skew
+                    ):
+                        return ValidReading(sensor_id.lower(), when, float(temperature), float(humidity))
+    except (orjson.JSONDecodeError, ValueError):
+        pass
+    return _explain(raw, limits, now)
+
+
+def _explain(raw: bytes | None, limits: ReadingLimits = DEFAULT_LIMITS, now: datetime | None = None) -> ValidReading:
+    """The slow, exhaustive check: the precise reason for a defect, or the converted reading
+    (e.g. a timestamp with a non-UTC offset)."""
     if not raw:
         raise InvalidReading(RejectReason.EMPTY, "empty message value")
     if len(raw) > limits.max_payload_bytes:

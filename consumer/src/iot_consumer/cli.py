@@ -127,3 +127,7 @@ def migrate_command() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -242,3 +242,7 @@ def daily(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -155,3 +155,7 @@ def produce(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
