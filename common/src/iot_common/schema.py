@@ -141,8 +141,7 @@ def validate_reading(
                     when = datetime.fromisoformat(stamp)
                     if (
                         when.tzinfo is UTC
-                        and limits.earliest <= when
-                        and when <= (now or datetime.now(UTC)) + limits.max_clock_skew
+                        and limits.earliest <= when <= (now or datetime.now(UTC)) + limits.max_clock_skew
                     ):
                         return ValidReading(sensor_id.lower(), when, float(temperature), float(humidity))
     except (orjson.JSONDecodeError, ValueError):
