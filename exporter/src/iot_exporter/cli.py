@@ -62,20 +62,6 @@ def _writable_dir(out: Path) -> Path:
     return out
 
 
-def _connect() -> tuple[psycopg2.extensions.connection, PostgresSettings]:
-    try:
-        settings = load_settings(PostgresSettings)
-    except ConfigError as exc:
-        fail(str(exc))
-    try:
-        conn = connect(settings, application_name="iot-exporter")
-    except psycopg2.OperationalError as exc:
-        fail(f"cannot connect to {settings.describe()}: {str(exc).strip()}", code=EXIT_FAILED)
-    # One snapshot for the whole run: CSV and XLSX of the same export hold the same rows.
-    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-    return conn, settings
-
-
 class RunReport:
     """Pushes the run's outcome to a Pushgateway with pushadd, so a failed run does not
     erase the last success timestamp (only the metrics it sends are replaced)."""
@@ -116,6 +102,21 @@ class RunReport:
         self._push(
             {"iot_exporter_last_failure_timestamp_seconds": ("Unix time of the last failed export", time.time())}
         )
+
+
+def _connect(report: RunReport) -> psycopg2.extensions.connection:
+    try:
+        settings = load_settings(PostgresSettings)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        conn = connect(settings, application_name="iot-exporter")
+    except psycopg2.OperationalError as exc:
+        report.failure()
+        fail(f"cannot connect to {settings.describe()}: {str(exc).strip()}", code=EXIT_FAILED)
+    # One snapshot for the whole run: CSV and XLSX of the same export hold the same rows.
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    return conn
 
 
 def _export_files(
@@ -183,7 +184,7 @@ def export(
         raise typer.BadParameter(str(exc)) from None
     out = _writable_dir(out)
     report = RunReport("export", pushgateway_url)
-    conn, _ = _connect()
+    conn = _connect(report)
     try:
         remove_stale_temporaries(out)
         results = _export_files(conn, flt, out, name, formats, engine)  # type: ignore[arg-type]
@@ -218,7 +219,7 @@ def daily(
     days = [last - timedelta(days=i) for i in range(backfill, -1, -1)]
     out = _writable_dir(out)
     report = RunReport("daily", pushgateway_url)
-    conn, _ = _connect()
+    conn = _connect(report)
     total = 0
     try:
         remove_stale_temporaries(out)

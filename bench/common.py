@@ -1,0 +1,186 @@
+"""Shared plumbing for the benchmarks: fresh topics and databases, measured child processes,
+and result tables printed and saved under bench/results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+from tests.helpers import BIN, Stack, create_topic, delete_topic, end_offsets
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+STACK = Stack.from_env(REPO)
+
+
+def machine() -> str:
+    """One line describing where the numbers come from."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB RAM, Python {platform.python_version()}, Kafka 4.3.1 (local, KRaft), PostgreSQL {pg_version()}"
+
+
+def pg_version() -> str:
+    conn = STACK.admin_connection()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            row = cur.fetchone()
+        return str(row[0]) if row else "?"
+    finally:
+        conn.close()
+
+
+@dataclass
+class Measured:
+    """A finished child process: wall time, CPU (user+sys) and peak RSS, from wait4()."""
+
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    started_at: float  # time.time() at launch
+
+
+class Process:
+    def __init__(self, args: Sequence[str], env: dict[str, str], log: Path) -> None:
+        self.args = list(args)
+        self.log = log
+        self._log_handle = open(log, "ab")  # noqa: SIM115 - closed in wait()
+        self.started_at = time.time()
+        self._t0 = time.perf_counter()
+        self.proc = subprocess.Popen(self.args, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT)
+
+    def wait(self) -> Measured:
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        wall = time.perf_counter() - self._t0
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self._log_handle.close()
+        return Measured(
+            self.proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, self.started_at
+        )
+
+
+def cli(name: str, *args: str) -> list[str]:
+    return [str(BIN / name), *args]
+
+
+def fresh_topic(prefix: str, partitions: int = 6) -> str:
+    name = f"bench_{prefix}_{uuid.uuid4().hex[:8]}"
+    create_topic(STACK.bootstrap, name, partitions)
+    return name
+
+
+def drop_topic(name: str) -> None:
+    delete_topic(STACK.bootstrap, name)
+
+
+def fresh_database(prefix: str) -> str:
+    name = f"bench_{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = STACK.admin_connection()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(STACK.pg_user))
+            )
+    finally:
+        admin.close()
+    return name
+
+
+def drop_database(name: str) -> None:
+    admin = STACK.admin_connection()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        admin.close()
+
+
+def connect(database: str) -> psycopg2.extensions.connection:
+    return STACK.connect(database)
+
+
+def topic_size(topic: str) -> int:
+    return sum(end_offsets(STACK.bootstrap, topic).values())
+
+
+def prefill(topic: str, readings: int, processes: int = 2, log_dir: Path | None = None) -> float:
+    """Fill ``topic`` with ``readings`` simulated readings (acks=all) using several producer
+    processes; returns readings/s."""
+    log_dir = log_dir or RESULTS
+    env = STACK.service_env(topic=topic, database="iot", METRICS_PORT="-1")
+    share = [readings // processes + (1 if i < readings % processes else 0) for i in range(processes)]
+    started = time.perf_counter()
+    procs = [
+        Process(
+            cli("iot-producer", "--sensors", "1000", "--count", str(n), "--max-rate", "--seed", str(100 + i)),
+            env,
+            log_dir / f"prefill-{i}.log",
+        )
+        for i, n in enumerate(share)
+    ]
+    results = [p.wait() for p in procs]
+    elapsed = time.perf_counter() - started
+    if any(r.returncode for r in results):
+        raise RuntimeError(f"prefill failed: {[r.returncode for r in results]}")
+    if topic_size(topic) != readings:
+        raise RuntimeError(f"prefill: topic holds {topic_size(topic)} readings, expected {readings}")
+    return readings / elapsed
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str]
+
+    def markdown(self) -> str:
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join("---" for _ in self.columns) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.notes:
+            lines += [""] + [f"- {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def save(name: str, tables: list[Table], header: str = "") -> Path:
+    """Print the tables and save them as bench/results/<name>.md (+ a timestamped copy and JSON)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    text = f"<!-- generated by bench/{name}.py at {stamp} -->\n" + (header + "\n" if header else "")
+    text += f"Machine: {machine()}\n\n" + "\n".join(t.markdown() for t in tables)
+    print(text)
+    latest = RESULTS / f"{name}.md"
+    latest.write_text(text)
+    (RESULTS / "history").mkdir(exist_ok=True)
+    (RESULTS / "history" / f"{name}-{stamp}.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(json.dumps([t.__dict__ for t in tables], indent=2))
+    return latest
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
