@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
+
 from tests.helpers import BIN, Stack, create_topic, delete_topic, end_offsets
 
 REPO = Path(__file__).resolve().parent.parent
