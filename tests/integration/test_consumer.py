@@ -286,3 +286,19 @@ def test_a_fenced_zombie_cannot_write(
     assert scalar(db, "SELECT next_offset FROM consumer_positions WHERE topic = %s", (topic,)) == 2
     owner.close()
     zombie.close()
+
+
+def test_broker_restart_mid_run_needs_no_manual_step(
+    stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """The Kafka broker restarts while producer and consumer run: both reconnect by
+    themselves; every acknowledged reading ends up exactly once in sensores."""
+    producer = produce(env, tmp_path, 40_000, 200, "--rate", "4000")
+    consumer = consume(env, tmp_path, 25)
+    wait_until(lambda: row_count(db) > 4_000, timeout=60, what="first rows")
+    stack.stack_command("restart", "kafka")
+    assert producer.wait(240) == 0
+    acknowledged = producer.event("producer_stopped")["acknowledged"]
+    assert consumer.wait(300) == 0
+    assert acknowledged == 40_000
+    assert_exactly_once(db, stack, topic, 40_000)
