@@ -1,0 +1,124 @@
+{{/* Chart name. */}}
+{{- define "iot-monitor.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart, unless the release already contains the chart name. */}}
+{{- define "iot-monitor.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "iot-monitor.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Common labels; call with (dict "ctx" $ "component" "consumer"). */}}
+{{- define "iot-monitor.labels" -}}
+helm.sh/chart: {{ include "iot-monitor.chart" .ctx }}
+{{ include "iot-monitor.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: iot-monitor
+{{- end }}
+
+{{- define "iot-monitor.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "iot-monitor.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Resource name of a component: <fullname>-<component>. */}}
+{{- define "iot-monitor.componentName" -}}
+{{- printf "%s-%s" (include "iot-monitor.fullname" .ctx) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "iot-monitor.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "iot-monitor.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Image reference of a component; call with (dict "ctx" $ "svc" .Values.consumer). */}}
+{{- define "iot-monitor.image" -}}
+{{- $tag := .svc.image.tag | default .ctx.Values.image.tag | default .ctx.Chart.AppVersion }}
+{{- if .ctx.Values.image.registry }}
+{{- printf "%s/%s:%s" (trimSuffix "/" .ctx.Values.image.registry) .svc.image.repository $tag }}
+{{- else }}
+{{- printf "%s:%s" .svc.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{- define "iot-monitor.kafkaBootstrap" -}}
+{{- .Values.kafka.bootstrapServers | default (printf "%s-kafka-bootstrap:9092" .Values.kafka.clusterName) }}
+{{- end }}
+
+{{/* Environment shared by every container: settings from the ConfigMap, secrets by reference. */}}
+{{- define "iot-monitor.env" -}}
+- name: POSTGRES_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.postgresql.existingSecret }}
+      key: {{ .Values.postgresql.passwordKey }}
+{{- if .Values.kafka.sasl.existingSecret }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.existingSecret }}
+      key: {{ .Values.kafka.sasl.passwordKey }}
+{{- end }}
+{{- end }}
+
+{{- define "iot-monitor.envFrom" -}}
+- configMapRef:
+    name: {{ include "iot-monitor.fullname" . }}
+{{- end }}
+
+{{/* Volumes every pod gets: a writable /tmp (the root file system is read-only), the Kafka CA. */}}
+{{- define "iot-monitor.volumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- if .Values.kafka.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.kafka.caSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "iot-monitor.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.kafka.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "iot-monitor.probes" -}}
+startupProbe:
+  httpGet: {path: /healthz, port: metrics}
+  periodSeconds: 2
+  failureThreshold: 30
+livenessProbe:
+  httpGet: {path: /healthz, port: metrics}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 3
+readinessProbe:
+  httpGet: {path: /readyz, port: metrics}
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 2
+{{- end }}

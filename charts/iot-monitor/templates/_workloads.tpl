@@ -1,0 +1,95 @@
+{{/*
+A long-running service (producer or consumer). Call with
+(dict "ctx" $ "component" "consumer" "svc" .Values.consumer "args" (list ...)).
+*/}}
+{{- define "iot-monitor.deployment" -}}
+{{- $ctx := .ctx -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "iot-monitor.componentName" . }}
+  labels:
+    {{- include "iot-monitor.labels" . | nindent 4 }}
+spec:
+  replicas: {{ .svc.replicaCount }}
+  revisionHistoryLimit: 3
+  selector:
+    matchLabels:
+      {{- include "iot-monitor.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "iot-monitor.labels" . | nindent 8 }}
+      annotations:
+        # Roll the pods when the settings change.
+        checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ctx | sha256sum }}
+    spec:
+      serviceAccountName: {{ include "iot-monitor.serviceAccountName" $ctx }}
+      automountServiceAccountToken: false
+      {{- with $ctx.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $ctx.Values.podSecurityContext | nindent 8 }}
+      {{- with .svc.terminationGracePeriodSeconds }}
+      terminationGracePeriodSeconds: {{ . }}
+      {{- end }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "iot-monitor.image" (dict "ctx" $ctx "svc" .svc) | quote }}
+          imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+          args:
+            {{- toYaml .args | nindent 12 }}
+          envFrom:
+            {{- include "iot-monitor.envFrom" $ctx | nindent 12 }}
+          env:
+            {{- include "iot-monitor.env" $ctx | nindent 12 }}
+            {{- with .svc.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          ports:
+            - name: metrics
+              containerPort: {{ $ctx.Values.metricsPort }}
+              protocol: TCP
+          {{- include "iot-monitor.probes" $ctx | nindent 10 }}
+          resources:
+            {{- toYaml .svc.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $ctx.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            {{- include "iot-monitor.volumeMounts" $ctx | nindent 12 }}
+      volumes:
+        {{- include "iot-monitor.volumes" $ctx | nindent 8 }}
+      {{- with .svc.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .svc.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .svc.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end }}
+
+{{/* The metrics Service of a component (same arguments). */}}
+{{- define "iot-monitor.metricsService" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "iot-monitor.componentName" . }}-metrics
+  labels:
+    {{- include "iot-monitor.labels" . | nindent 4 }}
+spec:
+  type: {{ .ctx.Values.service.type }}
+  selector:
+    {{- include "iot-monitor.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: metrics
+      port: {{ .ctx.Values.metricsPort }}
+      targetPort: metrics
+      protocol: TCP
+{{- end }}

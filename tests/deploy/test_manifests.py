@@ -1,0 +1,346 @@
+"""Offline checks of everything that deploys iot-monitor (kind and Skaffold cannot run here).
+
+- the Helm chart: lint and render with the defaults and every ci/*-values.yaml; every rendered
+  object validated against the Kubernetes schemas (strict) or, for custom resources, the CRDs
+  in ../shared/reference; then the behaviour the chart promises, asserted on the objects;
+- k8s/: Strimzi 1.2.0 resources against the Strimzi CRDs, the rest against Kubernetes';
+- docker-compose.yml against the Compose spec, skaffold.yaml against Skaffold's schema, and
+  the cross-references between them (images, Dockerfiles, chart paths).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.helpers import REPO
+
+CHART = REPO / "charts" / "iot-monitor"
+K8S_VERSION = "1.33.0"
+REFERENCE = REPO.parent / "shared" / "reference"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+SERVICES = ("producer", "consumer", "exporter")
+
+
+@cache
+def helm() -> str:
+    subprocess.run([str(REPO / "scripts" / "install-tools.sh")], check=True, timeout=1200)
+    return str(REPO / ".tools" / "bin" / "helm")
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [helm(), "template", "iot-monitor", str(CHART), "--namespace", "iot", "--kube-version", K8S_VERSION, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) → openAPIV3Schema, from the reference CRDs."""
+    schemas = {}
+    for path in [*REFERENCE.glob("strimzi-1.2.0-crds/*.yaml"), *REFERENCE.glob("prometheus-operator-crds/*.yaml")]:
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schemas[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def _forbid_unknown_fields(schema: dict[str, Any]) -> dict[str, Any]:
+    """Like `kubectl --validate=strict`: objects with declared properties accept no others."""
+    schema = dict(schema)
+    if (
+        schema.get("type") == "object"
+        and "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        schema["additionalProperties"] = False
+    for key in ("properties", "patternProperties"):
+        if key in schema:
+            schema[key] = {k: _forbid_unknown_fields(v) for k, v in schema[key].items()}
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = _forbid_unknown_fields(schema["items"])
+    if isinstance(schema.get("additionalProperties"), dict):
+        schema["additionalProperties"] = _forbid_unknown_fields(schema["additionalProperties"])
+    return schema
+
+
+def validate_object(doc: dict[str, Any]) -> None:
+    key = (doc["apiVersion"], doc["kind"])
+    if key in crd_schemas():
+        schema = _forbid_unknown_fields(crd_schemas()[key])
+        schema["properties"] = {**schema.get("properties", {}), "metadata": {"type": "object"}}
+        jsonschema.validate(doc, schema)
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+# ------------------------------------------------------------------------------- the chart
+def test_chart_lints_strictly() -> None:
+    for values in [None, *CI_VALUES]:
+        args = ["lint", str(CHART), "--strict", "--kube-version", K8S_VERSION]
+        if values:
+            args += ["-f", str(values)]
+        result = subprocess.run([helm(), *args], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: v.name if v else "defaults")
+def test_every_rendered_object_is_schema_valid(values: Path | None) -> None:
+    """Defaults and each ci/*-values.yaml render objects valid for Kubernetes 1.33 (strict) and the CRDs."""
+    docs = render(*(["-f", str(values)] if values else []))
+    assert docs
+    for doc in docs:
+        validate_object(doc)
+
+
+def test_defaults_wire_to_strimzi_and_bitnami_names() -> None:
+    """Kafka bootstrap = <cluster>-kafka-bootstrap:9092; the password comes from the Bitnami
+    chart's Secret (release "postgresql", key "password"), never from the ConfigMap."""
+    docs = render()
+    (config,) = by_kind(docs, "ConfigMap").values()
+    data = config["data"]
+    assert data["KAFKA_BOOTSTRAP_SERVERS"] == "iot-kafka-kafka-bootstrap:9092"
+    assert data["KAFKA_TOPIC"] == "iot_sensores"
+    assert data["POSTGRES_HOST"] == "postgresql"
+    assert data["LOG_FORMAT"] == "json"
+    assert not [k for k in data if "PASSWORD" in k]
+    pods = [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment").values()]
+    pods.append(by_kind(docs, "CronJob")["iot-monitor-exporter"]["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    for pod in pods:
+        (container,) = pod["containers"]
+        assert {"configMapRef": {"name": "iot-monitor"}} in container["envFrom"]
+        password = next(e for e in container["env"] if e["name"] == "POSTGRES_PASSWORD")
+        assert password["valueFrom"]["secretKeyRef"] == {"name": "postgresql", "key": "password"}
+
+
+def test_pods_are_hardened_with_resources() -> None:
+    """Non-root uid 10001, read-only root with a writable /tmp, no privilege escalation, all
+    capabilities dropped, RuntimeDefault seccomp, requests and limits on every container."""
+    docs = render()
+    pods = [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment").values()]
+    pods.append(next(iter(by_kind(docs, "CronJob").values()))["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    assert len(pods) == 3
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        (container,) = pod["containers"]
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        assert container["resources"]["requests"]
+        assert container["resources"]["limits"]
+
+
+def test_services_have_probes_and_metrics_ports() -> None:
+    """Producer and consumer: liveness on /healthz, readiness on /readyz, port `metrics`
+    exposed by a Service that selects exactly that component."""
+    docs = render()
+    deployments = by_kind(docs, "Deployment")
+    services = by_kind(docs, "Service")
+    for component in ("producer", "consumer"):
+        deployment = deployments[f"iot-monitor-{component}"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == f"iot-{component}:0.1.0"
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert container["ports"] == [{"name": "metrics", "containerPort": 8000, "protocol": "TCP"}]
+        service = services[f"iot-monitor-{component}-metrics"]
+        assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+        assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == component
+
+
+def test_consumer_replicas_have_a_disruption_budget_and_never_exceed_partitions() -> None:
+    docs = render()
+    consumer = by_kind(docs, "Deployment")["iot-monitor-consumer"]
+    assert consumer["spec"]["replicas"] == 2
+    assert consumer["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+    assert consumer["spec"]["template"]["spec"]["containers"][0]["args"][:3] == ["run", "--group", "iot-consumer"]
+    (pdb,) = by_kind(docs, "PodDisruptionBudget").values()
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == consumer["spec"]["selector"]["matchLabels"]
+    refused = subprocess.run(
+        [helm(), "template", "x", str(CHART), "--kube-version", K8S_VERSION, "--set", "consumer.replicaCount=7"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "larger than kafka.partitions" in refused.stderr
+
+
+def test_exporter_is_a_forbid_cronjob_writing_to_a_kept_claim() -> None:
+    docs = render()
+    cron = by_kind(docs, "CronJob")["iot-monitor-exporter"]["spec"]
+    assert cron["schedule"] == "15 0 * * *"
+    assert cron["timeZone"] == "Etc/UTC"
+    assert cron["concurrencyPolicy"] == "Forbid"
+    assert cron["successfulJobsHistoryLimit"] == 3
+    assert cron["failedJobsHistoryLimit"] == 3
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["args"][:3] == ["daily", "--out", "/exports"]
+    assert {"name": "exports", "mountPath": "/exports"} in container["volumeMounts"]
+    claim = next(v for v in pod["volumes"] if v["name"] == "exports")["persistentVolumeClaim"]["claimName"]
+    pvc = by_kind(docs, "PersistentVolumeClaim")[claim]
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert (
+        claim
+        == yaml.safe_load((REPO / "k8s" / "tools" / "pvc-reader.yaml").read_text())["spec"]["volumes"][0][
+            "persistentVolumeClaim"
+        ]["claimName"]
+    )
+
+
+def test_service_monitors_and_managed_kafka_values() -> None:
+    """ci/monitoring-values: one ServiceMonitor per server; ci/managed-kafka-values: SASL
+    password and CA from Secrets, registry prefix, no producer."""
+    monitoring = render("-f", str(CHART / "ci" / "monitoring-values.yaml"))
+    monitors = by_kind(monitoring, "ServiceMonitor")
+    assert set(monitors) == {"iot-monitor-producer", "iot-monitor-consumer"}
+    assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors.values())
+    managed = render("-f", str(CHART / "ci" / "managed-kafka-values.yaml"))
+    assert "iot-monitor-producer" not in by_kind(managed, "Deployment")
+    consumer = by_kind(managed, "Deployment")["iot-monitor-consumer"]["spec"]["template"]["spec"]
+    (container,) = consumer["containers"]
+    assert container["image"] == "registry.example.com/iot/iot-consumer:0.1.0"
+    sasl = next(e for e in container["env"] if e["name"] == "KAFKA_SASL_PASSWORD")
+    assert sasl["valueFrom"]["secretKeyRef"] == {"name": "iot-kafka-user", "key": "password"}
+    (config,) = by_kind(managed, "ConfigMap").values()
+    assert config["data"]["KAFKA_SSL_CAFILE"] == "/etc/kafka-ca/ca.crt"
+    assert config["data"]["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert {"name": "kafka-ca", "mountPath": "/etc/kafka-ca", "readOnly": True} in container["volumeMounts"]
+
+
+def test_values_schema_rejects_bad_values() -> None:
+    bad = subprocess.run(
+        [helm(), "template", "x", str(CHART), "--kube-version", K8S_VERSION, "--set", "exporter.formats=pdf"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert "formats" in bad.stderr
+
+
+# ------------------------------------------------------------------------------- k8s/
+def test_strimzi_resources_match_the_crds() -> None:
+    """Kafka + KafkaNodePool (KRaft, Kafka 4.3.1) + KafkaTopic iot-sensores → topic iot_sensores."""
+    docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "kafka.yaml").read_text()) if d]
+    for doc in docs:
+        assert doc["apiVersion"] == "kafka.strimzi.io/v1"
+        validate_object(doc)
+    kinds = {d["kind"]: d for d in docs}
+    assert kinds["Kafka"]["spec"]["kafka"]["version"] == "4.3.1"
+    assert kinds["KafkaNodePool"]["spec"]["roles"] == ["controller", "broker"]
+    topic = kinds["KafkaTopic"]
+    assert (topic["metadata"]["name"], topic["spec"]["topicName"], topic["spec"]["partitions"]) == (
+        "iot-sensores",
+        "iot_sensores",
+        6,
+    )
+    cluster = kinds["Kafka"]["metadata"]["name"]
+    assert topic["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert defaults["kafka"]["clusterName"] == cluster
+    assert defaults["kafka"]["partitions"] == topic["spec"]["partitions"]
+
+
+def test_plain_manifests_are_valid_kubernetes() -> None:
+    for path in (REPO / "k8s" / "namespace.yaml", REPO / "k8s" / "tools" / "pvc-reader.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            validate_object(doc)
+
+
+def test_bitnami_values_pull_from_the_legacy_repository() -> None:
+    """The Bitnami chart's default image no longer pulls (moved 2025-08): ours points at
+    bitnamilegacy with the swap allowed, and its Secret/user match the chart's defaults."""
+    values = yaml.safe_load((REPO / "k8s" / "postgresql-values.yaml").read_text())
+    assert values["image"]["repository"] == "bitnamilegacy/postgresql"
+    assert values["global"]["security"]["allowInsecureImages"] is True
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["postgresql"]
+    assert values["auth"]["username"] == defaults["username"]
+    assert values["auth"]["database"] == defaults["database"]
+
+
+def test_kind_config_names_the_cluster() -> None:
+    config = yaml.safe_load((REPO / "k8s" / "kind-config.yaml").read_text())
+    assert config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    assert config["name"] == "iot"
+
+
+# ------------------------------------------------------------------------------- compose and skaffold
+def test_compose_file_matches_the_compose_spec() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    # The spec names draft-07 by an https URL jsonschema does not map; say which draft it is.
+    jsonschema.Draft7Validator(json.loads((REFERENCE / "schemas" / "compose-spec.json").read_text())).validate(compose)
+    services = compose["services"]
+    assert services["kafka"]["image"] == "apache/kafka:4.3.1"
+    assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert services["consumer"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["consumer"]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    for name in (*SERVICES, "kafka", "postgres", "prometheus", "pushgateway"):
+        assert services[name]["restart"] in ("always", "unless-stopped"), name
+    assert any(v.startswith("postgres-data:") for v in services["postgres"]["volumes"])
+    for service in SERVICES:
+        assert services[service]["build"]["dockerfile"] == f"{service}/Dockerfile"
+        assert (REPO / services[service]["build"]["dockerfile"]).is_file()
+        assert services[service]["image"].split(":")[0] == f"iot-{service}"
+    prometheus = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    assert {"iot-producer", "iot-consumer", "pushgateway"} <= jobs
+    assert services["exporter"]["environment"]["PUSHGATEWAY_URL"] == "http://pushgateway:9091"
+
+
+def test_skaffold_matches_its_schema_and_the_chart() -> None:
+    """Three artifacts with existing Dockerfiles, injected into the chart's image values; the
+    Strimzi and Bitnami charts pinned; our Kafka manifests and chart paths exist."""
+    configs = [c for c in yaml.safe_load_all((REPO / "skaffold.yaml").read_text()) if c]
+    schema = json.loads((REFERENCE / "schemas" / "skaffold-v4beta14.json").read_text())
+    for config in configs:
+        jsonschema.validate({**config, "apiVersion": "skaffold/v4beta14"}, schema)
+        assert config["apiVersion"] in ("skaffold/v4beta13", "skaffold/v4beta14")
+    by_name = {c["metadata"]["name"]: c for c in configs}
+    artifacts = by_name["iot-monitor"]["build"]["artifacts"]
+    assert [a["image"] for a in artifacts] == [f"iot-{s}" for s in SERVICES]
+    for artifact in artifacts:
+        assert (REPO / artifact["context"] / artifact["docker"]["dockerfile"]).is_file()
+    (release,) = by_name["iot-monitor"]["deploy"]["helm"]["releases"]
+    assert (REPO / release["chartPath"] / "Chart.yaml").is_file()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for service in SERVICES:
+        key = f"IMAGE_REPO_iot_{service}"
+        assert release["setValueTemplates"][f"{service}.image.repository"] == "{{." + key + "}}"
+        assert values[service]["image"]["repository"] == f"iot-{service}"
+    platform = {r["name"]: r for r in by_name["platform"]["deploy"]["helm"]["releases"]}
+    assert platform["strimzi"]["version"] == "1.2.0"
+    assert platform["strimzi"]["remoteChart"] == "oci://quay.io/strimzi-helm/strimzi-kafka-operator"
+    assert platform["postgresql"]["valuesFiles"] == ["k8s/postgresql-values.yaml"]
+    for config in configs:
+        for path in config.get("manifests", {}).get("rawYaml", []):
+            assert (REPO / path).is_file()

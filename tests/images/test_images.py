@@ -1,0 +1,168 @@
+"""The container images, built for real with Docker and run against the native stack.
+
+Needs a Docker daemon. Without one the module is skipped, unless IOT_REQUIRE_IMAGE_TESTS=1
+(set by .ci/run, which installs and starts Docker), in which case the absence is a failure.
+The base image is a locally made stand-in for python:3.11-slim (docker/local-base-image.sh),
+passed as the PYTHON_IMAGE build argument: no registry is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, Stack, scalar
+
+BASE = os.environ.get("IOT_BASE_IMAGE", "iot-monitor/python-base:bookworm")
+TAG = "test"
+SERVICES = ("producer", "consumer", "exporter")
+
+
+def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def _docker_available() -> bool:
+    try:
+        return docker("info", check=False, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, str]:
+    if not _docker_available():
+        if os.environ.get("IOT_REQUIRE_IMAGE_TESTS") == "1":
+            pytest.fail("IOT_REQUIRE_IMAGE_TESTS=1 but no Docker daemon answers `docker info`")
+        pytest.skip("no Docker daemon (CI runs these: .ci/run starts one)")
+    subprocess.run([str(REPO / "docker" / "local-base-image.sh"), BASE], check=True, timeout=900)
+    subprocess.run(
+        [str(REPO / "docker" / "build-images.sh"), TAG],
+        check=True,
+        timeout=1800,
+        env={**os.environ, "PYTHON_IMAGE": BASE},
+    )
+    return {service: f"iot-{service}:{TAG}" for service in SERVICES}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_cli_help_runs_as_non_root_on_a_read_only_root(images: dict[str, str], service: str) -> None:
+    """Each image's entrypoint is its typer CLI; it runs as uid 10001 with a read-only root."""
+    result = docker("run", "--rm", "--read-only", "--cap-drop", "ALL", images[service], "--help", check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"iot-{service}" in result.stdout or "Usage" in result.stdout
+    uid = docker("run", "--rm", "--entrypoint", "id", images[service], "-u").stdout.strip()
+    assert uid == "10001"
+    config = json.loads(docker("image", "inspect", images[service]).stdout)[0]["Config"]
+    assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == [f"iot-{service}"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_final_image_has_no_compiler_and_a_shared_library_package(images: dict[str, str], service: str) -> None:
+    """Multi-stage: no gcc/cc in the final image; iot_common is an installed package."""
+    probe = docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        images[service],
+        "-c",
+        "command -v gcc cc || true; python3 -c 'import iot_common, sys; print(iot_common.__file__)'",
+    )
+    lines = probe.stdout.split()
+    assert lines[-1].startswith("/opt/iot/lib/")
+    assert "site-packages/iot_common" in lines[-1]
+    assert not [line for line in lines[:-1] if line.endswith(("gcc", "/cc"))]
+
+
+def test_servers_declare_a_healthcheck(images: dict[str, str]) -> None:
+    for service, path in (("producer", "/healthz"), ("consumer", "/readyz")):
+        config = json.loads(docker("image", "inspect", images[service]).stdout)[0]["Config"]
+        assert path in " ".join(config["Healthcheck"]["Test"])
+
+
+def test_containers_move_readings_from_kafka_into_postgres(
+    images: dict[str, str], stack: Stack, topic: str, database: str, tmp_path: Path
+) -> None:
+    """Producer and consumer containers (host network) against the native Kafka and
+    PostgreSQL: every produced reading becomes a row."""
+    env = [
+        "-e",
+        f"KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap}",
+        "-e",
+        f"KAFKA_TOPIC={topic}",
+        "-e",
+        f"POSTGRES_DB={database}",
+        "-e",
+        f"POSTGRES_PORT={stack.postgres_port}",
+        "-e",
+        f"POSTGRES_PASSWORD={stack.pg_password}",
+        "-e",
+        "METRICS_PORT=0",
+    ]
+    produced = docker(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--read-only",
+        *env,
+        images["producer"],
+        "--sensors",
+        "10",
+        "--count",
+        "500",
+        "--rate",
+        "1000",
+        check=False,
+    )
+    assert produced.returncode == 0, produced.stderr[-2000:]
+    consumed = docker(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--read-only",
+        *env,
+        "-e",
+        f"CONSUMER_GROUP=img-{uuid.uuid4().hex[:8]}",
+        images["consumer"],
+        "run",
+        "--exit-when-idle",
+        "3",
+        check=False,
+    )
+    assert consumed.returncode == 0, consumed.stderr[-2000:]
+    conn = stack.connect(database)
+    try:
+        assert scalar(conn, "SELECT count(*) FROM sensores") == 500
+    finally:
+        conn.close()
+    export_dir = tmp_path / "exports"
+    export_dir.mkdir()
+    os.chmod(export_dir, 0o777)
+    exported = docker(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        *env,
+        "-v",
+        f"{export_dir}:/exports",
+        images["exporter"],
+        "export",
+        "--format",
+        "csv",
+        check=False,
+    )
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (export_dir / "sensores_exportado.csv").read_text().count("\n") == 501
