@@ -13,7 +13,7 @@ PYPROJECTS := pyproject.toml $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 PRODUCER_METRICS_PORT ?= 8001
 CONSUMER_METRICS_PORT ?= 8002
 
-.PHONY: help dev stack-up stack-down stack-status run test test-unit test-integration lint format typecheck bench clean
+.PHONY: help dev stack-up stack-down stack-status run test test-unit test-integration lint format typecheck bench bench-consumer clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -59,8 +59,11 @@ test-integration: dev stack-up ## Integration tests against the local Kafka and 
 test: dev lint typecheck stack-up ## Everything CI runs: lint, types, unit and integration tests
 	scripts/pytest.sh tests
 
-bench: dev stack-up ## Benchmarks (tables printed and saved under bench/results/)
+bench: dev stack-up ## All benchmarks side by side (~15 min): bench/results/ and docs/BENCHMARKS.md
 	$(BIN)/python -m bench.run_all
+
+bench-consumer: dev stack-up ## Consumer only: 1 vs 2 processes vs seed baseline vs limits
+	$(BIN)/python -m bench.consumer_bench
 
 clean: ## Remove the virtualenv and caches (the stack's data stays in .stack/)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

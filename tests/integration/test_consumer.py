@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import time
 import uuid
 from datetime import date
@@ -18,7 +19,7 @@ from iot_common.settings import PostgresSettings
 from iot_consumer.batch import Batch, PositionUpdate
 from iot_consumer.schema import migrate
 from iot_consumer.sink import FencedError, PostgresSink
-from tests.helpers import Service, Stack, end_offsets, read_topic, row_count, scalar, send_raw, wait_until
+from tests.helpers import BIN, Service, Stack, end_offsets, read_topic, row_count, scalar, send_raw, wait_until
 
 
 def produce(env: dict[str, str], tmp_path: Path, count: int, sensors: int = 500, *extra: str) -> Service:
@@ -297,8 +298,34 @@ def test_broker_restart_mid_run_needs_no_manual_step(
     consumer = consume(env, tmp_path, 25)
     wait_until(lambda: row_count(db) > 4_000, timeout=60, what="first rows")
     stack.stack_command("restart", "kafka")
-    assert producer.wait(240) == 0
+    assert producer.wait(240) == 0, producer.log_path.read_text()[-4000:]
     acknowledged = producer.event("producer_stopped")["acknowledged"]
-    assert consumer.wait(300) == 0
+    assert consumer.wait(300) == 0, consumer.log_path.read_text()[-4000:]
     assert acknowledged == 40_000
     assert_exactly_once(db, stack, topic, 40_000)
+
+
+def test_verify_reconciles_kafka_with_postgres_and_finds_damage(
+    stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """`iot-consumer verify` says OK after a clean run, and names missing and duplicated
+    offsets (exit 1) once rows are deleted or copied behind the pipeline's back."""
+    assert produce(env, tmp_path, 3000, 30).wait(120) == 0
+    send_raw(stack.bootstrap, topic, [(b"k", b"not json")])
+    assert consume(env, tmp_path, 3).wait(120) == 0
+    verify = [str(BIN / "iot-consumer"), "verify", "--json", "--expect-caught-up"]
+    clean = subprocess.run(verify, env=env, capture_output=True, text=True, check=False)
+    assert clean.returncode == 0, clean.stderr
+    report = orjson.loads(clean.stdout)
+    assert (report["consistent"], report["missing"], report["duplicates"], report["lag"]) == (True, 0, 0, 0)
+    assert sum(p["written"] for p in report["partitions"]) == 3001
+
+    with db.cursor() as cur:
+        cur.execute(
+            "DELETE FROM sensores WHERE (kafka_partition, kafka_offset) IN (SELECT kafka_partition, kafka_offset FROM sensores LIMIT 7)"
+        )
+        cur.execute("INSERT INTO sensores SELECT * FROM sensores LIMIT 2")
+    damaged = subprocess.run(verify, env=env, capture_output=True, text=True, check=False)
+    assert damaged.returncode == 1
+    report = orjson.loads(damaged.stdout)
+    assert (report["consistent"], report["missing"], report["duplicates"]) == (False, 7, 2)

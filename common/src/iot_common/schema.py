@@ -144,8 +144,8 @@ def validate_reading(
                         and limits.earliest <= when <= (now or datetime.now(UTC)) + limits.max_clock_skew
                     ):
                         return ValidReading(sensor_id.lower(), when, float(temperature), float(humidity))
-    except (orjson.JSONDecodeError, ValueError):
-        pass
+    except (orjson.JSONDecodeError, ValueError, OverflowError):
+        pass  # the slow path below names the defect
     return _explain(raw, limits, now)
 
 
@@ -183,7 +183,10 @@ def _explain(raw: bytes | None, limits: ReadingLimits = DEFAULT_LIMITS, now: dat
     if offset is None:
         raise InvalidReading(RejectReason.NAIVE_TIMESTAMP, f"timestamp {stamp[:64]!r} has no UTC offset")
     if offset != _ZERO or when.tzinfo is not UTC:
-        when = when.astimezone(UTC)
+        try:
+            when = when.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+02:00 is before year 1 in UTC
+            raise InvalidReading(RejectReason.OUT_OF_RANGE, f"timestamp {stamp[:64]!r} out of range") from None
     if when < limits.earliest:
         raise InvalidReading(RejectReason.OUT_OF_RANGE, f"timestamp {stamp} before {limits.earliest.date()}")
     if when > (now or datetime.now(UTC)) + limits.max_clock_skew:

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from iot_common.logging import get_logger
 from iot_common.schema import InvalidReading, ReadingLimits, validate_reading
+
+log = get_logger(__name__)
 
 MAX_STORED_PAYLOAD = 64 * 1024
 
@@ -66,17 +69,13 @@ class Batch:
             record = self.sources.pop(index)
             del self.copy_lines[index]
             self.dead_letters.append(
-                DeadLetter(
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    record.timestamp,
-                    record.key,
-                    record.value,
-                    "rejected_by_database",
-                    detail,
-                )
+                _dead_letter(record.topic, record.partition, record, "rejected_by_database", detail)
             )
+
+
+def _dead_letter(topic: str, partition: int, record: Any, reason: str, detail: str) -> DeadLetter:
+    kafka_ms = record.timestamp if record.timestamp is not None and record.timestamp >= 0 else None
+    return DeadLetter(topic, partition, record.offset, kafka_ms, record.key, record.value, reason, detail)
 
 
 def build_batch(
@@ -113,19 +112,11 @@ def build_batch(
             try:
                 reading = validate_reading(record.value, limits, now)
             except InvalidReading as exc:
-                value = record.value
-                batch.dead_letters.append(
-                    DeadLetter(
-                        tp.topic,
-                        partition,
-                        offset,
-                        record.timestamp if record.timestamp is not None and record.timestamp >= 0 else None,
-                        record.key,
-                        value,
-                        exc.reason.value,
-                        exc.detail,
-                    )
-                )
+                batch.dead_letters.append(_dead_letter(tp.topic, partition, record, exc.reason.value, exc.detail))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a validator bug must not turn one message into a crash loop
+                log.error("validator_error", partition=partition, offset=offset, error=repr(exc))
+                batch.dead_letters.append(_dead_letter(tp.topic, partition, record, "validator_error", repr(exc)))
                 continue
             stamp = reading.timestamp
             newest = stamp

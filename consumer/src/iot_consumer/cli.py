@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 import psycopg2
 import typer
+from kafka.errors import KafkaError
 
 from iot_common.cli import fail, setup_service
 from iot_common.http import start_observability_server
@@ -17,6 +19,7 @@ from iot_common.settings import ConfigError, KafkaSettings, PostgresSettings, lo
 from iot_consumer.loop import ConsumerOptions, ConsumerService
 from iot_consumer.schema import migrate
 from iot_consumer.sink import PostgresSink
+from iot_consumer.verify import reconcile
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
 log = get_logger("iot_consumer")
@@ -123,6 +126,66 @@ def migrate_command() -> None:
     _, postgres = _settings()
     version = _migrate(postgres)
     typer.echo(f"schema version {version} at {postgres.describe()}")
+
+
+@app.command()
+def verify(
+    group: Annotated[
+        str, typer.Option(envvar="CONSUMER_GROUP", help="Consumer group whose positions to check.")
+    ] = "iot-consumer",
+    expect_caught_up: Annotated[bool, typer.Option(help="Also fail while messages are waiting (lag > 0).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Reconcile Kafka with PostgreSQL: per partition, Kafka's offsets, the stored position,
+    and the rows + dead letters written; report missing, duplicated and unconsumed messages.
+
+    Exit 0 when nothing is missing or duplicated (and, with --expect-caught-up, lag is 0).
+    """
+    setup_service("iot-consumer")
+    kafka, postgres = _settings()
+    try:
+        conn = connect(postgres, application_name="iot-consumer:verify")
+    except psycopg2.OperationalError as exc:
+        fail(f"cannot connect to {postgres.describe()}: {str(exc).strip()}", code=1)
+    try:
+        result = reconcile(conn, kafka, group)
+    except (KafkaError, ValueError) as exc:
+        fail(f"cannot read Kafka offsets of {kafka.topic!r}: {exc}", code=1)
+    finally:
+        conn.close()
+    ok = result.consistent(expect_caught_up)
+    if as_json:
+        typer.echo(
+            orjson.dumps(
+                {
+                    "topic": result.topic,
+                    "group": result.group,
+                    "consistent": ok,
+                    "missing": result.missing,
+                    "duplicates": result.duplicates,
+                    "ahead": result.ahead,
+                    "lag": result.lag,
+                    "partitions": [p.as_dict() for p in result.partitions],
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+    else:
+        typer.echo(f"topic {result.topic}  group {result.group}")
+        typer.echo(
+            f"{'partition':>9} {'kafka start':>12} {'kafka end':>12} {'stored':>12} {'written':>12} {'missing':>8} {'dup':>6} {'ahead':>6} {'lag':>10}"
+        )
+        for p in result.partitions:
+            stored = "-" if p.stored is None else str(p.stored)
+            typer.echo(
+                f"{p.partition:>9} {p.kafka_start:>12} {p.kafka_end:>12} {stored:>12} {p.written:>12} {p.missing:>8} {p.duplicates:>6} {p.ahead:>6} {p.lag:>10}"
+            )
+        verdict = "OK" if ok else "INCONSISTENT"
+        typer.echo(
+            f"{verdict}: missing {result.missing}, duplicates {result.duplicates}, ahead {result.ahead}, lag {result.lag}"
+        )
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

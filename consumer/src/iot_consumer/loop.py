@@ -140,6 +140,8 @@ class ConsumerService:
             isolation_level="read_committed",
             session_timeout_ms=self.options.session_timeout_ms,
             heartbeat_interval_ms=max(1000, self.options.session_timeout_ms // 5),
+            # Default 30 s: after a broker restart the client would wait that long to reconnect.
+            reconnect_backoff_max_ms=5_000,
             metrics_enabled=False,  # client-side metrics cost CPU per record; ours are enough
             **options,
         )
@@ -170,7 +172,15 @@ class ConsumerService:
                     continue
                 if self.tracker.generation != self._synced_generation and not self._sync_positions(consumer):
                     continue
-                records = consumer.poll(timeout_ms=self.options.poll_timeout_ms)
+                try:
+                    records = consumer.poll(timeout_ms=self.options.poll_timeout_ms)
+                except KafkaError as exc:
+                    # Broker restarts, coordinator moves, rebalances: kafka-python reconnects by
+                    # itself; re-read our positions afterwards in case the assignment changed.
+                    log.warning("kafka_poll_failed", error=repr(exc), retry_in_s=1.0)
+                    self._synced_generation = -1
+                    self.stop.wait(1.0)
+                    continue
                 if records:
                     self._process(consumer, records)
                     self._last_activity = time.monotonic()
@@ -215,11 +225,16 @@ class ConsumerService:
             return now - self._last_activity >= idle + self.options.unassigned_grace_s
         if now - self._last_activity < idle:
             return False
-        for partition, next_offset in self.position.items():
-            highwater = consumer.highwater(TopicPartition(self.topic, partition))
-            if highwater is None or highwater > next_offset:
-                self._last_activity = now  # not caught up (or not fetched yet): keep going
-                return False
+        # Ask the broker, not the last fetch: after a broker restart the cached high
+        # watermarks are stale while nothing is fetched.
+        partitions = [TopicPartition(self.topic, p) for p in self.position]
+        try:
+            ends = consumer.end_offsets(partitions, timeout_ms=5_000)
+        except KafkaError:
+            ends = None
+        if not ends or any(ends.get(tp) is None or ends[tp] > self.position.get(tp.partition, -1) for tp in partitions):
+            self._last_activity = now  # not caught up (or cannot tell): keep going
+            return False
         return True
 
     # ------------------------------------------------------------------ database availability
@@ -265,12 +280,16 @@ class ConsumerService:
         backoff = self.options.backoff_initial_s
         log.warning("pausing_consumption", reason="PostgreSQL unavailable")
         while not self.stop.is_set():
-            assigned = consumer.assignment()
-            if assigned:
-                consumer.pause(*assigned)
             retry_at = time.monotonic() + backoff
             while time.monotonic() < retry_at and not self.stop.is_set():
-                consumer.poll(timeout_ms=200)  # paused: returns nothing, but keeps us in the group
+                try:
+                    assigned = consumer.assignment()  # may change while we wait: pause newcomers too
+                    if assigned:
+                        consumer.pause(*assigned)
+                    consumer.poll(timeout_ms=200)  # paused: returns nothing, but keeps us in the group
+                except KafkaError as exc:
+                    log.debug("kafka_error_while_paused", error=repr(exc))
+                    self.stop.wait(0.2)
             try:
                 self.sink.ping()
             except CONNECTION_ERRORS as exc:
@@ -284,9 +303,12 @@ class ConsumerService:
                 continue
             self._set_database_ok(True)
             self._forget_positions()
-            paused = consumer.paused()
-            if paused:
-                consumer.resume(*paused)
+            try:
+                paused = consumer.paused()
+                if paused:
+                    consumer.resume(*paused)
+            except KafkaError as exc:
+                log.warning("resume_failed", error=repr(exc))
             log.info("resuming_consumption")
             return
 

@@ -106,6 +106,7 @@ class ReadingPublisher:
                 linger_ms=linger_ms,
                 batch_size=batch_size,
                 bootstrap_timeout_ms=bootstrap_timeout_ms,
+                reconnect_backoff_max_ms=5_000,  # default 30 s: slow to come back after a broker restart
                 allow_auto_create_topics=False,
                 metrics_enabled=False,  # client-side metrics cost CPU per record; ours are below
                 **options,

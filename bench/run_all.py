@@ -1,0 +1,58 @@
+"""`make bench`: every benchmark in one unattended run, then docs/BENCHMARKS.md.
+
+Runs bench.compare (Kafka → PostgreSQL against the peers and the limits, latency), the
+producer benchmark and the exporter benchmark, and writes their tables, the machine and the
+reproduce command into docs/BENCHMARKS.md (the analysis part is kept from docs/benchmarks-analysis.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+from bench.common import REPO, RESULTS, machine
+
+STEPS = [
+    ["-m", "bench.compare", "--readings", "1000000"],
+    ["-m", "bench.producer_bench", "--readings", "200000"],
+    ["-m", "bench.exporter_bench", "--rows", "300000"],
+]
+
+
+def main() -> None:
+    started = time.monotonic()
+    for step in STEPS:
+        print(f"[bench] python {' '.join(step)}", flush=True)
+        subprocess.run([sys.executable, *step], check=True, cwd=REPO)
+    minutes = (time.monotonic() - started) / 60
+
+    def body(name: str) -> str:
+        text = (RESULTS / f"{name}.md").read_text()
+        return "\n".join(line for line in text.splitlines() if not line.startswith(("<!--", "Machine:")))
+
+    analysis = (REPO / "docs" / "benchmarks-analysis.md").read_text()
+    doc = f"""# Benchmarks
+
+Measured by `make bench` on {datetime.now(UTC):%Y-%m-%d} in {minutes:.0f} minutes, unattended.
+
+**Machine:** {machine()}.
+Everything (broker, database, pipelines) shares those cores, as on a small VM.
+
+**Reproduce:** `make bench` (installs Quix Streams into `.bench/venv-quix` and the Debezium
+JDBC sink plugin from Maven Central on first use; raw tables land in `bench/results/`).
+
+## Kafka → PostgreSQL
+{body("compare")}
+## Producer
+{body("producer_bench")}
+## Exporter
+{body("exporter_bench")}
+{analysis}"""
+    (REPO / "docs" / "BENCHMARKS.md").write_text(doc)
+    print(f"[bench] wrote docs/BENCHMARKS.md ({minutes:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Property-based fuzzing of the reading parser and the COPY line builder (hypothesis).
+
+Whatever bytes arrive, validation either returns a well-formed reading or raises
+InvalidReading with a known reason - never another exception - and the COPY buffer only
+ever contains canonical UUIDs, ISO timestamps and numbers: no message content reaches SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import namedtuple
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iot_common.schema import DEFAULT_LIMITS, InvalidReading, RejectReason, validate_reading
+from iot_consumer.batch import build_batch
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+Record = namedtuple("Record", "topic partition offset timestamp key value")
+TP = namedtuple("TP", "topic partition")
+COPY_LINE = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\t"
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00\t"
+    r"-?\d+(\.\d+)?(e[-+]\d+)?\t-?\d+(\.\d+)?(e[-+]\d+)?\t\d+\t\d+\n"
+)
+
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=20,
+)
+near_valid = st.fixed_dictionaries(
+    {
+        "sensor_id": st.uuids().map(str) | st.text(max_size=40) | json_scalars,
+        "timestamp": st.datetimes(timezones=st.timezones() | st.none()).map(lambda d: d.isoformat())
+        | st.text(max_size=40)
+        | json_scalars,
+        "temperatura": st.floats(allow_nan=False, allow_infinity=False) | json_scalars,
+        "umidade": st.floats(allow_nan=False, allow_infinity=False) | json_scalars,
+    },
+    optional={"extra": json_scalars},
+)
+
+
+def dumps(value: object) -> bytes:
+    """Any JSON, including integers beyond 64 bits (which orjson itself would refuse to write)."""
+    return json.dumps(value).encode()
+
+
+def _check(raw: bytes | None) -> None:
+    try:
+        reading = validate_reading(raw, DEFAULT_LIMITS, NOW)
+    except InvalidReading as exc:
+        rejection: InvalidReading | None = exc
+    else:
+        rejection = None
+    if rejection is not None:
+        assert isinstance(rejection.reason, RejectReason)
+        assert rejection.detail
+        return
+    assert reading.timestamp.tzinfo is UTC
+    assert DEFAULT_LIMITS.earliest <= reading.timestamp <= NOW + DEFAULT_LIMITS.max_clock_skew
+    assert math.isfinite(reading.temperatura)
+    assert DEFAULT_LIMITS.temperature_min <= reading.temperatura <= DEFAULT_LIMITS.temperature_max
+    assert DEFAULT_LIMITS.humidity_min <= reading.umidade <= DEFAULT_LIMITS.humidity_max
+    assert re.fullmatch(r"[0-9a-f-]{36}", reading.sensor_id)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_never_crash_the_parser(raw: bytes) -> None:
+    _check(raw)
+
+
+@settings(max_examples=600)
+@given(json_values)
+def test_arbitrary_json_never_crashes_the_parser(value: object) -> None:
+    _check(dumps(value))
+
+
+@settings(max_examples=800)
+@given(near_valid)
+def test_near_valid_readings_are_accepted_or_rejected_with_a_reason(body: dict[str, object]) -> None:
+    _check(dumps(body))
+
+
+@settings(max_examples=300)
+@given(
+    st.uuids(),
+    st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2026, 11, 27), timezones=st.timezones()),
+    st.floats(min_value=-40, max_value=85),
+    st.floats(min_value=0, max_value=100),
+)
+def test_every_valid_reading_is_accepted_unchanged(
+    sensor: object, when: datetime, temperature: float, humidity: float
+) -> None:
+    body = {"sensor_id": str(sensor), "timestamp": when.isoformat(), "temperatura": temperature, "umidade": humidity}
+    reading = validate_reading(orjson.dumps(body), DEFAULT_LIMITS, NOW)
+    # Same instant as the text says (comparing with `when` itself is False inside a DST gap, PEP 495).
+    assert reading.timestamp == datetime.fromisoformat(when.isoformat()).astimezone(UTC)
+    assert (reading.temperatura, reading.umidade) == (temperature, humidity)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=200) | near_valid.map(dumps), min_size=1, max_size=30))
+def test_copy_buffer_holds_only_canonical_values(values: list[bytes]) -> None:
+    """Hostile payloads (SQL, tabs, newlines, backslashes) never reach the COPY text."""
+    records = [Record("t", 0, i, 0, None, v) for i, v in enumerate(values)]
+    batch = build_batch({TP("t", 0): records}, {0: None}, {0: 0}, DEFAULT_LIMITS)
+    assert batch.rows + len(batch.dead_letters) == len(values)
+    for line in batch.copy_lines:
+        assert COPY_LINE.fullmatch(line), line
+    assert batch.positions[0].next_offset == len(values)
+
+
+def test_sql_looking_content_is_dead_lettered() -> None:
+    body = {
+        "sensor_id": "1'); DROP TABLE sensores; --",
+        "timestamp": (NOW - timedelta(hours=1)).isoformat(),
+        "temperatura": 20.0,
+        "umidade": 50.0,
+    }
+    records = [Record("t", 0, 0, 0, None, orjson.dumps(body))]
+    batch = build_batch({TP("t", 0): records}, {0: None}, {0: 0}, DEFAULT_LIMITS)
+    assert batch.rows == 0
+    assert batch.dead_letters[0].reason == "bad_uuid"
