@@ -13,7 +13,7 @@ PYPROJECTS := pyproject.toml $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 PRODUCER_METRICS_PORT ?= 8001
 CONSUMER_METRICS_PORT ?= 8002
 
-.PHONY: help dev stack-up stack-down stack-status run test test-unit test-integration lint format typecheck bench bench-consumer clean
+.PHONY: help dev stack-up stack-down stack-status run test test-chaos test-unit test-integration lint format typecheck bench bench-consumer clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -54,10 +54,13 @@ test-unit: dev ## Unit tests only (no servers needed)
 	scripts/pytest.sh tests/unit
 
 test-integration: dev stack-up ## Integration tests against the local Kafka and PostgreSQL
-	scripts/pytest.sh -m integration tests
+	scripts/pytest.sh -m "integration and not chaos" tests
 
-test: dev lint typecheck stack-up ## Everything CI runs: lint, types, unit and integration tests
-	scripts/pytest.sh tests
+test: dev lint typecheck stack-up ## Lint, types, unit, integration, deployment and image tests
+	scripts/pytest.sh -m "not chaos" tests
+
+test-chaos: dev stack-up ## Faults for minutes: kill -9, SIGTERM, PostgreSQL and Kafka restarts (bench/results/chaos.md)
+	scripts/pytest.sh -m chaos tests/chaos
 
 bench: dev stack-up ## All benchmarks side by side (~15 min): bench/results/ and docs/BENCHMARKS.md
 	$(BIN)/python -m bench.run_all

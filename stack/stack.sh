@@ -228,7 +228,14 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
 SQL
   fi
-  log "database $POSTGRES_DB ready (role $POSTGRES_USER)"
+  # Least-privilege login roles for the services (the schema's owner grants them on migrate).
+  pg_superuser_psql -d postgres >/dev/null <<'SQL'
+SELECT 'CREATE ROLE iot_consumer LOGIN PASSWORD ''iot_consumer'''
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iot_consumer') \gexec
+SELECT 'CREATE ROLE iot_exporter LOGIN PASSWORD ''iot_exporter'''
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iot_exporter') \gexec
+SQL
+  log "database $POSTGRES_DB ready (owner role $POSTGRES_USER; service roles iot_consumer, iot_exporter)"
 }
 
 pg_down() {

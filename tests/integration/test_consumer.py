@@ -7,6 +7,8 @@ import random
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from datetime import date
 from pathlib import Path
@@ -329,3 +331,35 @@ def test_verify_reconciles_kafka_with_postgres_and_finds_damage(
     assert damaged.returncode == 1
     report = orjson.loads(damaged.stdout)
     assert (report["consistent"], report["missing"], report["duplicates"]) == (False, 7, 2)
+
+
+def test_readiness_follows_postgres_availability(
+    stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """/readyz: 200 while writing; 503 naming PostgreSQL while it is down; 200 again after,
+    with no restart of the consumer. /healthz stays 200 throughout (restarting would not help)."""
+    consumer = consume(env, tmp_path, 600)
+    wait_until(
+        lambda: any(e.get("event") == "observability_server_started" for e in consumer.events()), 30, "metrics server"
+    )
+    port = consumer.event("observability_server_started")["port"]
+
+    def status(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    wait_until(lambda: status("/readyz")[0] == 200, 60, "ready")
+    db.close()
+    stack.stack_command("down", "postgres")
+    try:
+        wait_until(lambda: status("/readyz")[0] == 503, 60, "not ready while PostgreSQL is down")
+        assert "PostgreSQL" in status("/readyz")[1]
+        assert status("/healthz")[0] == 200
+    finally:
+        stack.stack_command("up", "postgres")
+    wait_until(lambda: status("/readyz")[0] == 200, 90, "ready again")
+    consumer.signal(signal.SIGTERM)
+    assert consumer.wait(60) == 0

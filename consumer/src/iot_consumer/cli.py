@@ -111,6 +111,7 @@ def run(
         obs.metrics_host,
         obs.metrics_port if metrics_port is None else metrics_port,
         readiness=service.readiness,
+        liveness=service.liveness,
     )
     try:
         service.run()

@@ -111,20 +111,34 @@ class ConsumerService:
         self._database_ok = False
         self._consumer: KafkaConsumer | None = None
         self._last_activity = time.monotonic()
+        self._started = time.monotonic()
+        self._last_kafka_error = float("-inf")
+        self._heartbeat = time.monotonic()
 
     # ------------------------------------------------------------------ health
     def readiness(self) -> Health:
+        """Ready while PostgreSQL accepts writes and Kafka answers polls.
+
+        Kafka counts as unreachable after a poll failed within the last 10 s, or when no
+        partition has been assigned a minute after start (the group never formed).
+        """
         if not self._database_ok:
             return Health(False, "PostgreSQL unreachable")
-        consumer = self._consumer
-        if consumer is None:
+        if self._consumer is None:
             return Health(False, "Kafka consumer not started")
-        try:
-            if not consumer.bootstrap_connected() and not consumer.assignment():
-                return Health(False, "Kafka unreachable")
-        except Exception as exc:  # noqa: BLE001 - any failure of the probe means "not ready"
-            return Health(False, f"Kafka check failed: {exc}")
+        now = time.monotonic()
+        if now - self._last_kafka_error < 10.0:
+            return Health(False, "Kafka unreachable (poll failing)")
+        if not self.position and now - self._started > 60.0:
+            return Health(False, "no partition assigned (group not formed, or more replicas than partitions)")
         return Health(True, f"{len(self.position)} partitions")
+
+    def liveness(self) -> Health:
+        """Alive while the main loop turns (a loop stuck for 2 minutes asks for a restart)."""
+        stalled = time.monotonic() - self._heartbeat
+        if stalled > 120.0:
+            return Health(False, f"main loop stalled for {stalled:.0f} s")
+        return Health(True)
 
     # ------------------------------------------------------------------ lifecycle
     def _make_consumer(self) -> KafkaConsumer:
@@ -167,6 +181,7 @@ class ConsumerService:
         self._last_activity = time.monotonic()
         try:
             while not self.stop.is_set():
+                self._heartbeat = time.monotonic()
                 if not self._database_ok:
                     self._wait_for_database(consumer)
                     continue
@@ -178,6 +193,7 @@ class ConsumerService:
                     # Broker restarts, coordinator moves, rebalances: kafka-python reconnects by
                     # itself; re-read our positions afterwards in case the assignment changed.
                     log.warning("kafka_poll_failed", error=repr(exc), retry_in_s=1.0)
+                    self._last_kafka_error = time.monotonic()
                     self._synced_generation = -1
                     self.stop.wait(1.0)
                     continue
@@ -282,6 +298,7 @@ class ConsumerService:
         while not self.stop.is_set():
             retry_at = time.monotonic() + backoff
             while time.monotonic() < retry_at and not self.stop.is_set():
+                self._heartbeat = time.monotonic()
                 try:
                     assigned = consumer.assignment()  # may change while we wait: pause newcomers too
                     if assigned:

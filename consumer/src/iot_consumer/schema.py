@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg2.extensions
-from psycopg2 import sql
 
 from iot_common.logging import get_logger
 
@@ -20,6 +19,26 @@ log = get_logger(__name__)
 # Any fixed 64-bit number; shared by every process that migrates this database.
 MIGRATION_LOCK_KEY = 0x10_7_3017_0001
 PARTITION_LOCK_KEY = 0x10_7_3017_0002
+
+# Least privilege: login roles are created by the administrator (stack/stack.sh does it
+# locally); on every migrate() the owner grants each existing role only what its service does.
+GRANTS = """
+DO $grants$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer') THEN
+        GRANT SELECT ON schema_migrations TO iot_consumer;
+        GRANT INSERT ON sensores TO iot_consumer;
+        GRANT INSERT ON dead_letters TO iot_consumer;
+        GRANT USAGE ON SEQUENCE dead_letters_id_seq TO iot_consumer;
+        GRANT SELECT, INSERT, UPDATE ON consumer_positions TO iot_consumer;
+        GRANT EXECUTE ON FUNCTION iot_ensure_sensores_partition(date) TO iot_consumer;
+    END IF;
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter') THEN
+        GRANT SELECT ON sensores TO iot_exporter;
+    END IF;
+END
+$grants$;
+"""
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -71,6 +90,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             'Next Kafka offset to read per partition, written in the same transaction as the rows';
         """,
     ),
+    (
+        2,
+        "partition creation without DDL rights",
+        """
+        -- Replicas create daily partitions through this function, so the consumer's role
+        -- needs no ownership or DDL right on sensores (SECURITY DEFINER: runs as the owner).
+        CREATE FUNCTION iot_ensure_sensores_partition(day date) RETURNS void
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+        BEGIN
+            EXECUTE format(
+                'CREATE TABLE IF NOT EXISTS %I PARTITION OF sensores FOR VALUES FROM (%L) TO (%L)',
+                'sensores_' || to_char(day, 'YYYYMMDD'),
+                (day::timestamp AT TIME ZONE 'UTC'), ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+        END
+        $fn$;
+        REVOKE ALL ON FUNCTION iot_ensure_sensores_partition(date) FROM PUBLIC;
+
+        """,
+    ),
 ]
 
 
@@ -80,12 +118,15 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
-            cur.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version integer PRIMARY KEY,
-                       description text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
+            cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            row = cur.fetchone()
+            if not (row and row[0]):  # only the owner creates it; other roles just read it
+                cur.execute(
+                    """CREATE TABLE schema_migrations (
+                           version integer PRIMARY KEY,
+                           description text NOT NULL,
+                           applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
             cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
             row = cur.fetchone()
             current = int(row[0]) if row else 0
@@ -107,9 +148,42 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
                     conn.autocommit = True
                 log.info("migration_applied", version=version, description=description)
                 current = version
+            _grant_service_roles(conn)
         finally:
             cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return current
+
+
+def _grant_service_roles(conn: psycopg2.extensions.connection) -> None:
+    """As the owner, grant the service roles what they lack (nothing once done).
+
+    GRANT rewrites the table's catalog row, as does creating a partition: two replicas doing
+    both at once fail with "tuple concurrently updated". Hence: skip when nothing is missing,
+    and hold the partition creators' lock meanwhile.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT pg_get_userbyid(c.relowner) = current_user,
+                      (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
+                         AND NOT has_table_privilege('iot_consumer', 'consumer_positions', 'UPDATE'))
+                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter')
+                         AND NOT has_table_privilege('iot_exporter', 'sensores', 'SELECT'))
+               FROM pg_class c WHERE c.oid = 'sensores'::regclass"""
+        )
+        row = cur.fetchone()
+        if not row or not row[0] or not row[1]:
+            return
+        conn.autocommit = False
+        try:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+            cur.execute(GRANTS)
+            conn.commit()
+        except Exception:
+            conn.rollback()
+            raise
+        finally:
+            conn.autocommit = True
+        log.info("service_roles_granted")
 
 
 def partition_name(day: date) -> str:
@@ -135,13 +209,7 @@ class DailyPartitions:
                 # Serialise creators across replicas: CREATE TABLE IF NOT EXISTS alone can race.
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
                 for day in sorted(missing):
-                    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-                    cur.execute(
-                        sql.SQL(
-                            "CREATE TABLE IF NOT EXISTS {} PARTITION OF sensores FOR VALUES FROM (%s) TO (%s)"
-                        ).format(sql.Identifier(partition_name(day))),
-                        (start, start + timedelta(days=1)),
-                    )
+                    cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
             conn.commit()
         except Exception:
             conn.rollback()

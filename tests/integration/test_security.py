@@ -1,0 +1,156 @@
+"""Least privilege and secret hygiene, against the real server and real service processes.
+
+The schema's owner (`iot`) migrates; the consumer runs as `iot_consumer` (insert rows, dead
+letters and positions; create partitions only through a SECURITY DEFINER function), the
+exporter as `iot_exporter` (read sensores). Anything else is refused by PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import pytest
+from psycopg2 import sql
+
+from iot_consumer.schema import migrate
+from tests.helpers import BIN, Service, Stack, scalar, send_raw, wait_until
+
+
+def connect_as(stack: Stack, database: str, user: str, password: str) -> psycopg2.extensions.connection:
+    conn = psycopg2.connect(host="localhost", port=stack.postgres_port, user=user, password=password, dbname=database)
+    conn.autocommit = True
+    return conn
+
+
+def test_services_run_with_least_privilege_roles(
+    stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """Consumer as iot_consumer and exporter as iot_exporter do their whole job - including a
+    new daily partition for a late reading - and are refused everything else."""
+    migrate(db)  # as the owner, who also grants the service roles
+    late_stamp = datetime.now(UTC) - timedelta(days=9)
+    late = {
+        "sensor_id": str(uuid.uuid4()),
+        "timestamp": late_stamp.isoformat(),
+        "temperatura": 21.0,
+        "umidade": 40.0,
+    }
+    send_raw(stack.bootstrap, topic, [(b"late", orjson.dumps(late)), (b"bad", b"garbage")])
+    assert (
+        Service(["iot-producer", "--sensors", "5", "--count", "200", "--rate", "1000"], env, tmp_path / "p.log").wait(
+            60
+        )
+        == 0
+    )
+    consumer_env = {**env, "POSTGRES_USER": "iot_consumer", "POSTGRES_PASSWORD": "iot_consumer"}
+    consumer = Service(["iot-consumer", "run", "--exit-when-idle", "3"], consumer_env, tmp_path / "c.log")
+    assert consumer.wait(120) == 0, consumer.log_path.read_text()[-3000:]
+    assert scalar(db, "SELECT count(*) FROM sensores") == 201
+    assert scalar(db, "SELECT count(*) FROM dead_letters") == 1
+    late_partition = f"sensores_{late_stamp:%Y%m%d}"
+    assert scalar(db, "SELECT to_regclass(%s) IS NOT NULL", (late_partition,)) is True
+
+    exporter_env = {**env, "POSTGRES_USER": "iot_exporter", "POSTGRES_PASSWORD": "iot_exporter"}
+    exported = subprocess.run(
+        [str(BIN / "iot-exporter"), "export", "--format", "csv", "--out", str(tmp_path)],
+        env=exporter_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "sensores_exportado.csv").read_text().count("\n") == 202
+
+    database = env["POSTGRES_DB"]
+    as_consumer = connect_as(stack, database, "iot_consumer", "iot_consumer")
+    as_exporter = connect_as(stack, database, "iot_exporter", "iot_exporter")
+    refused = [
+        (as_consumer, "SELECT * FROM sensores"),
+        (as_consumer, "DELETE FROM sensores"),
+        (as_consumer, "DROP TABLE sensores"),
+        (as_consumer, "SELECT * FROM dead_letters"),
+        (
+            as_consumer,
+            "CREATE TABLE sensores_29991231 PARTITION OF sensores FOR VALUES FROM ('2999-12-31') TO ('3000-01-01')",
+        ),
+        (
+            as_exporter,
+            'INSERT INTO sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset) '
+            "VALUES (gen_random_uuid(), now(), 1, 1, 0, 0)",
+        ),
+        (as_exporter, "SELECT * FROM dead_letters"),
+        (as_exporter, "UPDATE consumer_positions SET next_offset = 0"),
+        (as_exporter, "SELECT iot_ensure_sensores_partition('2030-01-01')"),
+    ]
+    try:
+        for conn, statement in refused:
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege), conn.cursor() as cur:
+                cur.execute(statement)
+    finally:
+        as_consumer.close()
+        as_exporter.close()
+
+
+def test_secrets_never_reach_logs_or_metrics(
+    stack: Stack, env: dict[str, str], topic: str, database: str, tmp_path: Path
+) -> None:
+    """A distinctive database password works but appears in no log line and no metric;
+    neither does a wrong one in the error a bad login produces."""
+    secret = f"S3cr3t-{uuid.uuid4().hex}"
+    role = f"iot_secret_{uuid.uuid4().hex[:8]}"
+    admin = stack.admin_connection()
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)), (secret,))
+        cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(role)))
+    try:
+        secret_env = {**env, "POSTGRES_USER": role, "POSTGRES_PASSWORD": secret, "KAFKA_SASL_PASSWORD": secret}
+        assert (
+            Service(["iot-producer", "--count", "100", "--rate", "1000"], secret_env, tmp_path / "p.log").wait(60) == 0
+        )
+        consumer = Service(["iot-consumer", "run", "--exit-when-idle", "6"], secret_env, tmp_path / "c.log")
+        wait_until(
+            lambda: any(
+                e.get("event") == "progress" or e.get("event") == "partitions_synced" for e in consumer.events()
+            ),
+            timeout=60,
+            what="consumer running",
+        )
+        port = consumer.event("observability_server_started")["port"]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read().decode()
+        assert consumer.wait(120) == 0
+        wrong = subprocess.run(
+            [str(BIN / "iot-consumer"), "migrate"],
+            env={**secret_env, "POSTGRES_PASSWORD": secret + "-wrong"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert wrong.returncode == 1
+        assert "password authentication failed" in wrong.stderr
+        texts = [
+            consumer.log_path.read_text(),
+            (tmp_path / "p.log").read_text(),
+            metrics,
+            ready,
+            wrong.stdout,
+            wrong.stderr,
+        ]
+        assert all(secret not in text for text in texts)
+        assert "iot_consumer_rows_inserted_total" in metrics  # the endpoint served real metrics
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(stack.pg_user))
+            )
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        admin.close()
