@@ -16,6 +16,9 @@ STACK_DIR=${STACK_DIR:-$REPO_DIR/.stack}
 KAFKA_VERSION=4.3.1
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_SASL_PORT=${KAFKA_SASL_PORT:-9095}
+STACK_SCRAM_USER=${STACK_SCRAM_USER:-iot}
+STACK_SCRAM_PASSWORD=${STACK_SCRAM_PASSWORD:-iot-scram-secret}
 KAFKA_TOPIC=${KAFKA_TOPIC:-iot_sensores}
 KAFKA_PARTITIONS=${KAFKA_PARTITIONS:-6}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
@@ -29,6 +32,7 @@ KAFKA_LIBS=$KAFKA_HOME/libs
 KAFKA_DATA=$KAFKA_HOME/data
 KAFKA_LOGS=$KAFKA_HOME/logs
 KAFKA_PID=$KAFKA_HOME/kafka.pid
+KAFKA_TLS=$KAFKA_HOME/tls
 PG_HOME=$STACK_DIR/postgres
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -65,15 +69,45 @@ kafka_tool() {
     -Dkafka.logs.dir="$KAFKA_LOGS/tools" "$@"
 }
 
+kafka_tls() {
+  # A private CA and a broker certificate for localhost, for the SASL_SSL listener.
+  [[ -f $KAFKA_TLS/broker-keystore.pem && -f $KAFKA_TLS/ca.pem ]] && return
+  command -v openssl >/dev/null || die "openssl is required for the SASL_SSL listener: apt-get install openssl"
+  mkdir -p "$KAFKA_TLS"
+  (
+    cd "$KAFKA_TLS"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=iot-monitor local CA" \
+      -keyout ca.key -out ca.pem >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout broker.key -out broker.csr >/dev/null 2>&1
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile san.ext -out broker.pem >/dev/null 2>&1
+    openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.pk8
+    cat broker.pk8 broker.pem ca.pem >broker-keystore.pem
+  ) || die "could not create TLS material in $KAFKA_TLS"
+  log "TLS material for the SASL_SSL listener in $KAFKA_TLS (clients trust ca.pem)"
+}
+
+kafka_scram_user() {
+  # SCRAM credentials live in the cluster metadata; (re)setting them is idempotent.
+  kafka_tool kafka.admin.ConfigCommand --bootstrap-server "localhost:$KAFKA_PORT" --alter \
+    --add-config "SCRAM-SHA-512=[iterations=4096,password=$STACK_SCRAM_PASSWORD]" \
+    --entity-type users --entity-name "$STACK_SCRAM_USER" >/dev/null \
+    || die "could not create SCRAM user $STACK_SCRAM_USER"
+  log "SASL_SSL listener on localhost:$KAFKA_SASL_PORT (SCRAM-SHA-512 user $STACK_SCRAM_USER, CA $KAFKA_TLS/ca.pem)"
+}
+
 kafka_up() {
   require_java
   mkdir -p "$KAFKA_HOME" "$KAFKA_DATA" "$KAFKA_LOGS"
   kafka_classpath
+  kafka_tls
   if pid_alive "$KAFKA_PID"; then
     log "kafka already running (pid $(cat "$KAFKA_PID")) on localhost:$KAFKA_PORT"
   else
     port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (not this stack's Kafka); set KAFKA_PORT"
     sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" -e "s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
+        -e "s|@KAFKA_SASL_PORT@|$KAFKA_SASL_PORT|g" -e "s|@TLS_DIR@|$KAFKA_TLS|g" \
         -e "s|@DATA_DIR@|$KAFKA_DATA|g" -e "s|@PARTITIONS@|$KAFKA_PARTITIONS|g" \
         "$REPO_DIR/stack/kafka/server.properties.template" >"$KAFKA_HOME/server.properties"
     if [[ ! -f $KAFKA_DATA/meta.properties ]]; then
@@ -98,6 +132,7 @@ kafka_up() {
     done
   fi
   kafka_ensure_topic
+  kafka_scram_user
 }
 
 kafka_ensure_topic() {

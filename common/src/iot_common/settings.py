@@ -37,6 +37,8 @@ class KafkaSettings(BaseSettings):
     ssl_cafile: Path | None = None
     client_id: str = "iot-monitor"
     request_timeout_ms: int = Field(30_000, ge=1_000)
+    # How long a client may take to reach the cluster at start before giving up.
+    bootstrap_timeout_ms: int = Field(15_000, ge=1_000)
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:
@@ -59,6 +61,7 @@ class KafkaSettings(BaseSettings):
             "security_protocol": self.security_protocol,
             "client_id": self.client_id,
             "request_timeout_ms": self.request_timeout_ms,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
         }
         if self.security_protocol.startswith("SASL_"):
             assert self.sasl_password is not None  # checked by the validator

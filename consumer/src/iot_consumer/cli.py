@@ -7,7 +7,7 @@ from typing import Annotated
 import orjson
 import psycopg2
 import typer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from iot_common.cli import fail, setup_service
 from iot_common.http import start_observability_server
@@ -115,6 +115,12 @@ def run(
     )
     try:
         service.run()
+    except KafkaTimeoutError:
+        fail(
+            f"no Kafka broker reachable at {kafka.bootstrap_servers} within {kafka.bootstrap_timeout_ms / 1000:.0f} s "
+            "(KAFKA_BOOTSTRAP_SERVERS; for TLS/SASL problems see the broker's log)",
+            code=1,
+        )
     finally:
         if server:
             server.stop()

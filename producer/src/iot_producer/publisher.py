@@ -84,7 +84,6 @@ class ReadingPublisher:
         compression: str = "none",
         linger_ms: int = 5,
         batch_size: int = 64 * 1024,
-        bootstrap_timeout_ms: int = 10_000,
     ) -> None:
         if compression not in COMPRESSION_CHOICES:
             raise PublisherError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSION_CHOICES)}")
@@ -105,7 +104,6 @@ class ReadingPublisher:
                 compression_type=None if compression == "none" else compression,
                 linger_ms=linger_ms,
                 batch_size=batch_size,
-                bootstrap_timeout_ms=bootstrap_timeout_ms,
                 reconnect_backoff_max_ms=5_000,  # default 30 s: slow to come back after a broker restart
                 allow_auto_create_topics=False,
                 metrics_enabled=False,  # client-side metrics cost CPU per record; ours are below
@@ -114,7 +112,8 @@ class ReadingPublisher:
         except KafkaTimeoutError:
             raise PublisherError(
                 f"no Kafka broker reachable at {settings.bootstrap_servers} "
-                f"within {bootstrap_timeout_ms / 1000:.0f} s (KAFKA_BOOTSTRAP_SERVERS)"
+                f"within {settings.bootstrap_timeout_ms / 1000:.0f} s (KAFKA_BOOTSTRAP_SERVERS; for TLS/SASL "
+                "problems see the broker's log: kafka-python reports them as timeouts)"
             ) from None
         except RuntimeError as exc:  # kafka-python: "Libraries for lz4 compression codec not found"
             raise PublisherError(f"compression {compression!r} unavailable: {exc}") from None
