@@ -127,7 +127,7 @@ kafka_up() {
     local waited=0
     until port_open "$KAFKA_PORT"; do
       pid_alive "$KAFKA_PID" || die "Kafka exited during start; see $KAFKA_LOGS/server.log and $KAFKA_LOGS/stdout.log"
-      ((waited++ < 120)) || die "Kafka did not open port $KAFKA_PORT within 60 s; see $KAFKA_LOGS/server.log"
+      ((waited++ < 360)) || die "Kafka did not open port $KAFKA_PORT within 180 s; see $KAFKA_LOGS/server.log"
       sleep 0.5
     done
   fi

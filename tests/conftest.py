@@ -19,7 +19,7 @@ import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
-from tests.helpers import Stack, create_topic, delete_topic
+from tests.helpers import Service, Stack, create_topic, delete_topic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,6 +77,17 @@ def db(stack: Stack, database: str) -> Iterator[psycopg2.extensions.connection]:
     conn = stack.connect(database)
     yield conn
     conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    """Kill any service process a test started and did not wait for (e.g. after a failure)."""
+    yield
+    while Service.started:
+        service = Service.started.pop()
+        if service.proc.poll() is None:
+            service.proc.kill()
+            service.proc.wait(timeout=30)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

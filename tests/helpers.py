@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg2
 import psycopg2.extensions
@@ -169,6 +169,9 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
 class Service:
     """A service CLI running as a real child process, its JSON log lines captured."""
 
+    # Every process started, so a failing test cannot leave one running (see conftest).
+    started: ClassVar[list[Service]] = []
+
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.args = args
         self.log_path = log_path
@@ -176,6 +179,7 @@ class Service:
         self.proc = subprocess.Popen(
             [str(BIN / args[0]), *args[1:]], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
+        Service.started.append(self)
 
     def signal(self, sig: signal.Signals) -> None:
         if self.proc.poll() is None:

@@ -59,6 +59,11 @@ def test_no_loss_no_duplicate_under_faults(
         if sig is signal.SIGKILL:
             victim.kill()
         else:
+            # "During a batch": once it runs (before its handler is installed, SIGTERM just ends it).
+            wait_until(
+                lambda: any(e.get("event") == "consumer_started" for e in victim.events()), 60, "consumer started"
+            )
+            time.sleep(1.0)
             victim.signal(sig)
             assert victim.wait(90) == 0, victim.log_path.read_text()[-3000:]
         consumers[index] = consumer()
@@ -72,7 +77,7 @@ def test_no_loss_no_duplicate_under_faults(
             events.append("SIGTERM consumer during a batch (exit 0)")
         if kill == 8:
             producers["b"].kill()
-            producers["b"] = producer("b2", 200_000, 3)
+            producers["b"] = producer("b2", 520_000, 3)
             events.append("SIGKILL producer b, restarted")
         if kill == 11:
             stack.stack_command("restart", "postgres")

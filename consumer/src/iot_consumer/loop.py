@@ -187,6 +187,7 @@ class ConsumerService:
                     continue
                 if self.tracker.generation != self._synced_generation and not self._sync_positions(consumer):
                     continue
+                polled_at = time.monotonic()
                 try:
                     records = consumer.poll(timeout_ms=self.options.poll_timeout_ms)
                 except KafkaError as exc:
@@ -200,6 +201,10 @@ class ConsumerService:
                 if records:
                     self._process(consumer, records)
                     self._last_activity = time.monotonic()
+                elif time.monotonic() - polled_at < 0.01:
+                    # poll() can return at once with nothing (no assignment yet, topic gone):
+                    # don't spin a core.
+                    self.stop.wait(0.1)
                 now = time.monotonic()
                 self._update_lag(consumer)
                 if now >= next_progress:
