@@ -8,6 +8,8 @@ together with a COPY's lock in two replicas would deadlock.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg2.extensions
@@ -112,6 +114,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 
 
+@contextmanager
+def transaction(conn: psycopg2.extensions.connection) -> Iterator[None]:
+    """One explicit transaction on a connection that otherwise autocommits."""
+    previous = conn.autocommit
+    conn.autocommit = False
+    try:
+        yield
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.autocommit = previous
+
+
 def migrate(conn: psycopg2.extensions.connection) -> int:
     """Apply pending migrations; return the schema version. Safe to run concurrently."""
     conn.autocommit = True
@@ -133,19 +150,12 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
             for version, description, ddl in MIGRATIONS:
                 if version <= current:
                     continue
-                conn.autocommit = False
-                try:
+                with transaction(conn):
                     cur.execute(ddl)
                     cur.execute(
                         "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
                         (version, description),
                     )
-                    conn.commit()
-                except Exception:
-                    conn.rollback()
-                    raise
-                finally:
-                    conn.autocommit = True
                 log.info("migration_applied", version=version, description=description)
                 current = version
             _grant_service_roles(conn)
@@ -173,16 +183,9 @@ def _grant_service_roles(conn: psycopg2.extensions.connection) -> None:
         row = cur.fetchone()
         if not row or not row[0] or not row[1]:
             return
-        conn.autocommit = False
-        try:
+        with transaction(conn):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
             cur.execute(GRANTS)
-            conn.commit()
-        except Exception:
-            conn.rollback()
-            raise
-        finally:
-            conn.autocommit = True
         log.info("service_roles_granted")
 
 
@@ -202,20 +205,11 @@ class DailyPartitions:
         missing = days - self._known
         if not missing:
             return
-        previous_autocommit = conn.autocommit
-        conn.autocommit = False
-        try:
-            with conn.cursor() as cur:
-                # Serialise creators across replicas: CREATE TABLE IF NOT EXISTS alone can race.
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
-                for day in sorted(missing):
-                    cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
-            conn.commit()
-        except Exception:
-            conn.rollback()
-            raise
-        finally:
-            conn.autocommit = previous_autocommit
+        with transaction(conn), conn.cursor() as cur:
+            # Serialise creators across replicas: CREATE TABLE IF NOT EXISTS alone can race.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+            for day in sorted(missing):
+                cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
         self._known |= missing
         log.info("partitions_ensured", days=[d.isoformat() for d in sorted(missing)])
 
