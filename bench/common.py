@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import time
 import uuid
@@ -69,15 +70,34 @@ class Process:
         self.started_at = time.time()
         self._t0 = time.perf_counter()
         self.proc = subprocess.Popen(self.args, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT)
+        self._result: Measured | None = None
 
-    def wait(self) -> Measured:
-        _, status, usage = os.wait4(self.proc.pid, 0)
-        wall = time.perf_counter() - self._t0
+    def _reaped(self, status: int, usage: resource.struct_rusage) -> Measured:
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         self._log_handle.close()
-        return Measured(
-            self.proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, self.started_at
+        self._result = Measured(
+            self.proc.returncode,
+            time.perf_counter() - self._t0,
+            usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss / 1024,
+            self.started_at,
         )
+        return self._result
+
+    def poll(self) -> int | None:
+        """Exit code if finished (reaping it with its resource usage), else None."""
+        if self._result is not None:
+            return self._result.returncode
+        pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        return self._reaped(status, usage).returncode
+
+    def wait(self) -> Measured:
+        if self._result is not None:
+            return self._result
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        return self._reaped(status, usage)
 
 
 def cli(name: str, *args: str) -> list[str]:

@@ -144,7 +144,7 @@ def wait_for_rows(database: str, wanted: int, procs: list[Process], timeout: flo
     while time.monotonic() < deadline:
         if count_rows(database) >= wanted:
             return
-        if all(p.proc.poll() is not None for p in procs):
+        if all(p.poll() is not None for p in procs):
             raise RuntimeError(
                 f"pipeline exited with {[p.proc.returncode for p in procs]} before {wanted:,} rows; see {RESULTS}"
             )
@@ -168,7 +168,7 @@ def run_pipeline(
         launched = min(p.started_at for p in procs)
         wait_for_rows(database, readings, procs, timeout)
         for p in procs:
-            if p.proc.poll() is None:
+            if p.poll() is None:
                 p.proc.send_signal(signal.SIGTERM)
         results = [p.wait() for p in procs]
         rows, first, last = row_times(database)
@@ -288,7 +288,7 @@ def measure_latency(name: str, starter: Starter, peer_table: bool, rate: int, se
             raise RuntimeError("latency producer failed")
         wait_for_rows(database, total, procs, 300)
         for p in procs:
-            if p.proc.poll() is None:
+            if p.poll() is None:
                 p.proc.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait()
