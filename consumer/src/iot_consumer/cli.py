@@ -63,7 +63,7 @@ def run(
         typer.Option(
             min=0.1,
             envvar="CONSUMER_EXIT_WHEN_IDLE",
-            help="Bounded mode: exit 0 after this many seconds without new messages (batch jobs, tests).",
+            help="Bounded mode: exit 0 after this many seconds without new messages, once every partition of the topic is consumed (batch jobs, tests).",
         ),
     ] = None,
     temperature_min: Annotated[

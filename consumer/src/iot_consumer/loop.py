@@ -47,8 +47,6 @@ class ConsumerOptions:
     progress_interval_s: float = 10.0
     # Kafka's default is 45 s: a crashed replica's partitions would sit idle that long.
     session_timeout_ms: int = 10_000
-    # Bounded mode without any partition (more replicas than partitions): give up after this.
-    unassigned_grace_s: float = 60.0
     partitions_check_interval_s: float = 600.0
 
 
@@ -234,28 +232,38 @@ class ConsumerService:
         return self.totals
 
     def _idle_long_enough(self, consumer: KafkaConsumer, now: float) -> bool:
-        """Bounded mode: nothing new for the idle time, and caught up on every owned partition.
+        """Bounded mode: nothing new for the idle time, and the whole group is caught up.
 
-        Time without an assignment does not count as idle (a rebalance may be waiting for a
-        crashed member's session to expire), except after a long grace period.
+        "Caught up" is checked on every partition of the topic - not only the ones this
+        replica owns - against the positions stored in PostgreSQL: right after a crash, a dead
+        member may still hold partitions until its session expires, and leaving then would
+        leave their messages unread.
         """
         idle = self.options.exit_when_idle_s
-        if idle is None:
+        if idle is None or now - self._last_activity < idle:
             return False
-        if not self.position:
-            return now - self._last_activity >= idle + self.options.unassigned_grace_s
-        if now - self._last_activity < idle:
-            return False
-        # Ask the broker, not the last fetch: after a broker restart the cached high
-        # watermarks are stale while nothing is fetched.
-        partitions = [TopicPartition(self.topic, p) for p in self.position]
+        if self._group_caught_up(consumer):
+            return True
+        self._last_activity = now  # not caught up (or cannot tell): keep going
+        return False
+
+    def _group_caught_up(self, consumer: KafkaConsumer) -> bool:
         try:
-            ends = consumer.end_offsets(partitions, timeout_ms=5_000)
+            partitions = [TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic) or ()]
+            ends = consumer.end_offsets(partitions, timeout_ms=5_000) if partitions else {}
+            stored = self.sink.load_positions(tp.partition for tp in partitions)
         except KafkaError:
-            ends = None
-        if not ends or any(ends.get(tp) is None or ends[tp] > self.position.get(tp.partition, -1) for tp in partitions):
-            self._last_activity = now  # not caught up (or cannot tell): keep going
             return False
+        except CONNECTION_ERRORS as exc:
+            self._database_lost(exc)
+            return False
+        if not partitions or len(ends) != len(partitions):
+            return False
+        for tp in partitions:
+            end = ends.get(tp)
+            position = stored.get(tp.partition)
+            if end is None or (end > 0 and (position is None or position < end)):
+                return False
         return True
 
     # ------------------------------------------------------------------ database availability
