@@ -21,6 +21,7 @@ STACK_SCRAM_USER=${STACK_SCRAM_USER:-iot}
 STACK_SCRAM_PASSWORD=${STACK_SCRAM_PASSWORD:-iot-scram-secret}
 KAFKA_TOPIC=${KAFKA_TOPIC:-iot_sensores}
 KAFKA_PARTITIONS=${KAFKA_PARTITIONS:-6}
+KAFKA_ALERTS_TOPIC=${KAFKA_ALERTS_TOPIC:-iot_alertas}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
 POSTGRES_PORT=${POSTGRES_PORT:-5432}
 POSTGRES_DB=${POSTGRES_DB:-iot}
@@ -131,31 +132,32 @@ kafka_up() {
       sleep 0.5
     done
   fi
-  kafka_ensure_topic
+  kafka_ensure_topic "$KAFKA_TOPIC"
+  kafka_ensure_topic "$KAFKA_ALERTS_TOPIC"
   kafka_scram_user
 }
 
 kafka_ensure_topic() {
-  local attempt out
+  local topic=$1 attempt out
   for attempt in $(seq 1 30); do
     if out=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
-        --create --if-not-exists --topic "$KAFKA_TOPIC" --partitions "$KAFKA_PARTITIONS" \
+        --create --if-not-exists --topic "$topic" --partitions "$KAFKA_PARTITIONS" \
         --replication-factor 1 2>&1); then
       break
     fi
-    ((attempt < 30)) || die "could not create topic $KAFKA_TOPIC: $out"
+    ((attempt < 30)) || die "could not create topic $topic: $out"
     sleep 1
   done
   local partitions
   partitions=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
-    --describe --topic "$KAFKA_TOPIC" 2>/dev/null | grep -o 'PartitionCount: [0-9]*' | grep -o '[0-9]*' || true)
+    --describe --topic "$topic" 2>/dev/null | grep -o 'PartitionCount: [0-9]*' | grep -o '[0-9]*' || true)
   if [[ -n $partitions && $partitions -lt $KAFKA_PARTITIONS ]]; then
-    log "topic $KAFKA_TOPIC has $partitions partitions; raising to $KAFKA_PARTITIONS"
+    log "topic $topic has $partitions partitions; raising to $KAFKA_PARTITIONS"
     kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
-      --alter --topic "$KAFKA_TOPIC" --partitions "$KAFKA_PARTITIONS" >&2
+      --alter --topic "$topic" --partitions "$KAFKA_PARTITIONS" >&2
     partitions=$KAFKA_PARTITIONS
   fi
-  log "topic $KAFKA_TOPIC ready ($partitions partitions)"
+  log "topic $topic ready ($partitions partitions)"
 }
 
 stop_pid() {
@@ -269,8 +271,12 @@ SELECT 'CREATE ROLE iot_consumer LOGIN PASSWORD ''iot_consumer'''
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iot_consumer') \gexec
 SELECT 'CREATE ROLE iot_exporter LOGIN PASSWORD ''iot_exporter'''
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iot_exporter') \gexec
+SELECT 'CREATE ROLE iot_dashboard LOGIN PASSWORD ''iot_dashboard'''
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iot_dashboard') \gexec
+-- The dashboard only reads: even a bug in it cannot write.
+ALTER ROLE iot_dashboard SET default_transaction_read_only = on;
 SQL
-  log "database $POSTGRES_DB ready (owner role $POSTGRES_USER; service roles iot_consumer, iot_exporter)"
+  log "database $POSTGRES_DB ready (owner role $POSTGRES_USER; service roles iot_consumer, iot_exporter, iot_dashboard)"
 }
 
 pg_down() {

@@ -1,8 +1,9 @@
 """Least privilege and secret hygiene, against the real server and real service processes.
 
 The schema's owner (`iot`) migrates; the consumer runs as `iot_consumer` (insert rows, dead
-letters and positions; create partitions only through a SECURITY DEFINER function), the
-exporter as `iot_exporter` (read sensores). Anything else is refused by PostgreSQL.
+letters and positions, keep alerts; create partitions only through a SECURITY DEFINER
+function), the exporter as `iot_exporter` (read sensores), the dashboard as `iot_dashboard`
+(read only, even by mistake). Anything else is refused by PostgreSQL.
 """
 
 from __future__ import annotations
@@ -72,8 +73,22 @@ def test_services_run_with_least_privilege_roles(
     database = env["POSTGRES_DB"]
     as_consumer = connect_as(stack, database, "iot_consumer", "iot_consumer")
     as_exporter = connect_as(stack, database, "iot_exporter", "iot_exporter")
+    as_dashboard = connect_as(stack, database, "iot_dashboard", "iot_dashboard")
+    allowed = [
+        (as_consumer, 'SELECT sensor_id, "timestamp", kafka_partition FROM sensores LIMIT 1'),  # silence rule
+        (as_consumer, "SELECT count(*) FROM alertas"),
+        (as_dashboard, "SELECT count(*) FROM sensores"),
+        (as_dashboard, "SELECT count(*) FROM alertas"),
+        (as_dashboard, "SELECT count(*) FROM dead_letters"),
+        (as_dashboard, "SELECT count(*) FROM consumer_positions"),
+    ]
+    for conn, statement in allowed:
+        with conn.cursor() as cur:
+            cur.execute(statement)
     refused = [
         (as_consumer, "SELECT * FROM sensores"),
+        (as_consumer, "SELECT temperatura FROM sensores"),
+        (as_consumer, "DELETE FROM alertas"),
         (as_consumer, "DELETE FROM sensores"),
         (as_consumer, "DROP TABLE sensores"),
         (as_consumer, "SELECT * FROM dead_letters"),
@@ -89,14 +104,26 @@ def test_services_run_with_least_privilege_roles(
         (as_exporter, "SELECT * FROM dead_letters"),
         (as_exporter, "UPDATE consumer_positions SET next_offset = 0"),
         (as_exporter, "SELECT iot_ensure_sensores_partition('2030-01-01')"),
+        (as_exporter, "SELECT * FROM alertas"),
+        (as_dashboard, "SELECT * FROM alert_outbox"),
+    ]
+    # The dashboard's role also defaults to read-only transactions: writes fail either way.
+    read_only = [
+        (as_dashboard, "DELETE FROM alertas"),
+        (as_dashboard, "UPDATE consumer_positions SET next_offset = 0"),
+        (as_dashboard, "CREATE TABLE dashboard_scratch (x int)"),
     ]
     try:
         for conn, statement in refused:
             with pytest.raises(psycopg2.errors.InsufficientPrivilege), conn.cursor() as cur:
                 cur.execute(statement)
+        for conn, statement in read_only:
+            with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction), conn.cursor() as cur:
+                cur.execute(statement)
     finally:
         as_consumer.close()
         as_exporter.close()
+        as_dashboard.close()
 
 
 def test_secrets_never_reach_logs_or_metrics(

@@ -49,6 +49,8 @@ class Batch:
     copy_lines: list[str] = field(default_factory=list)
     # The Kafka record behind each COPY line, to dead-letter a row PostgreSQL refuses.
     sources: list[Any] = field(default_factory=list)
+    # The parsed reading behind each COPY line, for the alert rules: (partition, sensor, time, temp, hum).
+    readings: list[tuple[int, str, datetime, float, float]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     positions: list[PositionUpdate] = field(default_factory=list)
     days: set[date] = field(default_factory=set)
@@ -68,6 +70,7 @@ class Batch:
         for index, detail in sorted(rejected, reverse=True):
             record = self.sources.pop(index)
             del self.copy_lines[index]
+            del self.readings[index]
             self.dead_letters.append(
                 _dead_letter(record.topic, record.partition, record, "rejected_by_database", detail)
             )
@@ -95,6 +98,7 @@ def build_batch(
     now = datetime.now(UTC)
     append = batch.copy_lines.append
     remember = batch.sources.append
+    keep = batch.readings.append
     days = batch.days
     for tp, records in records_by_partition.items():
         partition = tp.partition
@@ -121,11 +125,12 @@ def build_batch(
             stamp = reading.timestamp
             newest = stamp
             days.add(stamp.date())
+            sensor = str(reading.sensor_id)
             append(
-                f"{reading.sensor_id}\t{stamp.isoformat()}\t{reading.temperatura!r}\t"
-                f"{reading.umidade!r}\t{partition}\t{offset}\n"
+                f"{sensor}\t{stamp.isoformat()}\t{reading.temperatura!r}\t{reading.umidade!r}\t{partition}\t{offset}\n"
             )
             remember(record)
+            keep((partition, sensor, stamp, reading.temperatura, reading.umidade))
         if last_offset >= 0:
             batch.positions.append(PositionUpdate(partition, stored.get(partition), last_offset + 1))
             if newest is not None:

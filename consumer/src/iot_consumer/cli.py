@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Annotated
 
 import orjson
@@ -16,6 +18,9 @@ from iot_common.logging import get_logger
 from iot_common.postgres import connect
 from iot_common.schema import ReadingLimits
 from iot_common.settings import ConfigError, KafkaSettings, PostgresSettings, load_settings
+from iot_consumer.alerts.outbox import OutboxPublisher
+from iot_consumer.alerts.rules import RuleSet, ThresholdRule, load_rules
+from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.loop import ConsumerOptions, ConsumerService
 from iot_consumer.schema import migrate
 from iot_consumer.sink import PostgresSink
@@ -30,6 +35,32 @@ def _settings() -> tuple[KafkaSettings, PostgresSettings]:
         return load_settings(KafkaSettings), load_settings(PostgresSettings)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def _rules(path: Path | None) -> RuleSet:
+    try:
+        return load_rules(path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+
+AlertsOption = Annotated[
+    bool,
+    typer.Option(
+        "--alerts/--no-alerts", envvar="ALERTS_ENABLED", help="Evaluate alert rules on every batch (docs/ALERTS.md)."
+    ),
+]
+RulesOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--alert-rules",
+        envvar="ALERT_RULES_FILE",
+        dir_okay=False,
+        help="TOML file of alert rules (default: built-in rules, see `iot-consumer rules`).",
+    ),
+]
 
 
 def _migrate(postgres: PostgresSettings) -> int:
@@ -80,6 +111,11 @@ def run(
     metrics_port: Annotated[
         int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")
     ] = None,
+    alerts: AlertsOption = True,
+    alert_rules: RulesOption = None,
+    alerts_topic: Annotated[
+        str, typer.Option(envvar="ALERTS_TOPIC", help="Kafka topic that receives opened/closed alert events.")
+    ] = "iot_alertas",
 ) -> None:
     """Consume readings into PostgreSQL until SIGTERM/SIGINT (or idle, with --exit-when-idle).
 
@@ -92,12 +128,19 @@ def run(
     if temperature_min >= temperature_max or humidity_min >= humidity_max:
         fail("reading limits: each minimum must be below its maximum")
     limits = ReadingLimits(temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes)
+    if not re.match(TOPIC_PATTERN, alerts_topic):
+        fail(f"ALERTS_TOPIC={alerts_topic!r}: not a valid Kafka topic name")
+    rules = _rules(alert_rules) if alerts else None
     stop = StopFlag().install()
     version = _migrate(postgres)
     log.info("schema_ready", version=version, database=postgres.describe())
+    publisher = OutboxPublisher(kafka, postgres).start() if rules is not None else None
+    stage = AlertStage(rules, group, alerts_topic, publisher) if rules is not None else None
+    if rules is not None:
+        log.info("alert_rules_loaded", source=rules.source, rules=[r.name for r in rules.all], topic=alerts_topic)
     service = ConsumerService(
         kafka,
-        PostgresSink(postgres, group, kafka.topic),
+        PostgresSink(postgres, group, kafka.topic, alerts=stage),
         ConsumerOptions(
             group=group,
             max_batch=max_batch,
@@ -122,8 +165,20 @@ def run(
             code=1,
         )
     finally:
+        if publisher is not None:
+            publisher.stop()
         if server:
             server.stop()
+
+
+@app.command()
+def rules(alert_rules: RulesOption = None) -> None:
+    """Check an alert rules file and print the rules it defines (exit 2 if it is invalid)."""
+    ruleset = _rules(alert_rules)
+    typer.echo(f"alert rules from {ruleset.source}")
+    for rule in ruleset.all:
+        kind = "threshold" if isinstance(rule, ThresholdRule) else "silence"
+        typer.echo(f"  {rule.name:<22} {rule.severity:<9} {kind:<10} {rule.describe()}")
 
 
 @app.command("migrate")

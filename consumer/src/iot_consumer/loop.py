@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg2
@@ -48,6 +48,8 @@ class ConsumerOptions:
     # Kafka's default is 45 s: a crashed replica's partitions would sit idle that long.
     session_timeout_ms: int = 10_000
     partitions_check_interval_s: float = 600.0
+    # Idle partitions' silence clock trails the wall clock by this much (producer-to-us latency).
+    alert_clock_grace_s: float = 2.0
 
 
 class AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -112,6 +114,7 @@ class ConsumerService:
         self._started = time.monotonic()
         self._last_kafka_error = float("-inf")
         self._heartbeat = time.monotonic()
+        self._next_alert_clock = time.monotonic()
 
     # ------------------------------------------------------------------ health
     def readiness(self) -> Health:
@@ -205,6 +208,9 @@ class ConsumerService:
                     self.stop.wait(0.1)
                 now = time.monotonic()
                 self._update_lag(consumer)
+                if now >= self._next_alert_clock:
+                    self._advance_alert_clocks(consumer)
+                    self._next_alert_clock = now + 1.0
                 if now >= next_progress:
                     progress_mark = self._log_progress(progress_mark)
                     next_progress = now + self.options.progress_interval_s
@@ -373,6 +379,11 @@ class ConsumerService:
             log.info("position_sync_retry", error=repr(exc))
             self._synced_generation = -1
             return False
+        try:
+            self.sink.load_alert_state(position)
+        except CONNECTION_ERRORS as exc:
+            self._database_lost(exc)
+            return False
         self.position = position
         self.stored = {p: stored[p] for p in position}
         self._synced_generation = generation
@@ -470,6 +481,40 @@ class ConsumerService:
             dead_letters=len(batch.dead_letters),
             seconds=round(seconds, 4),
         )
+
+    # ------------------------------------------------------------------ alerts
+    def _advance_alert_clocks(self, consumer: KafkaConsumer) -> None:
+        """Silence needs a clock that moves without readings: for partitions that are fully
+        consumed (nothing waiting in Kafka), the wall clock stands in for the readings' clock."""
+        alerts = self.sink.alerts
+        if alerts is None or not alerts.rules.silence or not self._database_ok:
+            return
+        wall = datetime.now(UTC) - timedelta(seconds=self.options.alert_clock_grace_s)
+        idle: dict[int, datetime] = {}
+        for partition, next_offset in self.position.items():
+            try:
+                highwater = consumer.highwater(TopicPartition(self.topic, partition))
+            except KafkaError:
+                continue
+            if highwater is not None and next_offset >= highwater and self.stored.get(partition) is not None:
+                idle[partition] = wall
+        if not idle:
+            return
+        evaluation = alerts.engine.evaluate_clock(idle)
+        if not evaluation.writes_anything:
+            alerts.engine.apply(evaluation)
+            return
+        fence = {p: self.stored[p] for p in idle if self.stored.get(p) is not None}
+        try:
+            self.sink.write_alert_clock(evaluation, {p: int(o) for p, o in fence.items() if o is not None})
+        except FencedError as exc:
+            log.warning("alert_clock_fenced", error=str(exc))
+            self._forget_positions()
+        except CONNECTION_ERRORS as exc:
+            self._database_lost(exc)
+        except psycopg2.Error as exc:
+            log.error("alert_clock_failed", error=str(exc).strip())
+            self._forget_positions()
 
     # ------------------------------------------------------------------ observability
     def _update_lag(self, consumer: KafkaConsumer) -> None:

@@ -33,3 +33,14 @@ ASSIGNED_PARTITIONS = Gauge("iot_consumer_assigned_partitions", "Partitions this
 REBALANCES = Counter("iot_consumer_rebalances_total", "Partition assignment changes seen")
 DATABASE_UP = Gauge("iot_consumer_database_up", "1 while PostgreSQL accepts writes, 0 during an outage")
 LAST_COMMIT = Gauge("iot_consumer_last_commit_timestamp_seconds", "Unix time of the last committed batch")
+
+# Alerts (labels: rule and severity from the rules file - a handful of values).
+ALERTS_OPENED = Counter("iot_consumer_alerts_opened_total", "Alerts opened", ["rule", "severity"])
+ALERTS_CLOSED = Counter("iot_consumer_alerts_closed_total", "Alerts closed", ["rule", "severity"])
+ALERTS_OPEN = Gauge("iot_consumer_alerts_open", "Alerts open on this replica's partitions", ["rule", "severity"])
+ALERT_WRITE_ERRORS = Counter(
+    "iot_consumer_alert_write_errors_total", "Batches whose alert changes PostgreSQL refused (rows still written)"
+)
+ALERT_EVENTS_PUBLISHED = Counter("iot_consumer_alert_events_published_total", "Alert events acknowledged by Kafka")
+ALERT_PUBLISH_ERRORS = Counter("iot_consumer_alert_publish_errors_total", "Failed rounds of publishing alert events")
+ALERT_OUTBOX_BACKLOG = Gauge("iot_consumer_alert_outbox_backlog", "Alert events committed but not yet in Kafka")

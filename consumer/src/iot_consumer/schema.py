@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg2.extensions
 
 from iot_common.logging import get_logger
+from iot_consumer.alerts.store import MIGRATION_SQL as ALERTS_MIGRATION_SQL
 
 log = get_logger(__name__)
 
@@ -34,9 +35,19 @@ BEGIN
         GRANT USAGE ON SEQUENCE dead_letters_id_seq TO iot_consumer;
         GRANT SELECT, INSERT, UPDATE ON consumer_positions TO iot_consumer;
         GRANT EXECUTE ON FUNCTION iot_ensure_sensores_partition(date) TO iot_consumer;
+        -- alerts: the silence rule reads each sensor's newest reading time after a restart
+        -- (those columns only: the consumer never reads the values back)
+        GRANT SELECT (sensor_id, "timestamp", kafka_partition) ON sensores TO iot_consumer;
+        GRANT SELECT, INSERT, UPDATE ON alertas TO iot_consumer;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON alert_states TO iot_consumer;
+        GRANT SELECT, INSERT, DELETE ON alert_outbox TO iot_consumer;
+        GRANT USAGE ON SEQUENCE alert_outbox_id_seq TO iot_consumer;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter') THEN
         GRANT SELECT ON sensores TO iot_exporter;
+    END IF;
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard') THEN
+        GRANT SELECT ON sensores, alertas, dead_letters, consumer_positions TO iot_dashboard;
     END IF;
 END
 $grants$;
@@ -111,6 +122,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 
         """,
     ),
+    (3, "alerts: history, engine state, outbox; BRIN index on reading time", ALERTS_MIGRATION_SQL),
 ]
 
 
@@ -176,8 +188,12 @@ def _grant_service_roles(conn: psycopg2.extensions.connection) -> None:
             """SELECT pg_get_userbyid(c.relowner) = current_user,
                       (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
                          AND NOT has_table_privilege('iot_consumer', 'consumer_positions', 'UPDATE'))
+                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
+                         AND NOT has_table_privilege('iot_consumer', 'alert_outbox', 'DELETE'))
                    OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter')
                          AND NOT has_table_privilege('iot_exporter', 'sensores', 'SELECT'))
+                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard')
+                         AND NOT has_table_privilege('iot_dashboard', 'alertas', 'SELECT'))
                FROM pg_class c WHERE c.oid = 'sensores'::regclass"""
         )
         row = cur.fetchone()

@@ -20,6 +20,8 @@ from psycopg2.extras import execute_values
 from iot_common.logging import get_logger
 from iot_common.postgres import connect
 from iot_common.settings import PostgresSettings
+from iot_consumer.alerts.engine import Evaluation
+from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.batch import MAX_STORED_PAYLOAD, Batch, DeadLetter
 from iot_consumer.schema import DailyPartitions
 
@@ -41,8 +43,16 @@ class RowRejectedError(RuntimeError):
 class PostgresSink:
     """Owns the consumer's connection and writes batches atomically."""
 
-    def __init__(self, settings: PostgresSettings, group: str, topic: str, days_ahead: int = 2) -> None:
+    def __init__(
+        self,
+        settings: PostgresSettings,
+        group: str,
+        topic: str,
+        days_ahead: int = 2,
+        alerts: AlertStage | None = None,
+    ) -> None:
         self._settings = settings
+        self.alerts = alerts
         self.group = group
         self.topic = topic
         self.partitions = DailyPartitions(days_ahead)
@@ -93,6 +103,40 @@ class PostgresSink:
         conn.rollback()
         return {p: found.get(p) for p in wanted}
 
+    def load_alert_state(self, partitions: Iterable[int]) -> None:
+        if self.alerts is not None:
+            self.alerts.load(self.connection(), sorted(set(partitions)))
+
+    def write_alert_clock(self, evaluation: Evaluation, fence: dict[int, int]) -> None:
+        """Write alerts found by moving idle partitions' clocks on (no rows, no new positions).
+
+        Fenced like a batch: only while ``consumer_positions`` still holds ``fence`` for
+        every partition involved, so a replica that lost them cannot open alerts for them.
+        """
+        assert self.alerts is not None
+        conn = self.connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    """SELECT kafka_partition, next_offset FROM consumer_positions
+                       WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s) FOR UPDATE""",
+                    (self.group, self.topic, sorted(fence)),
+                )
+                found = {int(p): int(o) for p, o in cur.fetchall()}
+                if found != fence:
+                    raise FencedError(f"stored positions {found} are no longer {fence}")
+                written = self.alerts.write(cur, evaluation)
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg2.Error:
+                    self.discard_connection()
+            raise
+        if written:
+            self.alerts.committed(evaluation)
+
     # ------------------------------------------------------------------ writing
     def write(self, batch: Batch) -> None:
         """Write the batch's rows, dead letters and positions in one transaction, or nothing.
@@ -103,12 +147,16 @@ class PostgresSink:
         conn = self.connection()
         if batch.days:
             self.partitions.ensure(conn, batch.days)
+        evaluation = self.alerts.evaluate(batch.readings) if self.alerts is not None else None
+        alerts_written = False
         try:
             with conn.cursor() as cur:
                 if batch.copy_lines:
                     self._copy(cur, batch.copy_payload())
                 if batch.dead_letters:
                     self._insert_dead_letters(cur, batch.dead_letters)
+                if evaluation is not None and self.alerts is not None:
+                    alerts_written = self.alerts.write(cur, evaluation)
                 self._advance_positions(cur, batch)
             conn.commit()
         except BaseException:
@@ -118,6 +166,8 @@ class PostgresSink:
                 except psycopg2.Error:
                     self.discard_connection()
             raise
+        if alerts_written and evaluation is not None and self.alerts is not None:
+            self.alerts.committed(evaluation)
 
     def _copy(self, cur: psycopg2.extensions.cursor, payload: bytes) -> None:
         started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -14,7 +15,7 @@ from iot_common.logging import get_logger
 from iot_common.settings import ConfigError, KafkaSettings, load_settings
 from iot_producer.publisher import COMPRESSION_CHOICES, PublisherError, ReadingPublisher
 from iot_producer.runner import Pacing, run
-from iot_producer.simulation import Anomaly, Ranges, SensorFleet
+from iot_producer.simulation import Anomaly, Ranges, ScriptedSpike, SensorFleet
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
 log = get_logger("iot_producer")
@@ -80,6 +81,14 @@ def produce(
     anomalies: Annotated[
         str, typer.Option(envvar="PRODUCER_ANOMALIES", help="Anomaly kinds to draw from: spike,stuck,missing.")
     ] = "spike,stuck,missing",
+    spike: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PRODUCER_SPIKE",
+            metavar="START:READINGS[:PEAK]",
+            help="Scripted anomaly: the first sensor reads PEAK °C (default: temperature max + 5) from its START-th reading for READINGS readings.",
+        ),
+    ] = None,
     temperature_min: Annotated[float, typer.Option(envvar="PRODUCER_TEMPERATURE_MIN")] = 20.0,
     temperature_max: Annotated[float, typer.Option(envvar="PRODUCER_TEMPERATURE_MAX")] = 30.0,
     humidity_min: Annotated[float, typer.Option(envvar="PRODUCER_HUMIDITY_MIN")] = 30.0,
@@ -108,6 +117,7 @@ def produce(
     try:
         kafka = load_settings(KafkaSettings)
         ranges = Ranges(temperature_min, temperature_max, humidity_min, humidity_max)
+        scripted = ScriptedSpike.parse(spike, temperature_max + 5.0) if spike else None
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
     if compression not in COMPRESSION_CHOICES:
@@ -117,7 +127,9 @@ def produce(
     pacing = Pacing(rate=None if max_rate else (rate or sensors / interval), count=count, duration_s=duration)
 
     stop = StopFlag().install()
-    fleet = SensorFleet(sensors, seed=seed, ranges=ranges, anomaly_rate=anomaly_rate, anomaly_kinds=kinds)
+    fleet = SensorFleet(
+        sensors, seed=seed, ranges=ranges, anomaly_rate=anomaly_rate, anomaly_kinds=kinds, spike=scripted
+    )
     try:
         publisher = ReadingPublisher(kafka, compression=compression, linger_ms=linger_ms, batch_size=batch_size)
     except PublisherError as exc:
@@ -133,6 +145,7 @@ def produce(
         count=count,
         duration=duration,
         anomaly_rate=anomaly_rate,
+        spike=None if scripted is None else {**asdict(scripted), "sensor_id": str(fleet.sensors[0].sensor_id)},
         metrics_port=server.port if server else None,
     )
     try:

@@ -44,6 +44,32 @@ class Ranges:
             raise ValueError("humidity min must be below max")
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptedSpike:
+    """A deterministic episode for demos and tests: sensor ``sensor_index`` reads ``peak`` °C
+    (± 0.3) from its ``start``-th reading (0-based) for ``readings`` readings."""
+
+    start: int
+    readings: int
+    peak: float
+    sensor_index: int = 0
+
+    @classmethod
+    def parse(cls, text: str, default_peak: float) -> ScriptedSpike:
+        """``START:READINGS[:PEAK]``, e.g. ``10:20`` or ``10:20:36.5``."""
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"spike {text!r}: expected START:READINGS[:PEAK], e.g. 10:20 or 10:20:36.5")
+        try:
+            start, readings = int(parts[0]), int(parts[1])
+            peak = float(parts[2]) if len(parts) == 3 else default_peak
+        except ValueError:
+            raise ValueError(f"spike {text!r}: START and READINGS are whole numbers, PEAK a number") from None
+        if start < 0 or readings < 1:
+            raise ValueError(f"spike {text!r}: START must be >= 0 and READINGS >= 1")
+        return cls(start, readings, peak)
+
+
 @dataclass(slots=True)
 class Sensor:
     """One simulated device: stable identity and metadata, evolving state."""
@@ -84,6 +110,7 @@ class SensorFleet:
         ranges: Ranges = Ranges(),
         anomaly_rate: float = 0.0,
         anomaly_kinds: tuple[Anomaly, ...] = tuple(Anomaly),
+        spike: ScriptedSpike | None = None,
     ) -> None:
         if count < 1:
             raise ValueError("a fleet needs at least one sensor")
@@ -97,6 +124,10 @@ class SensorFleet:
         faker = Faker("pt_BR")
         faker.seed_instance(seed)
         self.sensors = [self._make_sensor(faker, index) for index in range(count)]
+        if spike is not None and not 0 <= spike.sensor_index < count:
+            raise ValueError(f"spike sensor index {spike.sensor_index} is not within the {count} sensors")
+        self.spike = spike
+        self._spiked = self.sensors[spike.sensor_index] if spike is not None else None
 
     def _make_sensor(self, faker: Faker, index: int) -> Sensor:
         r = self.ranges
@@ -158,6 +189,9 @@ class SensorFleet:
         temperature = sensor.temperature
         if anomaly is Anomaly.SPIKE:
             temperature = sensor.anomaly_peak + self._rng.gauss(0, 0.3)
+        spike = self.spike
+        if sensor is self._spiked and spike is not None and 0 <= sensor.readings - spike.start < spike.readings:
+            temperature = spike.peak + self._rng.gauss(0, 0.3)
         # Per-sensor timestamps strictly increase, even when generating faster than 1/µs.
         if sensor.last_timestamp is not None and now <= sensor.last_timestamp:
             now = sensor.last_timestamp + _MICROSECOND

@@ -1,0 +1,1 @@
+"""Threshold and silence alerts, evaluated on the consumer's batches in the same transaction."""

@@ -1,0 +1,100 @@
+"""Alerting as a stage of the consumer's batch: evaluate, write in the batch's transaction,
+adopt after commit, publish after commit."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import psycopg2
+import psycopg2.extensions
+
+from iot_common.logging import get_logger
+from iot_consumer import metrics as m
+from iot_consumer.alerts.engine import AlertEngine, Evaluation, Reading
+from iot_consumer.alerts.outbox import OutboxPublisher
+from iot_consumer.alerts.rules import RuleSet
+from iot_consumer.alerts.store import load_last_seen, load_states, write_evaluation
+
+log = get_logger(__name__)
+
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class AlertStage:
+    def __init__(
+        self,
+        rules: RuleSet,
+        group: str,
+        alerts_topic: str,
+        publisher: OutboxPublisher | None = None,
+        silence_lookback: timedelta = timedelta(hours=1),
+    ) -> None:
+        self.rules = rules
+        self.group = group
+        self.alerts_topic = alerts_topic
+        self.engine = AlertEngine(rules)
+        self.publisher = publisher
+        longest = max((rule.silent_for_seconds for rule in rules.silence), default=0.0)
+        self.silence_lookback = max(silence_lookback, timedelta(seconds=10 * longest))
+        for rule in rules.all:  # export every series at 0, so absent() and rate() work from the start
+            m.ALERTS_OPENED.labels(rule.name, rule.severity)
+            m.ALERTS_CLOSED.labels(rule.name, rule.severity)
+            m.ALERTS_OPEN.labels(rule.name, rule.severity).set(0)
+
+    def load(self, conn: psycopg2.extensions.connection, partitions: list[int]) -> None:
+        """Adopt the stored state of ``partitions`` (after every rebalance or failure)."""
+        with conn.cursor() as cur:
+            states = load_states(cur, self.group, partitions)
+            last_seen = load_last_seen(cur, partitions, self.silence_lookback) if self.rules.silence else {}
+        conn.rollback()
+        self.engine.reset(partitions, states, last_seen)
+        self._export_open()
+        log.info("alert_state_loaded", partitions=partitions, states=len(states), sensors_known=len(last_seen))
+
+    def evaluate(self, readings: list[Reading]) -> Evaluation:
+        return self.engine.evaluate(readings)
+
+    def write(self, cur: psycopg2.extensions.cursor, evaluation: Evaluation) -> bool:
+        """Write inside the caller's transaction. A refusal (a bug, or a hand-edited table) must
+        not stop readings from flowing: roll back to a savepoint, count it, keep the old state."""
+        if not evaluation.writes_anything:
+            return True
+        cur.execute("SAVEPOINT alerts")
+        try:
+            write_evaluation(cur, self.group, self.alerts_topic, evaluation, self.rules)
+        except CONNECTION_ERRORS:
+            raise
+        except psycopg2.Error as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT alerts")
+            m.ALERT_WRITE_ERRORS.inc()
+            log.error("alert_write_failed", error=str(exc).strip().splitlines()[0], events=len(evaluation.events))
+            return False
+        cur.execute("RELEASE SAVEPOINT alerts")
+        return True
+
+    def committed(self, evaluation: Evaluation) -> None:
+        """The transaction holding ``evaluation`` committed: adopt it and tell the world."""
+        self.engine.apply(evaluation)
+        if not evaluation.events:
+            return
+        for event in evaluation.events:
+            counter = m.ALERTS_OPENED if event.kind == "opened" else m.ALERTS_CLOSED
+            counter.labels(event.state.rule, event.severity).inc()
+            log.info(
+                f"alert_{event.kind}",
+                alert_id=str(event.state.alert_id),
+                sensor_id=event.state.sensor_id,
+                rule=event.state.rule,
+                severity=event.severity,
+                at=event.at.isoformat(),
+                peak=event.state.peak,
+            )
+        self._export_open()
+        if self.publisher is not None:
+            self.publisher.notify()
+
+    def _export_open(self) -> None:
+        counts = Counter(s.rule for s in self.engine.open_alerts())
+        for rule in self.rules.all:
+            m.ALERTS_OPEN.labels(rule.name, rule.severity).set(counts.get(rule.name, 0))

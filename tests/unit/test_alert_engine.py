@@ -1,0 +1,201 @@
+"""The alert state machine: one alert per episode, hysteresis, minimum durations, silence,
+and resuming from stored state gives the same alerts as never stopping."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iot_consumer.alerts.engine import AlertEngine, AlertEvent, Evaluation, Reading
+from iot_consumer.alerts.rules import load_rules, parse_rules
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+SENSOR = str(uuid.UUID(int=1))
+OTHER = str(uuid.UUID(int=2))
+
+TEMPERATURE_ONLY = parse_rules(
+    """
+    [[rule]]
+    name = "temperatura_alta"
+    severity = "critical"
+    metric = "temperatura"
+    above = 30.0
+    clear_below = 29.5
+    for_seconds = 5
+    clear_for_seconds = 5
+    """,
+    "test",
+)
+
+
+def temps(values: Sequence[float], sensor: str = SENSOR, start: int = 0, partition: int = 0) -> list[Reading]:
+    """One reading per second with the given temperatures (humidity a steady 50 %)."""
+    return [(partition, sensor, T0 + timedelta(seconds=start + i), v, 50.0) for i, v in enumerate(values)]
+
+
+def run(engine: AlertEngine, readings: Iterable[Reading], batch: int = 7) -> list[AlertEvent]:
+    """Feed readings in batches, adopting each evaluation as if its transaction committed."""
+    events: list[AlertEvent] = []
+    chunk: list[Reading] = []
+    for reading in readings:
+        chunk.append(reading)
+        if len(chunk) == batch:
+            ev = engine.evaluate(chunk)
+            engine.apply(ev)
+            events += ev.events
+            chunk = []
+    if chunk:
+        ev = engine.evaluate(chunk)
+        engine.apply(ev)
+        events += ev.events
+    return events
+
+
+def kinds(events: list[AlertEvent]) -> list[str]:
+    return [e.kind for e in events]
+
+
+def test_a_spike_opens_one_alert_and_closes_it_once() -> None:
+    engine = AlertEngine(TEMPERATURE_ONLY)
+    events = run(engine, temps([25.0] * 10 + [35.0] * 20 + [25.0] * 10))
+    assert kinds(events) == ["opened", "closed"]
+    opened, closed = events
+    assert opened.state.alert_id == closed.state.alert_id
+    assert opened.state.since == T0 + timedelta(seconds=10)  # the condition began at the first hot reading
+    assert opened.at == T0 + timedelta(seconds=15)  # ... and had lasted for_seconds = 5
+    assert closed.at == T0 + timedelta(seconds=35)  # below 29.5 from second 30, for 5 s
+    assert closed.state.peak == 35.0
+    assert engine.states == {}
+
+
+def test_a_value_hovering_at_the_threshold_does_not_flap() -> None:
+    hovering = [29.6, 30.4, 29.8, 30.6, 29.7, 30.2, 30.3, 29.9] * 30  # four minutes either side of 30
+    engine = AlertEngine(TEMPERATURE_ONLY)
+    events = run(engine, temps([31.0] * 6 + hovering + [28.0] * 6))
+    assert kinds(events) == ["opened", "closed"]
+
+
+def test_a_short_excursion_never_opens() -> None:
+    engine = AlertEngine(TEMPERATURE_ONLY)
+    # above 30 for 5 readings = 4 s between first and last: shorter than for_seconds
+    events = run(engine, temps([25.0, 31, 32, 33, 32, 31, 25.0] * 10))
+    assert events == []
+    assert engine.states == {}
+
+
+def test_clearing_needs_clear_for_seconds_and_a_rebound_keeps_the_same_alert() -> None:
+    engine = AlertEngine(TEMPERATURE_ONLY)
+    events = run(engine, temps([33.0] * 6 + [29.0] * 3 + [33.0] * 3 + [29.0] * 3 + [33.0] + [28.0] * 6))
+    assert kinds(events) == ["opened", "closed"]
+
+
+def test_a_below_rule_mirrors_an_above_rule() -> None:
+    rules = parse_rules(
+        '[[rule]]\nname = "umidade_baixa"\nmetric = "umidade"\nbelow = 30.0\nclear_above = 32.0\nfor_seconds = 2\n',
+        "test",
+    )
+    engine = AlertEngine(rules)
+    humidity = [50.0] * 3 + [25.0, 24.0, 20.0, 29.0, 31.0, 29.5, 33.0, 50.0]
+    readings = [(0, SENSOR, T0 + timedelta(seconds=i), 25.0, h) for i, h in enumerate(humidity)]
+    events = run(engine, readings, batch=2)
+    assert kinds(events) == ["opened", "closed"]
+    assert events[0].at == T0 + timedelta(seconds=5)
+    assert events[1].state.peak == 20.0  # the worst value is the lowest one
+    assert events[1].at == T0 + timedelta(seconds=9)
+
+
+def test_sensors_are_independent() -> None:
+    engine = AlertEngine(TEMPERATURE_ONLY)
+    mixed = sorted(temps([35.0] * 10) + temps([25.0] * 10, sensor=OTHER), key=lambda r: r[2])
+    events = run(engine, mixed)
+    assert [(e.kind, e.state.sensor_id) for e in events] == [("opened", SENSOR)]
+
+
+def test_evaluation_changes_nothing_until_applied() -> None:
+    """A batch whose transaction fails must leave the engine as PostgreSQL has it."""
+    engine = AlertEngine(TEMPERATURE_ONLY)
+    failed = engine.evaluate(temps([35.0] * 10))
+    assert kinds(failed.events) == ["opened"]
+    assert engine.states == {}
+    retried = engine.evaluate(temps([35.0] * 10))
+    engine.apply(retried)
+    assert kinds(retried.events) == ["opened"]
+    assert len(engine.open_alerts()) == 1
+
+
+SILENCE = parse_rules('[[rule]]\nname = "sensor_silencioso"\nsilent_for_seconds = 60\n', "test")
+
+
+def test_a_silent_sensor_opens_an_alert_on_the_partitions_clock_and_its_next_reading_closes_it() -> None:
+    engine = AlertEngine(SILENCE)
+    both = sorted(temps([25.0] * 10) + temps([25.0] * 120, sensor=OTHER), key=lambda r: r[2])
+    events = run(engine, both, batch=5)
+    assert [(e.kind, e.state.sensor_id) for e in events] == [("opened", SENSOR)]
+    assert events[0].at == T0 + timedelta(seconds=9 + 60)
+    back = run(engine, temps([25.0], start=130))
+    assert [(e.kind, e.state.sensor_id) for e in back] == [("closed", SENSOR)]
+
+
+def test_silence_on_an_idle_partition_follows_the_clock_it_is_given() -> None:
+    engine = AlertEngine(SILENCE)
+    run(engine, temps([25.0] * 3))
+    last = T0 + timedelta(seconds=2)
+    early = engine.evaluate_clock({0: last + timedelta(seconds=59)})
+    engine.apply(early)
+    assert early.events == []
+    late = engine.evaluate_clock({0: last + timedelta(seconds=61)})
+    engine.apply(late)
+    assert kinds(late.events) == ["opened"]
+    again = engine.evaluate_clock({0: last + timedelta(seconds=200)})
+    assert again.events == []  # opens once
+
+
+def test_a_replayed_backlog_does_not_look_silent() -> None:
+    """After downtime the readings arrive late but their own clock has no gap."""
+    engine = AlertEngine(SILENCE)
+    both = sorted(temps([25.0] * 300) + temps([25.0] * 300, sensor=OTHER), key=lambda r: r[2])
+    assert run(engine, both, batch=500) == []
+
+
+def _reload(engine: AlertEngine) -> AlertEngine:
+    """What a restarted replica builds from the stored states (and the newest readings)."""
+    fresh = AlertEngine(engine.rules)
+    fresh.reset([0], list(engine.states.values()), dict(engine.last_seen))
+    return fresh
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(st.floats(min_value=27.0, max_value=33.0, allow_nan=False), min_size=1, max_size=120),
+    cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=6),
+    batch=st.integers(min_value=1, max_value=20),
+)
+def test_resuming_from_stored_state_gives_the_alerts_of_an_uninterrupted_run(
+    values: list[float], cuts: list[int], batch: int
+) -> None:
+    rules = load_rules(None)
+    readings = temps(values)
+    straight = run(AlertEngine(rules), readings, batch)
+    engine = AlertEngine(rules)
+    resumed: list[AlertEvent] = []
+    previous = 0
+    for cut in [*sorted(set(cuts)), len(readings)]:
+        resumed += run(engine, readings[previous:cut], batch)
+        engine = _reload(engine)
+        previous = max(previous, cut)
+    assert [(e.kind, e.state.rule, e.at) for e in resumed] == [(e.kind, e.state.rule, e.at) for e in straight]
+    # and every episode opens before it closes, once
+    opened = [e.state.alert_id for e in straight if e.kind == "opened"]
+    closed = [e.state.alert_id for e in straight if e.kind == "closed"]
+    assert len(set(opened)) == len(opened)
+    assert closed == opened[: len(closed)]
+
+
+def test_an_empty_evaluation_writes_nothing() -> None:
+    assert not Evaluation().writes_anything
+    engine = AlertEngine(TEMPERATURE_ONLY)
+    assert not engine.evaluate(temps([25.0] * 50)).writes_anything
