@@ -6,14 +6,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PACKAGES := common producer consumer exporter
+PACKAGES := common producer consumer exporter dashboard
 PYPROJECTS := pyproject.toml $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
 # Ports of the pipeline started by `make run` (each process serves /metrics, /healthz, /readyz).
 PRODUCER_METRICS_PORT ?= 8001
 CONSUMER_METRICS_PORT ?= 8002
+DASHBOARD_METRICS_PORT ?= 8003
+DASHBOARD_PORT ?= 8501
+# `make run` starts an occasional anomaly episode (spike, stuck, missing) so alerts show up.
+PRODUCER_ANOMALY_RATE ?= 0.002
 
-.PHONY: help dev stack-up stack-down stack-status run test test-chaos test-unit test-integration lint format typecheck bench bench-consumer clean
+.PHONY: help dev stack-up stack-down stack-status run dashboard test test-chaos test-unit test-integration lint format typecheck bench bench-consumer clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -37,7 +41,13 @@ stack-status: ## Show what runs where, and where the logs are
 	stack/stack.sh status
 
 run: dev stack-up ## Start the stack, then producer + consumer in the foreground (Ctrl-C stops them)
-	PRODUCER_METRICS_PORT=$(PRODUCER_METRICS_PORT) CONSUMER_METRICS_PORT=$(CONSUMER_METRICS_PORT) scripts/run-pipeline.sh
+	PRODUCER_ANOMALY_RATE=$(PRODUCER_ANOMALY_RATE) PRODUCER_METRICS_PORT=$(PRODUCER_METRICS_PORT) \
+	  CONSUMER_METRICS_PORT=$(CONSUMER_METRICS_PORT) scripts/run-pipeline.sh
+
+dashboard: dev stack-up ## Live dashboard on http://localhost:8501 (read-only role; run beside `make run`)
+	$(BIN)/iot-consumer migrate
+	POSTGRES_USER=iot_dashboard POSTGRES_PASSWORD=iot_dashboard METRICS_PORT=$(DASHBOARD_METRICS_PORT) \
+	  DASHBOARD_PORT=$(DASHBOARD_PORT) $(BIN)/iot-dashboard
 
 lint: dev ## ruff check + format check
 	$(BIN)/ruff check .

@@ -16,6 +16,8 @@ cat <<INFO
  dead letters:    PGPASSWORD=iot psql -h localhost -U $POSTGRES_USER -d $POSTGRES_DB -c 'SELECT reason, count(*) FROM dead_letters GROUP BY 1'
  metrics:         http://localhost:$PRODUCER_METRICS_PORT/metrics (producer)   http://localhost:$CONSUMER_METRICS_PORT/metrics (consumer)
  health:          http://localhost:$CONSUMER_METRICS_PORT/readyz
+ alerts:          PGPASSWORD=iot psql -h localhost -U $POSTGRES_USER -d $POSTGRES_DB -c 'SELECT sensor_id, rule, opened_at, closed_at, peak_value FROM alertas ORDER BY opened_at DESC LIMIT 10'
+ dashboard:       'make dashboard' in another terminal, then http://localhost:8501
  stack logs:      stack/stack.sh status
  Ctrl-C stops both services (the stack keeps running; 'make stack-down' stops it).
 ──────────────────────────────────────────────────────────────────────────────

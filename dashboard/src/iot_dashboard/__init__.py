@@ -1,0 +1,1 @@
+"""iot-monitor's live dashboard (Streamlit)."""

@@ -1,0 +1,340 @@
+"""The Streamlit page. Run it with ``iot-dashboard`` (or ``make dashboard``), not directly.
+
+Everything below the sidebar lives in one fragment that re-runs every
+``DASHBOARD_REFRESH_SECONDS``: the page updates in place, without a reload, and a slow or
+failing database shows as a message on the page instead of a blank screen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import psycopg2
+import psycopg2.extensions
+import psycopg2.pool
+import streamlit as st
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from prometheus_client import Counter
+
+from iot_common.http import start_observability_server
+from iot_common.logging import configure_logging, get_logger
+from iot_common.settings import KafkaSettings, ObservabilitySettings, PostgresSettings, load_settings
+from iot_dashboard import queries as q
+from iot_dashboard.settings import WINDOWS, DashboardSettings
+
+log = get_logger("iot_dashboard")
+
+REFRESHES = Counter("iot_dashboard_refreshes_total", "Dashboard data refreshes by outcome", ["outcome"])
+SEVERITY_MARK = {"critical": "CRITICAL", "warning": "warning", "info": "info"}
+
+
+@dataclass
+class Runtime:
+    """Process-wide resources, created once per server process (st.cache_resource)."""
+
+    dashboard: DashboardSettings
+    postgres: PostgresSettings
+    kafka: KafkaSettings
+    pool: psycopg2.pool.ThreadedConnectionPool | None = None
+    kafka_client: KafkaConsumer | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def connection(self) -> psycopg2.extensions.connection:
+        with self.lock:
+            if self.pool is None:
+                kwargs = self.postgres.connect_kwargs()
+                kwargs["application_name"] = "iot-dashboard"
+                self.pool = psycopg2.pool.ThreadedConnectionPool(1, 4, options="-c TimeZone=UTC", **kwargs)
+            conn: psycopg2.extensions.connection = self.pool.getconn()
+        conn.autocommit = True
+        conn.set_session(readonly=True, autocommit=True)
+        return conn
+
+    def release(self, conn: psycopg2.extensions.connection, broken: bool = False) -> None:
+        with self.lock:
+            if self.pool is not None:
+                self.pool.putconn(conn, close=broken or bool(conn.closed))
+
+    def end_offsets(self) -> dict[int, int] | None:
+        """Kafka's end offset per partition of the readings topic, None when Kafka does not answer."""
+        if not self.dashboard.lag_from_kafka:
+            return None
+        with self.lock:
+            try:
+                if self.kafka_client is None:
+                    options = self.kafka.client_options()
+                    options["client_id"] = f"{self.kafka.client_id}-dashboard"
+                    self.kafka_client = KafkaConsumer(enable_auto_commit=False, **options)
+                client = self.kafka_client
+                partitions = [
+                    TopicPartition(self.kafka.topic, p) for p in client.partitions_for_topic(self.kafka.topic) or ()
+                ]
+                ends = client.end_offsets(partitions, timeout_ms=3_000) if partitions else {}
+                return {tp.partition: int(offset) for tp, offset in ends.items()}
+            except (KafkaError, ValueError, OSError) as exc:
+                log.warning("kafka_unavailable", error=repr(exc))
+                if self.kafka_client is not None:
+                    with contextlib.suppress(KafkaError):
+                        self.kafka_client.close()
+                self.kafka_client = None
+                return None
+
+
+@st.cache_resource
+def runtime() -> Runtime:
+    """Settings were validated by the CLI before Streamlit started; read them again here."""
+    observability = load_settings(ObservabilitySettings)
+    configure_logging(observability.log_level, observability.log_format, service="iot-dashboard")
+    start_observability_server(observability.metrics_host, observability.metrics_port)
+    rt = Runtime(load_settings(DashboardSettings), load_settings(PostgresSettings), load_settings(KafkaSettings))
+    log.info("dashboard_started", database=rt.postgres.describe(), refresh_seconds=rt.dashboard.refresh_seconds)
+    return rt
+
+
+def short(sensor_id: str) -> str:
+    return sensor_id[:8]
+
+
+def ago(stamp: Any, now: datetime) -> str:
+    if stamp is None or pd.isna(stamp):
+        return "-"
+    seconds = max(0.0, (now - pd.Timestamp(stamp).to_pydatetime()).total_seconds())
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def clock(stamp: Any) -> str:
+    if stamp is None or pd.isna(stamp):
+        return "-"
+    return pd.Timestamp(stamp).tz_convert("UTC").strftime("%H:%M:%S")
+
+
+def line_chart(data: pd.DataFrame, metric: str, title: str, limits: list[float]) -> alt.LayerChart:
+    """One line per sensor, with the alert thresholds as dashed red lines."""
+    lines = (
+        alt.Chart(data)
+        .mark_line(interpolate="monotone")
+        .encode(
+            x=alt.X("t:T", title="UTC", axis=alt.Axis(format="%H:%M:%S")),
+            y=alt.Y(f"{metric}:Q", title=title, scale=alt.Scale(zero=False)),
+            color=alt.Color("sensor:N", title="sensor"),
+            tooltip=["sensor:N", alt.Tooltip("t:T", format="%H:%M:%S"), alt.Tooltip(f"{metric}:Q", format=".2f")],
+        )
+    )
+    thresholds = (
+        alt.Chart(pd.DataFrame({"limit": limits})).mark_rule(color="#d62728", strokeDash=[6, 4]).encode(y="limit:Q")
+    )
+    return alt.LayerChart(layer=[lines, thresholds])
+
+
+def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
+    settings = rt.dashboard
+    window = timedelta(seconds=WINDOWS[window_name])
+    now = datetime.now(UTC)
+    try:
+        conn = rt.connection()
+    except psycopg2.Error as exc:
+        REFRESHES.labels("database_unavailable").inc()
+        st.error(f"PostgreSQL unreachable at {rt.postgres.describe()}: {str(exc).strip()}")
+        return
+    broken = False
+    try:
+        latest = q.latest_per_sensor(conn, max(window, timedelta(hours=1)))
+        opened = q.open_alerts(conn)
+        recent = q.recent_alerts(conn, timedelta(hours=24))
+        flow = q.throughput(conn, settings.consumer_group)
+        dead = q.dead_letters_by_reason(conn, window)
+        positions = q.stored_positions(conn, settings.consumer_group)
+        alerting = set(opened["sensor_id"]) if not opened.empty else set()
+        if chosen:
+            sensors = chosen
+        else:  # sensors with open alerts first, then the rest, up to max_sensors
+            known = list(latest.sort_values("sensor_id")["sensor_id"]) if not latest.empty else []
+            sensors = ([s for s in known if s in alerting] + [s for s in known if s not in alerting])[
+                : settings.max_sensors
+            ]
+        data = q.series(conn, window, sensors, q.bucket_for(window))
+    except psycopg2.Error as exc:
+        broken = True
+        REFRESHES.labels("query_failed").inc()
+        log.warning("query_failed", error=str(exc).strip())
+        st.error(f"Query failed: {str(exc).strip()}")
+        return
+    finally:
+        rt.release(conn, broken)
+    ends = rt.end_offsets()
+    REFRESHES.labels("ok").inc()
+
+    # ------------------------------------------------------------------ headline
+    lag: int | None = None
+    if ends is not None and not positions.empty:
+        stored = {int(p): int(o) for p, o in zip(positions["partition"], positions["next_offset"], strict=True)}
+        lag = sum(max(0, end - stored.get(partition, 0)) for partition, end in ends.items())
+    cols = st.columns(5)
+    cols[0].metric(
+        "Sensors reporting (1 min)", f"{flow.sensors_reporting}", help="Sensors with a reading in the last minute"
+    )
+    cols[1].metric("Readings / s", f"{flow.readings_per_second:,.1f}", help="Over the last minute, by reading time")
+    cols[2].metric(
+        "Consumer lag",
+        "n/a" if lag is None else f"{lag:,}",
+        help=f"Messages in Kafka not yet stored by group {settings.consumer_group!r}",
+    )
+    cols[3].metric(
+        "Dead letters", f"{int(dead['messages'].sum()) if not dead.empty else 0:,}", help=f"In the last {window_name}"
+    )
+    cols[4].metric("Open alerts", f"{len(opened)}")
+    freshness = (
+        "no batch stored yet"
+        if flow.seconds_since_last_write is None
+        else f"last batch stored {flow.seconds_since_last_write:.0f} s ago"
+    )
+    st.caption(
+        f"Updated {now:%H:%M:%S} UTC · {freshness} · every {settings.refresh_seconds:g} s · {rt.postgres.describe()}"
+    )
+
+    # ------------------------------------------------------------------ charts
+    st.subheader(f"Live readings · last {window_name}")
+    if data.empty:
+        st.info("No readings in this window yet.")
+    else:
+        data = data.assign(sensor=data["sensor_id"].map(short), t=pd.to_datetime(data["t"], utc=True))
+        left, right = st.columns(2)
+        left.altair_chart(
+            line_chart(data, "temperatura", "Temperatura (°C)", [settings.temperature_limit]), width="stretch"
+        )
+        right.altair_chart(
+            line_chart(data, "umidade", "Umidade (%)", [settings.humidity_min, settings.humidity_max]), width="stretch"
+        )
+
+    # ------------------------------------------------------------------ alerts
+    st.subheader(f"Open alerts ({len(opened)})")
+    if opened.empty:
+        st.success("No open alert.")
+    else:
+        st.table(
+            pd.DataFrame(
+                {
+                    "sensor": opened["sensor_id"].map(short),
+                    "rule": opened["rule"],
+                    "severity": opened["severity"].map(lambda s: SEVERITY_MARK.get(s, s)),
+                    "opened (UTC)": opened["opened_at"].map(clock),
+                    "for": opened["opened_at"].map(lambda s: ago(s, now)),
+                    "peak": opened["peak_value"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+                    "condition": opened["condition"],
+                }
+            ).set_index("sensor")
+        )
+    st.subheader("Recently closed alerts (24 h)")
+    if recent.empty:
+        st.caption("None.")
+    else:
+        st.table(
+            pd.DataFrame(
+                {
+                    "sensor": recent["sensor_id"].map(short),
+                    "rule": recent["rule"],
+                    "severity": recent["severity"].map(lambda s: SEVERITY_MARK.get(s, s)),
+                    "opened (UTC)": recent["opened_at"].map(clock),
+                    "closed (UTC)": recent["closed_at"].map(clock),
+                    "peak": recent["peak_value"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+                }
+            ).set_index("sensor")
+        )
+
+    # ------------------------------------------------------------------ latest per sensor, health
+    left, right = st.columns([3, 2])
+    with left:
+        st.subheader("Latest reading per sensor")
+        if latest.empty:
+            st.caption("No sensor heard from in the last hour.")
+        else:
+            shown = latest.sort_values("timestamp", ascending=False).head(50)
+            left.table(
+                pd.DataFrame(
+                    {
+                        "sensor": shown["sensor_id"].map(short),
+                        "at (UTC)": shown["timestamp"].map(clock),
+                        "age": shown["timestamp"].map(lambda s: ago(s, now)),
+                        "temperatura °C": shown["temperatura"].map(lambda v: f"{v:.2f}"),
+                        "umidade %": shown["umidade"].map(lambda v: f"{v:.1f}"),
+                        "status": shown["sensor_id"].map(lambda s: "ALERT" if s in alerting else "ok"),
+                    }
+                ).set_index("sensor")
+            )
+            if len(latest) > len(shown):
+                st.caption(f"{len(latest) - len(shown)} more sensors not shown.")
+    with right:
+        st.subheader("Pipeline health")
+        topics = ", ".join(sorted(set(positions["topic"]))) if not positions.empty else rt.kafka.topic
+        st.caption(f"Consumer group {settings.consumer_group!r} on {topics}: stored position vs Kafka's end")
+        if positions.empty:
+            st.caption(f"No stored positions for consumer group {settings.consumer_group!r} yet.")
+        else:
+            table = positions.assign(
+                kafka_end=positions["partition"].map(lambda p: "-" if ends is None else ends.get(int(p), "-")),
+                lag=positions.apply(
+                    lambda r: "-" if ends is None else max(0, ends.get(int(r["partition"]), 0) - int(r["next_offset"])),
+                    axis=1,
+                ),
+                updated=positions["updated_at"].map(lambda s: ago(s, now)),
+                partition=positions["partition"].map(str),
+            )[["partition", "next_offset", "kafka_end", "lag", "updated"]]
+            st.table(table.set_index("partition"))
+        st.markdown(f"**Dead letters · last {window_name}**")
+        if dead.empty:
+            st.caption("None.")
+        else:
+            st.table(dead.assign(latest=dead["latest"].map(lambda s: ago(s, now))).set_index("reason"))
+
+
+def main() -> None:
+    st.set_page_config(page_title="iot-monitor", layout="wide")
+    rt = runtime()
+    settings = rt.dashboard
+    st.title("iot-monitor")
+    with st.sidebar:
+        st.header("View")
+        names = list(WINDOWS)
+        window_name = st.selectbox("Window", names, index=names.index(settings.window))
+        chosen = st.multiselect(
+            "Sensors (empty: alerting first, then the others)",
+            options=_known_sensors(rt),
+            format_func=short,
+        )
+        st.caption(f"Refreshes every {settings.refresh_seconds:g} s. Read-only role {rt.postgres.user!r}.")
+
+    @st.fragment(run_every=timedelta(seconds=settings.refresh_seconds))
+    def live() -> None:
+        render(rt, window_name, chosen)
+
+    live()
+
+
+def _known_sensors(rt: Runtime) -> list[str]:
+    try:
+        conn = rt.connection()
+    except psycopg2.Error:
+        return []
+    broken = False
+    try:
+        latest = q.latest_per_sensor(conn)
+        return sorted(latest["sensor_id"]) if not latest.empty else []
+    except psycopg2.Error:
+        broken = True
+        return []
+    finally:
+        rt.release(conn, broken)
+
+
+main()

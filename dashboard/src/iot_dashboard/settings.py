@@ -1,0 +1,27 @@
+"""Dashboard settings (``DASHBOARD_*``), on top of the shared ``POSTGRES_*`` and ``KAFKA_*``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Window = Literal["5 min", "15 min", "1 h", "6 h", "24 h"]
+WINDOWS: dict[str, int] = {"5 min": 300, "15 min": 900, "1 h": 3600, "6 h": 21_600, "24 h": 86_400}
+
+
+class DashboardSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DASHBOARD_", extra="ignore")
+
+    host: str = "0.0.0.0"  # noqa: S104 - reachable from outside a container/pod
+    port: int = Field(8501, ge=1, le=65535)
+    refresh_seconds: float = Field(5.0, ge=1.0, le=3600.0)
+    window: Window = "15 min"
+    max_sensors: int = Field(12, ge=1, le=200)  # series drawn by default (the busiest first)
+    consumer_group: str = "iot-consumer"  # whose stored positions give the lag
+    lag_from_kafka: bool = True  # compare positions with Kafka's end offsets (else: positions only)
+    # Dashed reference lines on the charts (the default alert thresholds).
+    temperature_limit: float = 30.0
+    humidity_min: float = 30.0
+    humidity_max: float = 80.0

@@ -1,0 +1,199 @@
+"""The dashboard in a real headless Chromium, against live data from the real pipeline.
+
+A producer spikes one sensor above 30 °C while a consumer stores readings and alerts; the
+dashboard (as the read-only role) must show both charts with every sensor, the open alert in
+its list, and - without a reload - the alert moving to "recently closed" once the sensor cools
+down. The screenshot taken while the alert is open is docs/dashboard.png (shown in the README).
+
+Needs /usr/bin/chromium (Debian's package; `.ci/run` installs it). Without it the module is
+skipped, unless IOT_REQUIRE_BROWSER_TESTS=1 (CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2.extensions
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import REPO
+from tests.helpers import BIN, Service, Stack, create_topic, delete_topic, scalar, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As the machine's own probe runs it: without the networking switches Chromium keeps trying
+# to reach Google's services, which this machine's closed network refuses.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = REPO / "docs" / "dashboard.png"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _browser_available() -> None:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("IOT_REQUIRE_BROWSER_TESTS") == "1":
+            pytest.fail(f"IOT_REQUIRE_BROWSER_TESTS=1 but there is no Chromium at {CHROMIUM}")
+        pytest.skip("no Chromium (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def alerts_topic(stack: Stack, topic: str) -> Iterator[str]:
+    name = f"{topic}_alertas"
+    create_topic(stack.bootstrap, name, 3)
+    yield name
+    delete_topic(stack.bootstrap, name)
+
+
+def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
+    stack: Stack,
+    env: dict[str, str],
+    alerts_topic: str,
+    db: psycopg2.extensions.connection,
+    tmp_path: Path,
+) -> None:
+    pipeline_env = {**env, "ALERTS_TOPIC": alerts_topic}
+    consumer = Service(["iot-consumer", "run"], pipeline_env, tmp_path / "consumer.log")
+    # 5 sensors, 4 readings/s each; the first reads ~33 °C from its 8th reading for 30 s.
+    producer = Service(
+        [
+            "iot-producer",
+            "--sensors",
+            "5",
+            "--interval",
+            "0.25",
+            "--count",
+            str(5 * 240),
+            "--seed",
+            "21",
+            "--temperature-max",
+            "28",
+            "--spike",
+            "8:120",
+        ],
+        pipeline_env,
+        tmp_path / "producer.log",
+    )
+    port = free_port()
+    dashboard_env = {
+        **env,
+        "POSTGRES_USER": "iot_dashboard",
+        "POSTGRES_PASSWORD": "iot_dashboard",
+        "DASHBOARD_PORT": str(port),
+        "DASHBOARD_HOST": "127.0.0.1",
+        "DASHBOARD_REFRESH_SECONDS": "1",
+        "DASHBOARD_WINDOW": "5 min",
+        "DASHBOARD_CONSUMER_GROUP": env["CONSUMER_GROUP"],
+    }
+    dashboard = Service(["iot-dashboard"], dashboard_env, tmp_path / "dashboard.log")
+    try:
+        wait_until(lambda: scalar(db, "SELECT to_regclass('alertas') IS NOT NULL") is True, 60, "the schema")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM alertas WHERE closed_at IS NULL") == 1, 60, "the alert")
+        sensor = str(producer.event("producer_started")["spike"]["sensor_id"])
+        short = sensor[:8]
+        others = [
+            row
+            for row in (scalar(db, "SELECT array_agg(DISTINCT sensor_id::text) FROM sensores") or [])
+            if row != sensor
+        ]
+        assert len(others) == 4
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1500})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded", timeout=60_000)
+
+            # Both charts render, one line per sensor: the legend names every sensor.
+            charts = page.locator('[data-testid="stVegaLiteChart"]')
+            expect(charts).to_have_count(2, timeout=60_000)
+            for index, axis in enumerate(("Temperatura (°C)", "Umidade (%)")):
+                chart = charts.nth(index)
+                expect(chart).to_contain_text(axis, timeout=30_000)
+                for sensor_id in [sensor, *others]:
+                    expect(chart).to_contain_text(sensor_id[:8])
+                box = chart.bounding_box()
+                assert box is not None
+                assert box["width"] > 300
+                assert box["height"] > 200
+
+            # The open alert, in the list and in the headline.
+            expect(page.get_by_text("Open alerts (1)")).to_be_visible(timeout=30_000)
+            open_list = page.locator('[data-testid="stTable"]').first
+            expect(open_list).to_contain_text(short)
+            expect(open_list).to_contain_text("temperatura_alta")
+            expect(open_list).to_contain_text("CRITICAL")
+            expect(open_list).to_contain_text("temperatura > 30 for 5 s")
+            latest = page.locator('[data-testid="stTable"]', has_text="temperatura °C")
+            expect(latest).to_contain_text("ALERT")
+            for sensor_id in others:
+                expect(latest).to_contain_text(sensor_id[:8])
+            page.wait_for_timeout(1500)  # let the charts finish their transition for the picture
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            # No reload from here on: the page refreshes itself.
+            wait_until(lambda: scalar(db, "SELECT count(*) FROM alertas WHERE closed_at IS NOT NULL") == 1, 90, "close")
+            expect(page.get_by_text("Open alerts (0)")).to_be_visible(timeout=30_000)
+            closed_list = page.locator('[data-testid="stTable"]', has_text="closed (UTC)")
+            expect(closed_list).to_contain_text(short)
+            expect(closed_list).to_contain_text("temperatura_alta")
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert errors == []
+            browser.close()
+        assert SCREENSHOT.stat().st_size > 50_000
+    finally:
+        for service in (dashboard, producer, consumer):
+            service.signal(signal.SIGTERM)
+        assert dashboard.wait(30) in (0, -signal.SIGTERM)
+        producer.wait(60)
+        consumer.wait(60)
+
+
+def test_bad_dashboard_settings_fail_at_start_with_the_variable_named(env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [str(BIN / "iot-dashboard")],
+        env={**env, "DASHBOARD_REFRESH_SECONDS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "DASHBOARD_REFRESH_SECONDS='0': Input should be greater than or equal to 1" in result.stderr
+
+
+def test_the_dashboard_refuses_to_start_when_the_database_refuses_the_login(env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [str(BIN / "iot-dashboard")],
+        env={**env, "POSTGRES_USER": "iot_dashboard", "POSTGRES_PASSWORD": f"wrong-{uuid.uuid4().hex}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "cannot connect to postgresql://iot_dashboard@" in result.stderr
+    assert "wrong-" not in result.stderr
