@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -21,13 +22,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from iot_consumer.alerts.rules import parse_rules
 from tests.helpers import REPO
 
 CHART = REPO / "charts" / "iot-monitor"
 K8S_VERSION = "1.33.0"
 REFERENCE = REPO.parent / "shared" / "reference"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-SERVICES = ("producer", "consumer", "exporter")
+SERVICES = ("producer", "consumer", "exporter", "dashboard")
 
 
 @cache
@@ -67,6 +69,11 @@ def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 def _forbid_unknown_fields(schema: dict[str, Any]) -> dict[str, Any]:
     """Like `kubectl --validate=strict`: objects with declared properties accept no others."""
     schema = dict(schema)
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str) and "(?i)" in pattern:
+        # Go's regexp takes inline flags anywhere (PrometheusRule: '^(?i)(abort|warn)?$');
+        # Python's only at the start.
+        schema["pattern"] = "(?i)" + pattern.replace("(?i)", "")
     if (
         schema.get("type") == "object"
         and "properties" in schema
@@ -248,6 +255,87 @@ def test_values_schema_rejects_bad_values() -> None:
     assert "formats" in bad.stderr
 
 
+def test_consumer_alerts_by_default_with_the_built_in_rules() -> None:
+    docs = render()
+    args = by_kind(docs, "Deployment")["iot-monitor-consumer"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-3:] == ["--alerts", "--alerts-topic", "iot_alertas"]
+    assert "--alert-rules" not in args
+    assert not by_kind(docs, "PrometheusRule")
+    assert "iot-monitor-dashboard" not in by_kind(docs, "Deployment")
+    no_alerts = render("--set", "consumer.alerts.enabled=false")
+    args = by_kind(no_alerts, "Deployment")["iot-monitor-consumer"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-1] == "--no-alerts"
+
+
+def test_alert_rules_dashboard_and_prometheus_rule_values() -> None:
+    """ci/alerts-dashboard-values: the rules from values reach the consumer as a mounted file
+    that our own parser accepts; the dashboard logs in as the read-only role, is hardened and
+    probed on Streamlit's health endpoint; the PrometheusRule carries files/prometheus-rules.yaml."""
+    docs = render("-f", str(CHART / "ci" / "alerts-dashboard-values.yaml"))
+    config = by_kind(docs, "ConfigMap")["iot-monitor-alert-rules"]
+    rules = parse_rules(config["data"]["rules.toml"], "chart")
+    assert [r.name for r in rules.all] == ["temperatura_alta", "sensor_silencioso"]
+    consumer = by_kind(docs, "Deployment")["iot-monitor-consumer"]["spec"]["template"]
+    (container,) = consumer["spec"]["containers"]
+    assert container["args"][-2:] == ["--alert-rules", "/etc/iot-monitor/alert-rules/rules.toml"]
+    assert {"name": "alert-rules", "mountPath": "/etc/iot-monitor/alert-rules", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {"name": "alert-rules", "configMap": {"name": "iot-monitor-alert-rules"}} in consumer["spec"]["volumes"]
+    assert "checksum/alert-rules" in consumer["metadata"]["annotations"]
+
+    dashboard = by_kind(docs, "Deployment")["iot-monitor-dashboard"]["spec"]["template"]["spec"]
+    (container,) = dashboard["containers"]
+    assert container["image"] == "iot-dashboard:0.1.0"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POSTGRES_USER"]["value"] == "iot_dashboard"
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "iot-dashboard-db",
+        "key": "IOT_DASHBOARD_PASSWORD",
+    }
+    assert env["DASHBOARD_WINDOW"]["value"] == "1 h"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/_stcore/health", "port": "http"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert env["HOME"]["value"] == "/tmp"
+    assert dashboard["securityContext"]["runAsNonRoot"] is True
+    service = by_kind(docs, "Service")["iot-monitor-dashboard"]
+    assert {"name": "http", "port": 8501, "targetPort": "http", "protocol": "TCP"} in service["spec"]["ports"]
+    secret = yaml.safe_load((REPO / "k8s" / "dashboard-db-secret.yaml").read_text())
+    assert "IOT_DASHBOARD_PASSWORD" in secret["stringData"]
+    bitnami = yaml.safe_load((REPO / "k8s" / "postgresql-values.yaml").read_text())
+    assert bitnami["primary"]["extraEnvVarsSecret"] == secret["metadata"]["name"]
+
+    (rule,) = by_kind(docs, "PrometheusRule").values()
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    shared = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    assert rule["spec"] == shared
+
+
+def test_pipeline_alert_rules_are_shared_with_compose_and_use_metrics_that_exist() -> None:
+    """One rules file for the chart and Compose's Prometheus; every metric an expression
+    names is one our services export (a typo would make an alert silently never fire)."""
+    shared = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    rules = [rule for group in shared["groups"] for rule in group["rules"]]
+    names = {rule["alert"] for rule in rules}
+    assert {"IotConsumerLagHigh", "IotDeadLettersArriving", "IotExporterLastSuccessStale"} <= names
+    sources = "\n".join(
+        p.read_text()
+        for package in ("consumer", "exporter", "producer", "dashboard")
+        for p in (REPO / package).rglob("*.py")
+    )
+    for rule in rules:
+        assert rule["labels"]["severity"]
+        assert rule["annotations"]["summary"]
+        for metric in set(re.findall(r"\biot_[a-z_]+", rule["expr"])):
+            assert f'"{metric}"' in sources, f"{rule['alert']}: no service exports {metric}"
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./charts/iot-monitor/files/prometheus-rules.yaml:/etc/prometheus/rules/iot-monitor.yaml:ro" in mounts
+    prometheus = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["/etc/prometheus/rules/*.yaml"]
+
+
 # ------------------------------------------------------------------------------- k8s/
 def test_strimzi_resources_match_the_crds() -> None:
     """Kafka + KafkaNodePool (KRaft, Kafka 4.3.1) + KafkaTopic iot-sensores → topic iot_sensores."""
@@ -255,24 +343,28 @@ def test_strimzi_resources_match_the_crds() -> None:
     for doc in docs:
         assert doc["apiVersion"] == "kafka.strimzi.io/v1"
         validate_object(doc)
-    kinds = {d["kind"]: d for d in docs}
+    kinds = {d["kind"]: d for d in docs if d["kind"] != "KafkaTopic"}
     assert kinds["Kafka"]["spec"]["kafka"]["version"] == "4.3.1"
     assert kinds["KafkaNodePool"]["spec"]["roles"] == ["controller", "broker"]
-    topic = kinds["KafkaTopic"]
-    assert (topic["metadata"]["name"], topic["spec"]["topicName"], topic["spec"]["partitions"]) == (
-        "iot-sensores",
-        "iot_sensores",
-        6,
-    )
+    topics = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaTopic"}
+    assert {name: (t["spec"]["topicName"], t["spec"]["partitions"]) for name, t in topics.items()} == {
+        "iot-sensores": ("iot_sensores", 6),
+        "iot-alertas": ("iot_alertas", 6),
+    }
     cluster = kinds["Kafka"]["metadata"]["name"]
-    assert topic["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+    assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics.values()} == {cluster}
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     assert defaults["kafka"]["clusterName"] == cluster
-    assert defaults["kafka"]["partitions"] == topic["spec"]["partitions"]
+    assert defaults["kafka"]["partitions"] == topics["iot-sensores"]["spec"]["partitions"]
+    assert defaults["consumer"]["alerts"]["topic"] == topics["iot-alertas"]["spec"]["topicName"]
 
 
 def test_plain_manifests_are_valid_kubernetes() -> None:
-    for path in (REPO / "k8s" / "namespace.yaml", REPO / "k8s" / "tools" / "pvc-reader.yaml"):
+    for path in (
+        REPO / "k8s" / "namespace.yaml",
+        REPO / "k8s" / "tools" / "pvc-reader.yaml",
+        REPO / "k8s" / "dashboard-db-secret.yaml",
+    ):
         for doc in yaml.safe_load_all(path.read_text()):
             validate_object(doc)
 

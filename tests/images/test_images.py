@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from tests.helpers import REPO, Stack, scalar
 
 BASE = os.environ.get("IOT_BASE_IMAGE", "iot-monitor/python-base:bookworm")
 TAG = "test"
-SERVICES = ("producer", "consumer", "exporter")
+SERVICES = ("producer", "consumer", "exporter", "dashboard")
 
 
 def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -82,7 +86,7 @@ def test_final_image_has_no_compiler_and_a_shared_library_package(images: dict[s
 
 
 def test_servers_declare_a_healthcheck(images: dict[str, str]) -> None:
-    for service, path in (("producer", "/healthz"), ("consumer", "/readyz")):
+    for service, path in (("producer", "/healthz"), ("consumer", "/readyz"), ("dashboard", "/_stcore/health")):
         config = json.loads(docker("image", "inspect", images[service]).stdout)[0]["Config"]
         assert path in " ".join(config["Healthcheck"]["Test"])
 
@@ -166,3 +170,53 @@ def test_containers_move_readings_from_kafka_into_postgres(
     )
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (export_dir / "sensores_exportado.csv").read_text().count("\n") == 501
+
+
+def test_dashboard_container_serves_the_page_on_a_read_only_root(
+    images: dict[str, str], stack: Stack, database: str
+) -> None:
+    """The dashboard image, as the read-only role against the native PostgreSQL, answers
+    Streamlit's health check with a read-only root file system (HOME on a tmpfs)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = f"iot-dashboard-test-{uuid.uuid4().hex[:8]}"
+    started = docker(
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "-e",
+        f"POSTGRES_DB={database}",
+        "-e",
+        f"POSTGRES_PORT={stack.postgres_port}",
+        "-e",
+        "POSTGRES_USER=iot_dashboard",
+        "-e",
+        "POSTGRES_PASSWORD=iot_dashboard",
+        "-e",
+        f"DASHBOARD_PORT={port}",
+        "-e",
+        "METRICS_PORT=0",
+        images["dashboard"],
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        body = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and body != "ok":
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=3) as response:
+                    body = response.read().decode()
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(1)
+        assert body == "ok", docker("logs", name, check=False).stderr[-3000:]
+    finally:
+        docker("rm", "-f", name, check=False)

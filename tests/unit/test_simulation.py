@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from iot_common.schema import SensorReading
-from iot_producer.simulation import Anomaly, Ranges, SensorFleet
+from iot_producer.simulation import Anomaly, Ranges, ScriptedSpike, SensorFleet
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -76,3 +78,35 @@ def test_stuck_anomaly_repeats_values() -> None:
 def test_no_anomalies_by_default() -> None:
     fleet = SensorFleet(2, seed=9, ranges=Ranges(20, 30, 30, 80))
     assert len(readings(fleet, 500)) == 500
+
+
+def test_a_scripted_spike_drives_only_the_first_sensor_above_the_range_for_its_readings() -> None:
+    spike = ScriptedSpike.parse("3:4", default_peak=35.0)
+    fleet = SensorFleet(3, seed=9, spike=spike)
+    start = datetime(2026, 11, 28, tzinfo=UTC)
+    temperatures: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    for second in range(10):
+        for index, sensor in enumerate(fleet.sensors):
+            reading = fleet.next_reading(sensor, start + timedelta(seconds=second))
+            assert reading is not None
+            temperatures[index].append(reading.temperatura)
+    hot = [i for i, t in enumerate(temperatures[0]) if t > 30.0]
+    assert hot == [3, 4, 5, 6]
+    assert all(33.5 < temperatures[0][i] < 36.5 for i in hot)
+    assert max(temperatures[1] + temperatures[2]) <= 30.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("3", "expected START:READINGS[:PEAK]"),
+        ("a:4", "whole numbers"),
+        ("3:0", "READINGS >= 1"),
+        ("-1:4", "START must be >= 0"),
+        ("1:2:hot", "PEAK a number"),
+    ],
+)
+def test_a_bad_spike_is_refused_with_the_format(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=r"^spike ") as caught:
+        ScriptedSpike.parse(text, default_peak=35.0)
+    assert message in str(caught.value)

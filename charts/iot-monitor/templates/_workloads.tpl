@@ -23,6 +23,9 @@ spec:
       annotations:
         # Roll the pods when the settings change.
         checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ctx | sha256sum }}
+        {{- if .extraVolumes }}
+        checksum/alert-rules: {{ include (print $ctx.Template.BasePath "/alert-rules.yaml") $ctx | sha256sum }}
+        {{- end }}
     spec:
       serviceAccountName: {{ include "iot-monitor.serviceAccountName" $ctx }}
       automountServiceAccountToken: false
@@ -59,8 +62,14 @@ spec:
             {{- toYaml $ctx.Values.securityContext | nindent 12 }}
           volumeMounts:
             {{- include "iot-monitor.volumeMounts" $ctx | nindent 12 }}
+            {{- with .extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
       volumes:
         {{- include "iot-monitor.volumes" $ctx | nindent 8 }}
+        {{- with .extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       {{- with .svc.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
