@@ -14,10 +14,12 @@ PRODUCER_METRICS_PORT ?= 8001
 CONSUMER_METRICS_PORT ?= 8002
 DASHBOARD_METRICS_PORT ?= 8003
 DASHBOARD_PORT ?= 8501
-# `make run` starts an occasional anomaly episode (spike, stuck, missing) so alerts show up.
+# `make run` starts an occasional anomaly episode (spike, stuck, missing) so alerts show up, with
+# the same sensors on every run (a fixed seed): sensors of an earlier run do not stay "silent".
 PRODUCER_ANOMALY_RATE ?= 0.002
+PRODUCER_SEED ?= 1
 
-.PHONY: help dev stack-up stack-down stack-status run dashboard test test-chaos test-unit test-integration lint format typecheck bench bench-consumer clean
+.PHONY: help dev stack-up stack-down stack-status run dashboard test test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -41,7 +43,7 @@ stack-status: ## Show what runs where, and where the logs are
 	stack/stack.sh status
 
 run: dev stack-up ## Start the stack, then producer + consumer in the foreground (Ctrl-C stops them)
-	PRODUCER_ANOMALY_RATE=$(PRODUCER_ANOMALY_RATE) PRODUCER_METRICS_PORT=$(PRODUCER_METRICS_PORT) \
+	PRODUCER_ANOMALY_RATE=$(PRODUCER_ANOMALY_RATE) PRODUCER_SEED=$(PRODUCER_SEED) PRODUCER_METRICS_PORT=$(PRODUCER_METRICS_PORT) \
 	  CONSUMER_METRICS_PORT=$(CONSUMER_METRICS_PORT) scripts/run-pipeline.sh
 
 dashboard: dev stack-up ## Live dashboard on http://localhost:8501 (read-only role; run beside `make run`)
@@ -77,6 +79,9 @@ bench: dev stack-up ## All benchmarks side by side (~15 min): bench/results/ and
 
 bench-consumer: dev stack-up ## Consumer only: 1 vs 2 processes vs seed baseline vs limits
 	$(BIN)/python -m bench.consumer_bench
+
+bench-alerts: dev stack-up ## What alert evaluation costs the consumer: alerts on vs --no-alerts (bench/results/alerts_bench.md)
+	$(BIN)/python -m bench.alerts_bench
 
 clean: ## Remove the virtualenv and caches (the stack's data stays in .stack/)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -144,7 +144,9 @@ def topic_size(topic: str) -> int:
     return sum(end_offsets(STACK.bootstrap, topic).values())
 
 
-def prefill(topic: str, readings: int, processes: int = 2, log_dir: Path | None = None) -> float:
+def prefill(
+    topic: str, readings: int, processes: int = 2, log_dir: Path | None = None, extra: Sequence[str] = ()
+) -> float:
     """Fill ``topic`` with ``readings`` simulated readings (acks=all) using several producer
     processes; returns readings/s."""
     log_dir = log_dir or RESULTS
@@ -153,7 +155,7 @@ def prefill(topic: str, readings: int, processes: int = 2, log_dir: Path | None 
     started = time.perf_counter()
     procs = [
         Process(
-            cli("iot-producer", "--sensors", "1000", "--count", str(n), "--max-rate", "--seed", str(100 + i)),
+            cli("iot-producer", "--sensors", "1000", "--count", str(n), "--max-rate", "--seed", str(100 + i), *extra),
             env,
             log_dir / f"prefill-{i}.log",
         )

@@ -212,6 +212,13 @@ class Service:
         return found[-1]
 
 
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run one of our CLIs to completion (``args[0]`` from the virtualenv), capturing its output."""
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def scalar(conn: psycopg2.extensions.connection, query: str, params: tuple[Any, ...] = ()) -> Any:
     with conn.cursor() as cur:
         cur.execute(query, params)

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import REPO
-from tests.helpers import BIN, Service, Stack, create_topic, delete_topic, scalar, wait_until
+from tests.helpers import Service, Stack, create_topic, delete_topic, run_cli, scalar, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -173,26 +172,14 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
 
 
 def test_bad_dashboard_settings_fail_at_start_with_the_variable_named(env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [str(BIN / "iot-dashboard")],
-        env={**env, "DASHBOARD_REFRESH_SECONDS": "0"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli(["iot-dashboard"], {**env, "DASHBOARD_REFRESH_SECONDS": "0"})
     assert result.returncode == 2
     assert "DASHBOARD_REFRESH_SECONDS='0': Input should be greater than or equal to 1" in result.stderr
 
 
 def test_the_dashboard_refuses_to_start_when_the_database_refuses_the_login(env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [str(BIN / "iot-dashboard")],
-        env={**env, "POSTGRES_USER": "iot_dashboard", "POSTGRES_PASSWORD": f"wrong-{uuid.uuid4().hex}"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_cli(
+        ["iot-dashboard"], {**env, "POSTGRES_USER": "iot_dashboard", "POSTGRES_PASSWORD": f"wrong-{uuid.uuid4().hex}"}
     )
     assert result.returncode == 1
     assert "cannot connect to postgresql://iot_dashboard@" in result.stderr

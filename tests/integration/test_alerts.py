@@ -5,7 +5,6 @@ in the middle of the episode."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import orjson
 import psycopg2.extensions
 import pytest
 
-from tests.helpers import BIN, Service, Stack, create_topic, delete_topic, read_topic, scalar, wait_until
+from tests.helpers import Service, Stack, create_topic, delete_topic, read_topic, run_cli, scalar, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -179,13 +178,6 @@ def test_a_bad_rules_file_stops_the_consumer_at_start_with_the_reason(
 ) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rule]]\nname = "x"\nmetric = "temperatura"\nabove = 30\nclear_below = 35\n', encoding="utf-8")
-    result = subprocess.run(
-        [str(BIN / "iot-consumer"), "run", "--alert-rules", str(rules)],
-        env=alert_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli(["iot-consumer", "run", "--alert-rules", str(rules)], alert_env)
     assert result.returncode == 2
     assert "rule 1 ('x') clear_below (35.0) must not be above the threshold (30.0)" in result.stderr

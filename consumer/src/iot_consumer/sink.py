@@ -75,6 +75,14 @@ class PostgresSink:
                 self._conn.close()
         self._conn = None
 
+    def _rollback(self, conn: psycopg2.extensions.connection) -> None:
+        """After a failed transaction: roll back, or drop a connection that cannot even do that."""
+        if not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                self.discard_connection()
+
     def discard_connection(self) -> None:
         """Forget a connection that failed (it may be half-open)."""
         if self._conn is not None:
@@ -128,11 +136,7 @@ class PostgresSink:
                 written = self.alerts.write(cur, evaluation)
             conn.commit()
         except BaseException:
-            if not conn.closed:
-                try:
-                    conn.rollback()
-                except psycopg2.Error:
-                    self.discard_connection()
+            self._rollback(conn)
             raise
         if written:
             self.alerts.committed(evaluation)
@@ -147,7 +151,8 @@ class PostgresSink:
         conn = self.connection()
         if batch.days:
             self.partitions.ensure(conn, batch.days)
-        evaluation = self.alerts.evaluate(batch.readings) if self.alerts is not None else None
+        alerts = self.alerts
+        evaluation = alerts.evaluate(batch.readings) if alerts is not None else None
         alerts_written = False
         try:
             with conn.cursor() as cur:
@@ -155,19 +160,15 @@ class PostgresSink:
                     self._copy(cur, batch.copy_payload())
                 if batch.dead_letters:
                     self._insert_dead_letters(cur, batch.dead_letters)
-                if evaluation is not None and self.alerts is not None:
-                    alerts_written = self.alerts.write(cur, evaluation)
+                if alerts is not None and evaluation is not None:
+                    alerts_written = alerts.write(cur, evaluation)
                 self._advance_positions(cur, batch)
             conn.commit()
         except BaseException:
-            if not conn.closed:
-                try:
-                    conn.rollback()
-                except psycopg2.Error:
-                    self.discard_connection()
+            self._rollback(conn)
             raise
-        if alerts_written and evaluation is not None and self.alerts is not None:
-            self.alerts.committed(evaluation)
+        if alerts is not None and evaluation is not None and alerts_written:
+            alerts.committed(evaluation)
 
     def _copy(self, cur: psycopg2.extensions.cursor, payload: bytes) -> None:
         started = time.perf_counter()

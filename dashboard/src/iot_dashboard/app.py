@@ -137,6 +137,18 @@ def line_chart(data: pd.DataFrame, metric: str, title: str, limits: list[float])
     return alt.LayerChart(layer=[lines, thresholds])
 
 
+def alert_table(alerts: pd.DataFrame, extra: dict[str, pd.Series]) -> pd.DataFrame:
+    """The columns every alert list shows, then ``extra``, indexed by the short sensor id."""
+    columns: dict[str, pd.Series] = {
+        "sensor": alerts["sensor_id"].map(short),
+        "rule": alerts["rule"],
+        "severity": alerts["severity"].map(lambda s: SEVERITY_MARK.get(s, s)),
+        "opened (UTC)": alerts["opened_at"].map(clock),
+        "peak": alerts["peak_value"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+    }
+    return pd.DataFrame({**columns, **extra}).set_index("sensor")
+
+
 def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
     settings = rt.dashboard
     window = timedelta(seconds=WINDOWS[window_name])
@@ -223,34 +235,16 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
         st.success("No open alert.")
     else:
         st.table(
-            pd.DataFrame(
-                {
-                    "sensor": opened["sensor_id"].map(short),
-                    "rule": opened["rule"],
-                    "severity": opened["severity"].map(lambda s: SEVERITY_MARK.get(s, s)),
-                    "opened (UTC)": opened["opened_at"].map(clock),
-                    "for": opened["opened_at"].map(lambda s: ago(s, now)),
-                    "peak": opened["peak_value"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
-                    "condition": opened["condition"],
-                }
-            ).set_index("sensor")
+            alert_table(
+                opened,
+                {"for": opened["opened_at"].map(lambda s: ago(s, now)), "condition": opened["condition"]},
+            )
         )
     st.subheader("Recently closed alerts (24 h)")
     if recent.empty:
         st.caption("None.")
     else:
-        st.table(
-            pd.DataFrame(
-                {
-                    "sensor": recent["sensor_id"].map(short),
-                    "rule": recent["rule"],
-                    "severity": recent["severity"].map(lambda s: SEVERITY_MARK.get(s, s)),
-                    "opened (UTC)": recent["opened_at"].map(clock),
-                    "closed (UTC)": recent["closed_at"].map(clock),
-                    "peak": recent["peak_value"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
-                }
-            ).set_index("sensor")
-        )
+        st.table(alert_table(recent, {"closed (UTC)": recent["closed_at"].map(clock)}))
 
     # ------------------------------------------------------------------ latest per sensor, health
     left, right = st.columns([3, 2])
