@@ -490,23 +490,23 @@ class ConsumerService:
         if alerts is None or not alerts.rules.silence or not self._database_ok:
             return
         wall = datetime.now(UTC) - timedelta(seconds=self.options.alert_clock_grace_s)
-        idle: dict[int, datetime] = {}
+        fence: dict[int, int] = {}  # idle partition → its stored position (writes are fenced on it)
         for partition, next_offset in self.position.items():
+            stored = self.stored.get(partition)
             try:
                 highwater = consumer.highwater(TopicPartition(self.topic, partition))
             except KafkaError:
                 continue
-            if highwater is not None and next_offset >= highwater and self.stored.get(partition) is not None:
-                idle[partition] = wall
-        if not idle:
+            if highwater is not None and next_offset >= highwater and stored is not None:
+                fence[partition] = stored
+        if not fence:
             return
-        evaluation = alerts.engine.evaluate_clock(idle)
+        evaluation = alerts.engine.evaluate_clock(dict.fromkeys(fence, wall))
         if not evaluation.writes_anything:
             alerts.engine.apply(evaluation)
             return
-        fence = {p: self.stored[p] for p in idle if self.stored.get(p) is not None}
         try:
-            self.sink.write_alert_clock(evaluation, {p: int(o) for p, o in fence.items() if o is not None})
+            self.sink.write_alert_clock(evaluation, fence)
         except FencedError as exc:
             log.warning("alert_clock_fenced", error=str(exc))
             self._forget_positions()
