@@ -100,3 +100,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "partitions(n): partitions of the test's topic (default 6)")
     os.environ.setdefault("LOG_FORMAT", "json")
+
+
+@pytest.fixture
+def alerts_topic(stack: Stack, topic: str) -> Iterator[str]:
+    """A 3-partition topic for this test's alert events, next to its readings topic."""
+    name = f"{topic}_alertas"
+    create_topic(stack.bootstrap, name, 3)
+    yield name
+    delete_topic(stack.bootstrap, name)

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2.extensions
@@ -24,7 +23,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import REPO
-from tests.helpers import Service, Stack, create_topic, delete_topic, run_cli, scalar, wait_until
+from tests.helpers import Service, Stack, run_cli, scalar, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -56,14 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def alerts_topic(stack: Stack, topic: str) -> Iterator[str]:
-    name = f"{topic}_alertas"
-    create_topic(stack.bootstrap, name, 3)
-    yield name
-    delete_topic(stack.bootstrap, name)
 
 
 def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(

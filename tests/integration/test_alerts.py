@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,13 @@ import orjson
 import psycopg2.extensions
 import pytest
 
-from tests.helpers import Service, Stack, create_topic, delete_topic, read_topic, run_cli, scalar, wait_until
+from tests.helpers import Service, Stack, read_topic, run_cli, scalar, wait_until
 
 pytestmark = pytest.mark.integration
 
 SENSORS = 3
 INTERVAL = 0.25  # 4 readings per sensor per second: the 5 s durations pass in 20 readings
 SPIKE_START, SPIKE_READINGS = 8, 40  # 10 s above 30 °C on the first sensor
-
-
-@pytest.fixture
-def alerts_topic(stack: Stack, topic: str) -> Iterator[str]:
-    name = f"{topic}_alertas"
-    create_topic(stack.bootstrap, name, 3)
-    yield name
-    delete_topic(stack.bootstrap, name)
 
 
 @pytest.fixture

@@ -174,28 +174,20 @@ class RuleSet:
 def _convert(model: _RuleModel) -> Rule:
     if model.silent_for_seconds is not None:
         return SilenceRule(model.name, model.severity, model.silent_for_seconds)
-    assert model.metric is not None
+    assert model.metric is not None  # the validator guarantees metric and exactly one of above/below
     if model.above is not None:
-        clear = model.above if model.clear_below is None else model.clear_below
-        return ThresholdRule(
-            model.name,
-            model.severity,
-            model.metric,
-            "above",
-            model.above,
-            clear,
-            model.for_seconds,
-            model.clear_for_seconds,
-        )
-    assert model.below is not None
-    clear = model.below if model.clear_above is None else model.clear_above
+        direction: Literal["above", "below"] = "above"
+        threshold, clear = model.above, model.clear_below
+    else:
+        assert model.below is not None
+        direction, threshold, clear = "below", model.below, model.clear_above
     return ThresholdRule(
         model.name,
         model.severity,
         model.metric,
-        "below",
-        model.below,
-        clear,
+        direction,
+        threshold,
+        threshold if clear is None else clear,  # no clear level given: clears at the threshold
         model.for_seconds,
         model.clear_for_seconds,
     )
