@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -217,6 +218,13 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subpro
     return subprocess.run(
         [str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def scalar(conn: psycopg2.extensions.connection, query: str, params: tuple[Any, ...] = ()) -> Any:

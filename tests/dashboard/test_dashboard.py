@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import uuid
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import REPO
-from tests.helpers import Service, Stack, run_cli, scalar, wait_until
+from tests.helpers import Service, Stack, free_port, run_cli, scalar, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -49,12 +48,6 @@ def _browser_available() -> None:
         if os.environ.get("IOT_REQUIRE_BROWSER_TESTS") == "1":
             pytest.fail(f"IOT_REQUIRE_BROWSER_TESTS=1 but there is no Chromium at {CHROMIUM}")
         pytest.skip("no Chromium (apt-get install chromium)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(

@@ -48,6 +48,18 @@ def render(*args: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+def render_refused(*args: str) -> str:
+    """helm template must refuse these values; returns its error output."""
+    result = subprocess.run(
+        [helm(), "template", "x", str(CHART), "--kube-version", K8S_VERSION, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0, "helm rendered values it should refuse"
+    return result.stderr
+
+
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
@@ -190,14 +202,7 @@ def test_consumer_replicas_have_a_disruption_budget_and_never_exceed_partitions(
     (pdb,) = by_kind(docs, "PodDisruptionBudget").values()
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == consumer["spec"]["selector"]["matchLabels"]
-    refused = subprocess.run(
-        [helm(), "template", "x", str(CHART), "--kube-version", K8S_VERSION, "--set", "consumer.replicaCount=7"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert refused.returncode != 0
-    assert "larger than kafka.partitions" in refused.stderr
+    assert "larger than kafka.partitions" in render_refused("--set", "consumer.replicaCount=7")
 
 
 def test_exporter_is_a_forbid_cronjob_writing_to_a_kept_claim() -> None:
@@ -245,14 +250,9 @@ def test_service_monitors_and_managed_kafka_values() -> None:
 
 
 def test_values_schema_rejects_bad_values() -> None:
-    bad = subprocess.run(
-        [helm(), "template", "x", str(CHART), "--kube-version", K8S_VERSION, "--set", "exporter.formats=pdf"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert bad.returncode != 0
-    assert "formats" in bad.stderr
+    assert "formats" in render_refused("--set", "exporter.formats=pdf")
+    assert "window" in render_refused("--set", "dashboard.window=1 week")
+    assert "topic" in render_refused("--set", "consumer.alerts.topic=no spaces please")
 
 
 def test_consumer_alerts_by_default_with_the_built_in_rules() -> None:

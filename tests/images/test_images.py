@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, Stack, scalar
+from tests.helpers import REPO, Stack, free_port, scalar
 
 BASE = os.environ.get("IOT_BASE_IMAGE", "iot-monitor/python-base:bookworm")
 TAG = "test"
@@ -177,9 +176,7 @@ def test_dashboard_container_serves_the_page_on_a_read_only_root(
 ) -> None:
     """The dashboard image, as the read-only role against the native PostgreSQL, answers
     Streamlit's health check with a read-only root file system (HOME on a tmpfs)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     name = f"iot-dashboard-test-{uuid.uuid4().hex[:8]}"
     started = docker(
         "run",

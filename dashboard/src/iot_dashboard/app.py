@@ -25,6 +25,7 @@ from prometheus_client import Counter
 
 from iot_common.http import start_observability_server
 from iot_common.logging import configure_logging, get_logger
+from iot_common.postgres import connect_kwargs
 from iot_common.settings import KafkaSettings, ObservabilitySettings, PostgresSettings, load_settings
 from iot_dashboard import queries as q
 from iot_dashboard.settings import WINDOWS, DashboardSettings
@@ -49,11 +50,9 @@ class Runtime:
     def connection(self) -> psycopg2.extensions.connection:
         with self.lock:
             if self.pool is None:
-                kwargs = self.postgres.connect_kwargs()
-                kwargs["application_name"] = "iot-dashboard"
-                self.pool = psycopg2.pool.ThreadedConnectionPool(1, 4, options="-c TimeZone=UTC", **kwargs)
+                kwargs = connect_kwargs(self.postgres, application_name="iot-dashboard")
+                self.pool = psycopg2.pool.ThreadedConnectionPool(1, 4, **kwargs)
             conn: psycopg2.extensions.connection = self.pool.getconn()
-        conn.autocommit = True
         conn.set_session(readonly=True, autocommit=True)
         return conn
 

@@ -65,7 +65,7 @@ CREATE TABLE alert_outbox (
 COMMENT ON TABLE alert_outbox IS 'Alert events committed with their batch, deleted once Kafka acknowledged them';
 
 -- Time-range scans over the newest readings (dashboard, silence bookkeeping, daily exports):
--- rows arrive roughly in time order, so a BRIN index stays tiny and prunes well.
+-- rows arrive roughly in time order, so a BRIN index stays small and lets range scans skip old blocks.
 CREATE INDEX sensores_timestamp_brin ON sensores USING brin ("timestamp");
 """
 
