@@ -17,7 +17,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iot_common.schema import DEFAULT_LIMITS, InvalidReading, RejectReason, validate_reading
+from iot_common.schema import DEFAULT_LIMITS, FIELDS, InvalidReading, RejectReason, validate_reading
 from iot_consumer.batch import build_batch
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -26,7 +26,9 @@ TP = namedtuple("TP", "topic partition")
 COPY_LINE = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\t"
     r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00\t"
-    r"-?\d+(\.\d+)?(e[-+]\d+)?\t-?\d+(\.\d+)?(e[-+]\d+)?\t\d+\t\d+\n"
+    r"-?\d+(\.\d+)?(e[-+]\d+)?\t-?\d+(\.\d+)?(e[-+]\d+)?\t\d+\t\d+\t"
+    # extras: \N, or JSON text with no raw tab/newline and every backslash doubled for COPY
+    r"(\\N|\{(?:[^\t\n\\]|\\\\)*\})\n"
 )
 
 json_scalars = (
@@ -112,7 +114,8 @@ def test_every_valid_reading_is_accepted_unchanged(
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=200) | near_valid.map(dumps), min_size=1, max_size=30))
 def test_copy_buffer_holds_only_canonical_values(values: list[bytes]) -> None:
-    """Hostile payloads (SQL, tabs, newlines, backslashes) never reach the COPY text."""
+    """Hostile payloads (SQL, tabs, newlines, backslashes) never reach the COPY text raw,
+    also not through the extra fields a reading may carry."""
     records = [Record("t", 0, i, 0, None, v) for i, v in enumerate(values)]
     batch = build_batch({TP("t", 0): records}, {0: None}, {0: 0}, DEFAULT_LIMITS)
     assert batch.rows + len(batch.dead_letters) == len(values)
@@ -132,3 +135,33 @@ def test_sql_looking_content_is_dead_lettered() -> None:
     batch = build_batch({TP("t", 0): records}, {0: None}, {0: 0}, DEFAULT_LIMITS)
     assert batch.rows == 0
     assert batch.dead_letters[0].reason == "bad_uuid"
+
+
+@settings(max_examples=200)
+@given(
+    st.dictionaries(
+        st.text(max_size=20), st.text(max_size=40) | st.integers(-(2**63), 2**63 - 1) | st.booleans(), max_size=5
+    )
+)
+def test_extra_fields_survive_the_copy_text_format(extras: dict[str, object]) -> None:
+    """Any extra fields (keys and values with tabs, newlines, backslashes, quotes) come back
+    from COPY's text format as the JSON they were: unescaping the column gives the same object."""
+    extras = {k: v for k, v in extras.items() if k not in FIELDS}
+    body = {
+        "sensor_id": "6f1c0000-0000-4000-8000-000000000001",
+        "timestamp": "2026-11-27T12:00:00+00:00",
+        "temperatura": 21.5,
+        "umidade": 40.0,
+        **extras,
+    }
+    batch = build_batch(
+        {TP("t", 0): [Record("t", 0, 0, 0, None, orjson.dumps(body))]}, {0: None}, {0: 0}, DEFAULT_LIMITS
+    )
+    assert batch.rows == 1
+    assert not batch.dead_letters
+    column = batch.copy_lines[0].rstrip("\n").split("\t")[6]
+    if not extras:
+        assert column == "\\N"
+    else:
+        assert orjson.loads(column.replace("\\\\", "\\")) == extras
+        assert batch.with_extras == 1

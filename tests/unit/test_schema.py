@@ -76,7 +76,6 @@ REJECTIONS = [
     (b"[1, 2, 3]", RejectReason.NOT_OBJECT),
     (b'"a string"', RejectReason.NOT_OBJECT),
     (payload(umidade=...), RejectReason.MISSING_FIELD),
-    (payload(extra="x"), RejectReason.EXTRA_FIELD),
     (payload(temperatura="24.1"), RejectReason.WRONG_TYPE),
     (payload(temperatura=True), RejectReason.WRONG_TYPE),
     (payload(umidade=None), RejectReason.WRONG_TYPE),
@@ -101,6 +100,42 @@ def test_every_defect_has_its_reason(raw: bytes | None, reason: RejectReason) ->
         validate_reading(raw, now=NOW)
     assert caught.value.reason is reason
     assert caught.value.detail
+
+
+def test_newer_firmware_fields_are_kept_not_rejected() -> None:
+    """Schema evolution: fields beyond the four known ones are accepted and returned as
+    extras (nested values too); the known fields are validated exactly as before."""
+    valid = validate_reading(payload(bateria=91, firmware={"versao": "2.1", "canais": [1, 2]}), now=NOW)
+    assert valid.extras == {"bateria": 91, "firmware": {"versao": "2.1", "canais": [1, 2]}}
+    assert (valid.temperatura, valid.umidade) == (24.17, 55.02)
+    assert validate_reading(payload(), now=NOW).extras is None
+
+
+def test_extra_fields_do_not_excuse_a_missing_or_wrong_known_field() -> None:
+    """A reading with extras still needs all four fields, with the right types."""
+    with pytest.raises(InvalidReading) as caught:
+        validate_reading(payload(umidade=..., bateria=91), now=NOW)
+    assert caught.value.reason is RejectReason.MISSING_FIELD
+    with pytest.raises(InvalidReading) as caught:
+        validate_reading(payload(temperatura="24.1", bateria=91), now=NOW)
+    assert caught.value.reason is RejectReason.WRONG_TYPE
+
+
+ACCEPTED_TIMESTAMPS = [
+    ("2026-11-27T11:00:00+00:00", "2026-11-27T11:00:00+00:00"),
+    ("2026-11-27T11:00:00Z", "2026-11-27T11:00:00+00:00"),
+    ("2026-11-27T11:00:00.123456Z", "2026-11-27T11:00:00.123456+00:00"),
+    ("2026-11-27T11:00:00.123+00:00", "2026-11-27T11:00:00.123000+00:00"),
+    ("2026-11-27T08:00:00-03:00", "2026-11-27T11:00:00+00:00"),
+    ("2026-11-27 11:00:00+00:00", "2026-11-27T11:00:00+00:00"),
+    ("20261127T110000Z", "2026-11-27T11:00:00+00:00"),
+]
+
+
+@pytest.mark.parametrize(("given", "stored"), ACCEPTED_TIMESTAMPS)
+def test_documented_timestamp_forms_are_accepted_as_utc(given: str, stored: str) -> None:
+    """The timestamp forms docs/READINGS.md lists are accepted and stored as the same instant in UTC."""
+    assert validate_reading(payload(timestamp=given), now=NOW).timestamp.isoformat() == stored
 
 
 def test_overflowing_number_is_not_json() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import NoReturn
 
 import typer
@@ -27,7 +26,3 @@ def setup_service(service: str) -> ObservabilitySettings:
         fail(str(exc))
     configure_logging(settings.log_level, settings.log_format, service=service)
     return settings
-
-
-def is_interactive() -> bool:
-    return sys.stderr.isatty()

@@ -1,9 +1,17 @@
-"""Graceful shutdown: SIGTERM/SIGINT set a flag that the service's loop checks."""
+"""Graceful shutdown: SIGTERM/SIGINT set a flag that the service's loop checks.
+
+A flag alone trusts the loop to look at it. To bound shutdown in every state (a library
+stuck in a loop of its own, a hung connection), the first signal also arms a watchdog that
+ends the process after ``force_exit_after`` seconds, and a second signal ends it at once.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+import time
 from types import FrameType
 
 from iot_common.logging import get_logger
@@ -17,9 +25,13 @@ class StopFlag:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.signal_name: str | None = None
+        self._force_exit_after: float | None = None
+        self._first_signal_at = 0.0
 
-    def install(self) -> StopFlag:
-        """Route SIGTERM and SIGINT to this flag (main thread only)."""
+    def install(self, force_exit_after: float | None = None) -> StopFlag:
+        """Route SIGTERM and SIGINT to this flag (main thread only); with ``force_exit_after``,
+        a process still alive that many seconds after the first signal exits with status 1."""
+        self._force_exit_after = force_exit_after
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         return self
@@ -27,11 +39,25 @@ class StopFlag:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self._event.is_set():
-            log.warning("second_stop_signal", signal=name)
-        else:
-            log.info("stop_requested", signal=name)
+            # A second signal a moment later is often the same request twice (a shell or a
+            # wrapper forwarding it): only a deliberate second one means "now".
+            if time.monotonic() - self._first_signal_at < 2.0:
+                return
+            log.warning("second_stop_signal", signal=name, action="exiting now")
+            _exit_now(1)
+        self._first_signal_at = time.monotonic()
+        log.info("stop_requested", signal=name, force_exit_after_s=self._force_exit_after)
         self.signal_name = name
         self._event.set()
+        if self._force_exit_after is not None:
+            timer = threading.Timer(self._force_exit_after, self._force_exit)
+            timer.daemon = True
+            timer.name = "shutdown-watchdog"
+            timer.start()
+
+    def _force_exit(self) -> None:
+        log.error("shutdown_forced", after_s=self._force_exit_after, reason="still running after the stop signal")
+        _exit_now(1)
 
     def set(self) -> None:
         self._event.set()
@@ -42,3 +68,10 @@ class StopFlag:
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds, waking early when stop is requested."""
         return self._event.wait(timeout)
+
+
+def _exit_now(code: int) -> None:
+    """Leave without running more Python code: the main thread may be stuck holding anything."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -9,6 +9,9 @@ import psycopg2.extensions
 
 from iot_common.settings import PostgresSettings
 
+# Errors that mean "the database is not reachable now", as opposed to "this statement is wrong".
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
 
 def connect_kwargs(settings: PostgresSettings, application_name: str | None = None) -> dict[str, Any]:
     """``psycopg2.connect`` arguments for a session whose time zone is UTC (timestamps are UTC

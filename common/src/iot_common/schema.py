@@ -1,9 +1,12 @@
 """The ``SensorReading`` message: its JSON form on the topic and its validation.
 
-A reading on the wire is a JSON object with exactly these fields::
+A reading on the wire is a JSON object with at least these fields::
 
     {"sensor_id": "6f1c...-...", "timestamp": "2026-11-27T21:30:00.123456+00:00",
      "temperatura": 24.17, "umidade": 55.02}
+
+Further fields (a newer firmware's ``"bateria": 91``) are accepted and kept, as ``extras``;
+docs/READINGS.md states the accepted format precisely.
 
 Validation never raises anything but :class:`InvalidReading`, whose ``reason`` is one of a
 small fixed set (used as a metric label and stored with the dead letter) and whose
@@ -38,7 +41,7 @@ class RejectReason(StrEnum):
     NOT_JSON = "not_json"
     NOT_OBJECT = "not_object"
     MISSING_FIELD = "missing_field"
-    EXTRA_FIELD = "extra_field"
+    EXTRA_FIELD = "extra_field"  # no longer produced (extra fields are kept); old dead letters carry it
     WRONG_TYPE = "wrong_type"
     NOT_FINITE = "not_finite"
     OUT_OF_RANGE = "out_of_range"
@@ -77,12 +80,14 @@ DEFAULT_LIMITS = ReadingLimits()
 
 
 class ValidReading(NamedTuple):
-    """A validated reading in the form the consumer writes: canonical UUID text, UTC time."""
+    """A validated reading in the form the consumer writes: canonical UUID text, UTC time,
+    and the fields beyond the four known ones (None when there are none)."""
 
     sensor_id: str
     timestamp: datetime
     temperatura: float
     umidade: float
+    extras: dict[str, Any] | None = None
 
 
 def _number(obj: dict[str, Any], name: str, low: float, high: float) -> float:
@@ -159,12 +164,10 @@ def _explain(raw: bytes | None, limits: ReadingLimits = DEFAULT_LIMITS, now: dat
     obj = _parse_json(raw)
     if type(obj) is not dict:
         raise InvalidReading(RejectReason.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
-    if obj.keys() != _FIELD_SET:
-        missing = sorted(_FIELD_SET - obj.keys())
-        if missing:
-            raise InvalidReading(RejectReason.MISSING_FIELD, f"missing {', '.join(missing)}")
-        extra = sorted(str(k)[:64] for k in obj.keys() - _FIELD_SET)
-        raise InvalidReading(RejectReason.EXTRA_FIELD, f"unexpected {', '.join(extra)}")
+    missing = sorted(_FIELD_SET - obj.keys())
+    if missing:
+        raise InvalidReading(RejectReason.MISSING_FIELD, f"missing {', '.join(missing)}")
+    extras = {k: v for k, v in obj.items() if k not in _FIELD_SET} or None
 
     sensor_id = obj["sensor_id"]
     if type(sensor_id) is not str:
@@ -197,6 +200,7 @@ def _explain(raw: bytes | None, limits: ReadingLimits = DEFAULT_LIMITS, now: dat
         when,
         _number(obj, "temperatura", limits.temperature_min, limits.temperature_max),
         _number(obj, "umidade", limits.humidity_min, limits.humidity_max),
+        extras,
     )
 
 

@@ -17,6 +17,8 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# What Kafka accepts as a topic name.
+TOPIC_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 
 
 class ConfigError(ValueError):
@@ -29,7 +31,7 @@ class KafkaSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
 
     bootstrap_servers: str = Field("localhost:9092", min_length=1)
-    topic: str = Field("iot_sensores", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    topic: str = Field("iot_sensores", pattern=TOPIC_NAME_PATTERN)
     security_protocol: SecurityProtocol = "PLAINTEXT"
     sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
@@ -108,7 +110,8 @@ class PostgresSettings(BaseSettings):
 
 
 class ObservabilitySettings(BaseSettings):
-    """Logging and the metrics/health HTTP server (``LOG_LEVEL``, ``LOG_FORMAT``, ``METRICS_*``)."""
+    """Logging, the metrics/health HTTP server and shutdown (``LOG_LEVEL``, ``LOG_FORMAT``,
+    ``METRICS_*``, ``SHUTDOWN_TIMEOUT_S``)."""
 
     model_config = SettingsConfigDict(extra="ignore")
 
@@ -117,6 +120,10 @@ class ObservabilitySettings(BaseSettings):
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod's metrics port must be reachable by Prometheus
     # 0 picks a free port (useful when several processes run on one machine); -1 disables.
     metrics_port: int = Field(8000, ge=-1, le=65535)
+    # After SIGTERM, a process still running this long is ended by force (exit 1): no state
+    # may keep it alive past Kubernetes' grace period (30 s by default). Safe for the consumer:
+    # its positions are in PostgreSQL, an unfinished transaction simply rolls back.
+    shutdown_timeout_s: float = Field(25.0, gt=0, le=3600)
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+import orjson
+
 from iot_common.logging import get_logger
-from iot_common.schema import InvalidReading, ReadingLimits, validate_reading
+from iot_common.schema import InvalidReading, ReadingLimits, ValidReading, validate_reading
+from iot_consumer.alerts.engine import Reading
 
 log = get_logger(__name__)
 
@@ -50,13 +53,15 @@ class Batch:
     # The Kafka record behind each COPY line, to dead-letter a row PostgreSQL refuses.
     sources: list[Any] = field(default_factory=list)
     # The parsed reading behind each COPY line, for the alert rules: (partition, sensor, time, temp, hum).
-    readings: list[tuple[int, str, datetime, float, float]] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     positions: list[PositionUpdate] = field(default_factory=list)
     days: set[date] = field(default_factory=set)
     consumed: int = 0
-    # Per partition: the newest reading's timestamp (end-to-end latency sample).
-    newest: dict[int, datetime] = field(default_factory=dict)
+    # Rows that carry fields beyond the four known ones (kept in sensores.extras).
+    with_extras: int = 0
+    # Per partition: the timestamp of its last reading by offset (end-to-end latency sample).
+    last_by_offset: dict[int, datetime] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -74,6 +79,21 @@ class Batch:
             self.dead_letters.append(
                 _dead_letter(record.topic, record.partition, record, "rejected_by_database", detail)
             )
+
+
+def copy_text(value: str) -> str:
+    """``value`` as a field of COPY's text format (JSON text never holds a raw tab or newline,
+    but its escapes hold backslashes, which COPY would read as its own)."""
+    return value.replace("\\", "\\\\")
+
+
+def copy_line(reading: ValidReading, partition: int, offset: int) -> str:
+    """One row of ``sensores`` in COPY's text format (the column order of ``sink.COPY_SQL``)."""
+    extras = "\\N" if reading.extras is None else copy_text(orjson.dumps(reading.extras).decode())
+    return (
+        f"{reading.sensor_id}\t{reading.timestamp.isoformat()}\t{reading.temperatura!r}\t{reading.umidade!r}"
+        f"\t{partition}\t{offset}\t{extras}\n"
+    )
 
 
 def _dead_letter(topic: str, partition: int, record: Any, reason: str, detail: str) -> DeadLetter:
@@ -106,7 +126,7 @@ def build_batch(
         if start is None:
             continue
         last_offset = -1
-        newest: datetime | None = None
+        last_stamp: datetime | None = None
         for record in records:
             offset = record.offset
             if offset < start:
@@ -123,16 +143,15 @@ def build_batch(
                 batch.dead_letters.append(_dead_letter(tp.topic, partition, record, "validator_error", repr(exc)))
                 continue
             stamp = reading.timestamp
-            newest = stamp
+            last_stamp = stamp
             days.add(stamp.date())
-            sensor = str(reading.sensor_id)
-            append(
-                f"{sensor}\t{stamp.isoformat()}\t{reading.temperatura!r}\t{reading.umidade!r}\t{partition}\t{offset}\n"
-            )
+            if reading.extras is not None:
+                batch.with_extras += 1
+            append(copy_line(reading, partition, offset))
             remember(record)
-            keep((partition, sensor, stamp, reading.temperatura, reading.umidade))
+            keep((partition, reading.sensor_id, stamp, reading.temperatura, reading.umidade))
         if last_offset >= 0:
             batch.positions.append(PositionUpdate(partition, stored.get(partition), last_offset + 1))
-            if newest is not None:
-                batch.newest[partition] = newest
+            if last_stamp is not None:
+                batch.last_by_offset[partition] = last_stamp
     return batch

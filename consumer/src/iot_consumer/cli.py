@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import re
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import orjson
 import psycopg2
+import psycopg2.extensions
 import typer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from iot_common.cli import fail, setup_service
+from iot_common.errors import summary
 from iot_common.http import start_observability_server
 from iot_common.lifecycle import StopFlag
 from iot_common.logging import get_logger
 from iot_common.postgres import connect
 from iot_common.schema import ReadingLimits
-from iot_common.settings import ConfigError, KafkaSettings, PostgresSettings, load_settings
+from iot_common.settings import TOPIC_NAME_PATTERN, ConfigError, KafkaSettings, PostgresSettings, load_settings
 from iot_consumer.alerts.outbox import OutboxPublisher
 from iot_consumer.alerts.rules import RuleSet, ThresholdRule, load_rules
 from iot_consumer.alerts.stage import AlertStage
+from iot_consumer.deadletters import DeadLetterFilter, replay, samples, summarize
 from iot_consumer.loop import ConsumerOptions, ConsumerService
-from iot_consumer.schema import migrate
+from iot_consumer.positions import OffsetGapPolicy, classify, reset_positions
+from iot_consumer.schema import migrate, transaction
 from iot_consumer.sink import PostgresSink
-from iot_consumer.verify import reconcile
+from iot_consumer.verify import kafka_log, reconcile
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+_TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
 log = get_logger("iot_consumer")
 
 
@@ -43,8 +50,6 @@ def _rules(path: Path | None) -> RuleSet:
     except ConfigError as exc:
         fail(str(exc))
 
-
-TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 
 AlertsOption = Annotated[
     bool,
@@ -63,11 +68,34 @@ RulesOption = Annotated[
 ]
 
 
-def _migrate(postgres: PostgresSettings) -> int:
+# Reading limits: the same options (and variables) for `run` and `dead-letters replay`.
+TemperatureMinOption = Annotated[
+    float, typer.Option(envvar="READING_TEMPERATURE_MIN", help="Readings below are dead-lettered (physical sanity).")
+]
+TemperatureMaxOption = Annotated[float, typer.Option(envvar="READING_TEMPERATURE_MAX")]
+HumidityMinOption = Annotated[float, typer.Option(envvar="READING_HUMIDITY_MIN")]
+HumidityMaxOption = Annotated[float, typer.Option(envvar="READING_HUMIDITY_MAX")]
+MaxPayloadOption = Annotated[
+    int, typer.Option(min=64, envvar="READING_MAX_PAYLOAD_BYTES", help="Larger messages are dead-lettered unparsed.")
+]
+GroupOption = Annotated[str, typer.Option(envvar="CONSUMER_GROUP", help="Kafka consumer group (replicas share it).")]
+
+
+def _limits(t_min: float, t_max: float, h_min: float, h_max: float, max_payload: int) -> ReadingLimits:
+    if t_min >= t_max or h_min >= h_max:
+        fail("reading limits: each minimum must be below its maximum")
+    return ReadingLimits(t_min, t_max, h_min, h_max, max_payload)
+
+
+def _connect(postgres: PostgresSettings, purpose: str) -> psycopg2.extensions.connection:
     try:
-        conn = connect(postgres, application_name="iot-consumer:migrate")
+        return connect(postgres, application_name=f"iot-consumer:{purpose}")
     except psycopg2.OperationalError as exc:
-        fail(f"cannot connect to {postgres.describe()}: {str(exc).strip()}", code=1)
+        fail(f"cannot connect to {postgres.describe()}: {summary(exc)}", code=1)
+
+
+def _migrate(postgres: PostgresSettings) -> int:
+    conn = _connect(postgres, "migrate")
     try:
         return migrate(conn)
     finally:
@@ -76,9 +104,7 @@ def _migrate(postgres: PostgresSettings) -> int:
 
 @app.command()
 def run(
-    group: Annotated[
-        str, typer.Option(envvar="CONSUMER_GROUP", help="Kafka consumer group (replicas share it).")
-    ] = "iot-consumer",
+    group: GroupOption = "iot-consumer",
     max_batch: Annotated[
         int,
         typer.Option(
@@ -97,17 +123,11 @@ def run(
             help="Bounded mode: exit 0 after this many seconds without new messages, once every partition of the topic is consumed (batch jobs, tests).",
         ),
     ] = None,
-    temperature_min: Annotated[
-        float,
-        typer.Option(envvar="READING_TEMPERATURE_MIN", help="Readings below are dead-lettered (physical sanity)."),
-    ] = -40.0,
-    temperature_max: Annotated[float, typer.Option(envvar="READING_TEMPERATURE_MAX")] = 85.0,
-    humidity_min: Annotated[float, typer.Option(envvar="READING_HUMIDITY_MIN")] = 0.0,
-    humidity_max: Annotated[float, typer.Option(envvar="READING_HUMIDITY_MAX")] = 100.0,
-    max_payload_bytes: Annotated[
-        int,
-        typer.Option(min=64, envvar="READING_MAX_PAYLOAD_BYTES", help="Larger messages are dead-lettered unparsed."),
-    ] = 4096,
+    temperature_min: TemperatureMinOption = -40.0,
+    temperature_max: TemperatureMaxOption = 85.0,
+    humidity_min: HumidityMinOption = 0.0,
+    humidity_max: HumidityMaxOption = 100.0,
+    max_payload_bytes: MaxPayloadOption = 4096,
     metrics_port: Annotated[
         int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")
     ] = None,
@@ -116,6 +136,23 @@ def run(
     alerts_topic: Annotated[
         str, typer.Option(envvar="ALERTS_TOPIC", help="Kafka topic that receives opened/closed alert events.")
     ] = "iot_alertas",
+    on_offset_gap: Annotated[
+        OffsetGapPolicy,
+        typer.Option(
+            envvar="CONSUMER_ON_OFFSET_GAP",
+            help="When Kafka's log no longer holds a stored position (topic re-created, retention): "
+            "fail = halt that partition loudly until fixed; resume-earliest / resume-latest = move on, "
+            "recorded in offset_gaps (docs/RELIABILITY.md).",
+        ),
+    ] = OffsetGapPolicy.FAIL,
+    stall_after: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            envvar="CONSUMER_STALL_AFTER_S",
+            help="Messages waiting without progress (or an error repeating) this long turns /readyz to 503.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Consume readings into PostgreSQL until SIGTERM/SIGINT (or idle, with --exit-when-idle).
 
@@ -125,13 +162,11 @@ def run(
     """
     obs = setup_service("iot-consumer")
     kafka, postgres = _settings()
-    if temperature_min >= temperature_max or humidity_min >= humidity_max:
-        fail("reading limits: each minimum must be below its maximum")
-    limits = ReadingLimits(temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes)
-    if not re.match(TOPIC_PATTERN, alerts_topic):
+    limits = _limits(temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes)
+    if not re.match(TOPIC_NAME_PATTERN, alerts_topic):
         fail(f"ALERTS_TOPIC={alerts_topic!r}: not a valid Kafka topic name")
     rules = _rules(alert_rules) if alerts else None
-    stop = StopFlag().install()
+    stop = StopFlag().install(force_exit_after=obs.shutdown_timeout_s)
     version = _migrate(postgres)
     log.info("schema_ready", version=version, database=postgres.describe())
     publisher = OutboxPublisher(kafka, postgres).start() if rules is not None else None
@@ -147,6 +182,8 @@ def run(
             poll_timeout_ms=poll_timeout_ms,
             exit_when_idle_s=exit_when_idle,
             limits=limits,
+            on_offset_gap=on_offset_gap,
+            stall_after_s=stall_after,
         ),
         stop,
     )
@@ -205,10 +242,7 @@ def verify(
     """
     setup_service("iot-consumer")
     kafka, postgres = _settings()
-    try:
-        conn = connect(postgres, application_name="iot-consumer:verify")
-    except psycopg2.OperationalError as exc:
-        fail(f"cannot connect to {postgres.describe()}: {str(exc).strip()}", code=1)
+    conn = _connect(postgres, "verify")
     try:
         result = reconcile(conn, kafka, group)
     except (KafkaError, ValueError) as exc:
@@ -248,6 +282,166 @@ def verify(
         )
     if not ok:
         raise typer.Exit(1)
+
+
+positions_app = typer.Typer(no_args_is_help=True, help="Stored positions: show them, move them by hand.")
+app.add_typer(positions_app, name="positions")
+
+
+def _kafka_log(kafka: KafkaSettings) -> tuple[dict[int, tuple[int, int]], uuid.UUID | None]:
+    try:
+        return kafka_log(kafka)
+    except (KafkaError, ValueError) as exc:
+        fail(f"cannot read Kafka offsets of {kafka.topic!r}: {exc}", code=1)
+
+
+@positions_app.command("show")
+def positions_show(group: GroupOption = "iot-consumer") -> None:
+    """Each partition's stored position next to its Kafka log (start, end), and recorded gaps."""
+    setup_service("iot-consumer")
+    kafka, postgres = _settings()
+    bounds, topic_id = _kafka_log(kafka)
+    conn = _connect(postgres, "positions")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                """SELECT kafka_partition, next_offset, topic_id FROM consumer_positions
+                   WHERE consumer_group = %s AND topic = %s""",
+                (group, kafka.topic),
+            )
+            stored = {int(p): (int(o), uuid.UUID(str(t)) if t else None) for p, o, t in cur.fetchall()}
+            cur.execute(
+                """SELECT count(*), coalesce(sum(records_lost), 0), coalesce(sum(records_skipped), 0)
+                   FROM offset_gaps WHERE consumer_group = %s AND topic = %s""",
+                (group, kafka.topic),
+            )
+            gaps = cur.fetchone() or (0, 0, 0)
+    finally:
+        conn.close()
+    typer.echo(f"topic {kafka.topic} (id {topic_id})  group {group}")
+    typer.echo(f"{'partition':>9} {'log start':>12} {'log end':>12} {'stored':>12}  state")
+    for partition, (start, end) in sorted(bounds.items()):
+        position, stored_id = stored.get(partition, (None, None))
+        gap = classify(partition, position, start, end, stored_id, topic_id) if position is not None else None
+        state = "no position stored" if position is None else (gap.describe() if gap else "ok")
+        typer.echo(f"{partition:>9} {start:>12} {end:>12} {'-' if position is None else position:>12}  {state}")
+    typer.echo(f"offset gaps recorded: {gaps[0]} (records lost {gaps[1]}, skipped {gaps[2]}; see table offset_gaps)")
+
+
+@positions_app.command("reset")
+def positions_reset(
+    to: Annotated[str, typer.Option(help="earliest, latest, or an offset.")],
+    partition: Annotated[
+        list[int] | None, typer.Option("--partition", "-p", min=0, help="Partition to move (repeatable).")
+    ] = None,
+    all_partitions: Annotated[bool, typer.Option("--all", help="Every partition of the topic.")] = False,
+    allow_rewind: Annotated[
+        bool, typer.Option(help="Allow moving back within the same log (its readings are written again).")
+    ] = False,
+    group: GroupOption = "iot-consumer",
+) -> None:
+    """Move stored positions (e.g. past an offset gap that halted a partition); the running
+    consumers pick the new positions up by themselves. Every move is recorded in offset_gaps."""
+    setup_service("iot-consumer")
+    if to not in ("earliest", "latest") and not to.isdigit():
+        fail(f"--to must be earliest, latest or an offset, got {to!r}")
+    if bool(partition) == all_partitions:
+        fail("name the partitions with --partition N (repeatable) or pass --all")
+    kafka, postgres = _settings()
+    bounds, topic_id = _kafka_log(kafka)
+    wanted = sorted(bounds) if all_partitions else sorted(set(partition or []))
+    conn = _connect(postgres, "positions")
+    try:
+        with transaction(conn):
+            resets = reset_positions(conn, group, kafka.topic, bounds, topic_id, wanted, to, allow_rewind)
+    except ValueError as exc:
+        fail(str(exc))
+    finally:
+        conn.close()
+    for reset in resets:
+        old = "-" if reset.old is None else reset.old
+        typer.echo(f"partition {reset.partition}: {old} -> {reset.new} (records skipped: {reset.records_skipped})")
+
+
+dead_letters_app = typer.Typer(no_args_is_help=True, help="Dead letters: list them, replay them after a fix.")
+app.add_typer(dead_letters_app, name="dead-letters")
+
+ReasonOption = Annotated[
+    list[str] | None, typer.Option("--reason", help="Only this reason (repeatable), e.g. extra_field.")
+]
+SinceOption = Annotated[
+    datetime | None, typer.Option(help="Only dead letters from this UTC time on (ISO 8601).", formats=_TIME_FORMATS)
+]
+UntilOption = Annotated[
+    datetime | None, typer.Option(help="Only dead letters before this UTC time (ISO 8601).", formats=_TIME_FORMATS)
+]
+
+
+def _filter(group: str, reason: list[str] | None, since: datetime | None, until: datetime | None) -> DeadLetterFilter:
+    utc = [t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t for t in (since, until)]
+    return DeadLetterFilter(group, tuple(reason or ()), utc[0], utc[1])
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    reason: ReasonOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    show: Annotated[int, typer.Option(min=0, max=1000, help="Also print this many of the newest.")] = 5,
+    group: GroupOption = "iot-consumer",
+) -> None:
+    """Dead letters not replayed yet, by reason, with a few samples."""
+    setup_service("iot-consumer")
+    _, postgres = _settings()
+    which = _filter(group, reason, since, until)
+    conn = _connect(postgres, "dead-letters")
+    try:
+        counts = summarize(conn, which)
+        newest = samples(conn, which, show) if show else []
+    finally:
+        conn.close()
+    typer.echo(f"{'reason':<22} {'count':>9}  first / last dead-lettered (UTC)")
+    for name, count, first, last in counts:
+        typer.echo(f"{name:<22} {count:>9}  {first:%Y-%m-%d %H:%M:%S} / {last:%Y-%m-%d %H:%M:%S}")
+    typer.echo(f"total {sum(c for _, c, _, _ in counts)}")
+    for letter_id, part, offset, name, detail, payload in newest:
+        body = payload[:200].decode("utf-8", "replace") if payload is not None else "-"
+        typer.echo(f"#{letter_id} partition {part} offset {offset} {name}: {detail[:120]}\n    {body}")
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    reason: ReasonOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be replayed; change nothing.")] = False,
+    temperature_min: TemperatureMinOption = -40.0,
+    temperature_max: TemperatureMaxOption = 85.0,
+    humidity_min: HumidityMinOption = 0.0,
+    humidity_max: HumidityMaxOption = 100.0,
+    max_payload_bytes: MaxPayloadOption = 4096,
+    group: GroupOption = "iot-consumer",
+) -> None:
+    """Re-validate stored dead letters with today's rules and move the valid ones into
+    `sensores`, exactly once (a second replay does nothing); audited in dead_letter_replays."""
+    setup_service("iot-consumer")
+    _, postgres = _settings()
+    limits = _limits(temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes)
+    version = _migrate(postgres)
+    log.info("schema_ready", version=version, database=postgres.describe())
+    conn = _connect(postgres, "dead-letters")
+    try:
+        result = replay(conn, _filter(group, reason, since, until), limits, dry_run=dry_run)
+    finally:
+        conn.close()
+    verb = "would replay" if dry_run else "replayed"
+    typer.echo(
+        f"examined {result.examined}: {verb} {result.replayed}, still invalid {result.still_invalid}, "
+        f"skipped {result.skipped} (payload truncated or absent)"
+        + (f"; replay #{result.replay_id}" if result.replay_id is not None else "")
+    )
+    for name, count in sorted(result.still_invalid_by_reason.items()):
+        typer.echo(f"  still invalid: {name} {count}")
 
 
 def main() -> None:

@@ -3,36 +3,50 @@
 Guarantees (see docs/RELIABILITY.md):
 - positions live in PostgreSQL and move in the same transaction as the rows, so a crash at
   any instant neither loses nor duplicates a reading;
-- after every rebalance and every failed batch, the positions of all owned partitions are
-  re-read from PostgreSQL and the consumer seeks there;
-- while PostgreSQL is down, every partition is paused (memory holds at most one batch) and
-  the loop keeps polling so the member stays in its group; it resumes by itself.
+- after every rebalance and every fetch error, the positions of all owned partitions are
+  re-read from PostgreSQL, checked against Kafka's log (``positions.py``) and sought to;
+- nothing stops progress silently: outages, undecodable batches, refused writes and offset
+  gaps are retried with backoff, logged, counted and shown on ``/readyz`` (``outages.py``).
+
+This module orchestrates; positions, outages, decoding, batches, the sink and the alert
+stage each live in their own module.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
 
+from iot_common.errors import summary
 from iot_common.http import Health
 from iot_common.lifecycle import StopFlag
 from iot_common.logging import get_logger
+from iot_common.postgres import CONNECTION_ERRORS
 from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
 from iot_common.settings import KafkaSettings
 from iot_consumer import metrics as m
 from iot_consumer.batch import Batch, build_batch
-from iot_consumer.sink import CONNECTION_ERRORS, FencedError, PostgresSink
+from iot_consumer.decoding import PartitionDecodeError, install_decode_guard
+from iot_consumer.outages import DatabaseOutage, Troubles, pause_partition, resume_partition
+from iot_consumer.positions import OffsetGapPolicy, PartitionPositions, topic_id_of
+from iot_consumer.sink import FencedError, PostgresSink
 
 log = get_logger(__name__)
+
+WRITE = "write"
+POLL = "poll"
+SYNC = "position sync"
+
+
+def partition_key(partition: int) -> str:
+    return f"partition {partition}"
 
 
 @dataclass(frozen=True)
@@ -47,33 +61,14 @@ class ConsumerOptions:
     progress_interval_s: float = 10.0
     # Kafka's default is 45 s: a crashed replica's partitions would sit idle that long.
     session_timeout_ms: int = 10_000
-    partitions_check_interval_s: float = 600.0
+    day_partitions_check_interval_s: float = 600.0
     # Idle partitions' silence clock trails the wall clock by this much (producer-to-us latency).
     alert_clock_grace_s: float = 2.0
-
-
-class AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Records assignment changes. Runs on kafka-python's I/O thread, so it only takes notes;
-    the main loop acts on them (blocking here would stall heartbeats)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._assigned: set[TopicPartition] = set()
-        self.generation = 0
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        with self._lock:
-            self._assigned -= set(revoked)
-            self.generation += 1
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        with self._lock:
-            self._assigned |= set(assigned)
-            self.generation += 1
-
-    def snapshot(self) -> tuple[int, frozenset[TopicPartition]]:
-        with self._lock:
-            return self.generation, frozenset(self._assigned)
+    on_offset_gap: OffsetGapPolicy = OffsetGapPolicy.FAIL
+    # Messages waiting and no progress this long (or an error repeating this long) = not ready.
+    stall_after_s: float = 30.0
+    # The loop not turning for this long = not alive (Kubernetes restarts the pod).
+    liveness_timeout_s: float = 120.0
 
 
 @dataclass
@@ -83,7 +78,6 @@ class Totals:
     dead_lettered: int = 0
     batches: int = 0
     failed_batches: int = 0
-    dead_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class ConsumerService:
@@ -101,43 +95,58 @@ class ConsumerService:
         self.options = options
         self.stop = stop
         self.topic = kafka.topic
-        self.tracker = AssignmentTracker()
+        self.positions = PartitionPositions(kafka.topic, options.on_offset_gap)
+        self.troubles = Troubles(options.stall_after_s, options.backoff_initial_s, options.backoff_max_s)
+        self.database = DatabaseOutage(sink, stop, self._beat, options.backoff_initial_s, options.backoff_max_s)
         self.totals = Totals()
-        # Partition → offset of the next record to write (only for partitions whose stored
-        # position has been loaded and sought to), and the fence value for the next batch.
-        self.position: dict[int, int] = {}
-        self.stored: dict[int, int | None] = {}
-        self._synced_generation = -1
-        self._database_ok = False
         self._consumer: KafkaConsumer | None = None
-        self._last_activity = time.monotonic()
         self._started = time.monotonic()
-        self._last_kafka_error = float("-inf")
         self._heartbeat = time.monotonic()
-        self._next_alert_clock = time.monotonic()
+        self._last_activity = time.monotonic()
+        # Partition → (position, since when it stood there while messages waited).
+        self._standing: dict[int, tuple[int, float]] = {}
+        self._stalled: dict[int, tuple[int, float]] = {}  # partition → (lag, seconds without progress)
+        self._next_stall_log = 0.0
+
+    def _beat(self) -> None:
+        self._heartbeat = time.monotonic()
 
     # ------------------------------------------------------------------ health
     def readiness(self) -> Health:
-        """Ready while PostgreSQL accepts writes and Kafka answers polls.
+        """Ready while PostgreSQL accepts writes and every owned partition makes progress.
 
-        Kafka counts as unreachable after a poll failed within the last 10 s, or when no
-        partition has been assigned a minute after start (the group never formed).
+        Not ready: the database is down; an error has kept repeating for ``stall_after_s``
+        (a partition that cannot be decoded, polls failing, writes refused); a partition is
+        halted by the offset-gap policy; messages wait on a partition that has not moved for
+        ``stall_after_s``; or no partition is assigned a minute after start.
         """
-        if not self._database_ok:
+        if not self.database.ok:
             return Health(False, "PostgreSQL unreachable")
         if self._consumer is None:
             return Health(False, "Kafka consumer not started")
-        now = time.monotonic()
-        if now - self._last_kafka_error < 10.0:
-            return Health(False, "Kafka unreachable (poll failing)")
-        if not self.position and now - self._started > 60.0:
+        reasons = [
+            f"{t.what}: {t.error}: {t.detail} (offset {t.offset}, failing for "
+            f"{time.monotonic() - t.since:.0f} s, {t.attempts} attempts)"
+            if t.offset is not None
+            else f"{t.what}: {t.error}: {t.detail} (failing for {time.monotonic() - t.since:.0f} s, {t.attempts} attempts)"
+            for t in self.troubles.persistent()
+        ]
+        reasons += [f"halted by offset gap: {h.gap.describe()}" for h in self.positions.halted.values()]
+        reasons += [
+            f"partition {p}: {lag} messages waiting, no progress for {seconds:.0f} s"
+            for p, (lag, seconds) in sorted(self._stalled.items())
+        ]
+        if reasons:
+            return Health(False, "; ".join(reasons))
+        owned = len(self.positions.position) + len(self.positions.halted)
+        if not owned and time.monotonic() - self._started > 60.0:
             return Health(False, "no partition assigned (group not formed, or more replicas than partitions)")
-        return Health(True, f"{len(self.position)} partitions")
+        return Health(True, f"{len(self.positions.position)} partitions")
 
     def liveness(self) -> Health:
-        """Alive while the main loop turns (a loop stuck for 2 minutes asks for a restart)."""
+        """Alive while the main loop turns (a loop stuck for ``liveness_timeout_s`` asks for a restart)."""
         stalled = time.monotonic() - self._heartbeat
-        if stalled > 120.0:
+        if stalled > self.options.liveness_timeout_s:
             return Health(False, f"main loop stalled for {stalled:.0f} s")
         return Health(True)
 
@@ -148,7 +157,9 @@ class ConsumerService:
         consumer = KafkaConsumer(
             group_id=self.options.group,
             enable_auto_commit=False,  # positions are committed to PostgreSQL, Kafka gets a copy
-            auto_offset_reset="earliest",
+            # Never let the client jump on its own: an offset out of range raises, and the
+            # offset-gap policy (positions.py) decides, loudly.
+            auto_offset_reset="none",
             max_poll_records=self.options.max_batch,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
@@ -160,14 +171,15 @@ class ConsumerService:
             metrics_enabled=False,  # client-side metrics cost CPU per record; ours are enough
             **options,
         )
-        consumer.subscribe([self.topic], listener=self.tracker)
+        install_decode_guard(consumer)
+        consumer.subscribe([self.topic], listener=self.positions.tracker)
         return consumer
 
-    def run(self) -> Totals:
+    def run(self) -> None:
         """Consume until stopped (signal, or idle timeout in bounded mode)."""
-        self._connect_database_until_ok()
+        self.database.connect_until_ok(lambda: self.sink.day_partitions.ensure_ahead(self.sink.connection()))
         if self.stop.is_set():
-            return self.totals
+            return
         self._consumer = consumer = self._make_consumer()
         log.info(
             "consumer_started",
@@ -175,48 +187,45 @@ class ConsumerService:
             topic=self.topic,
             max_batch=self.options.max_batch,
             exit_when_idle_s=self.options.exit_when_idle_s,
+            on_offset_gap=self.options.on_offset_gap.value,
         )
         next_progress = time.monotonic() + self.options.progress_interval_s
-        next_partition_check = time.monotonic() + self.options.partitions_check_interval_s
-        progress_mark = (0, 0, time.monotonic())
+        next_day_partitions = time.monotonic() + self.options.day_partitions_check_interval_s
+        next_second = time.monotonic()
+        progress_mark = (0, time.monotonic())
         self._last_activity = time.monotonic()
         try:
             while not self.stop.is_set():
-                self._heartbeat = time.monotonic()
-                if not self._database_ok:
-                    self._wait_for_database(consumer)
+                self._beat()
+                if not self.database.ok:
+                    self.database.wait(consumer)
+                    self.positions.forget()
                     continue
-                if self.tracker.generation != self._synced_generation and not self._sync_positions(consumer):
+                if self.positions.needs_sync() and not self._sync(consumer):
                     continue
+                self._retry_blocked_partitions(consumer)
                 polled_at = time.monotonic()
-                try:
-                    records = consumer.poll(timeout_ms=self.options.poll_timeout_ms)
-                except KafkaError as exc:
-                    # Broker restarts, coordinator moves, rebalances: kafka-python reconnects by
-                    # itself; re-read our positions afterwards in case the assignment changed.
-                    log.warning("kafka_poll_failed", error=repr(exc), retry_in_s=1.0)
-                    self._last_kafka_error = time.monotonic()
-                    self._synced_generation = -1
-                    self.stop.wait(1.0)
+                records = self._poll(consumer)
+                if records is None:
                     continue
                 if records:
                     self._process(consumer, records)
                     self._last_activity = time.monotonic()
                 elif time.monotonic() - polled_at < 0.01:
-                    # poll() can return at once with nothing (no assignment yet, topic gone):
-                    # don't spin a core.
+                    # poll() can return at once with nothing (no assignment yet, all paused,
+                    # topic gone): don't spin a core.
                     self.stop.wait(0.1)
                 now = time.monotonic()
-                self._update_lag(consumer)
-                if now >= self._next_alert_clock:
+                if now >= next_second:
+                    self._watch_progress(consumer, now)
                     self._advance_alert_clocks(consumer)
-                    self._next_alert_clock = now + 1.0
+                    next_second = now + 1.0
                 if now >= next_progress:
                     progress_mark = self._log_progress(progress_mark)
                     next_progress = now + self.options.progress_interval_s
-                if now >= next_partition_check and self._database_ok:
-                    self._ensure_partitions_ahead()
-                    next_partition_check = now + self.options.partitions_check_interval_s
+                if now >= next_day_partitions and self.database.ok:
+                    self._ensure_day_partitions_ahead()
+                    next_day_partitions = now + self.options.day_partitions_check_interval_s
                 if not records and self._idle_long_enough(consumer, now):
                     log.info("idle_exit", idle_seconds=self.options.exit_when_idle_s)
                     break
@@ -235,8 +244,240 @@ class ConsumerService:
                 batches=self.totals.batches,
                 failed_batches=self.totals.failed_batches,
             )
-        return self.totals
 
+    def _database_lost(self, exc: BaseException) -> None:
+        self.database.lost(exc)
+        self.positions.forget()
+
+    def _ensure_day_partitions_ahead(self) -> None:
+        try:
+            self.sink.day_partitions.ensure_ahead(self.sink.connection())
+        except CONNECTION_ERRORS as exc:
+            self._database_lost(exc)
+
+    # ------------------------------------------------------------------ positions and polling
+    def _sync(self, consumer: KafkaConsumer) -> bool:
+        try:
+            synced = self.positions.sync(consumer, self.sink)
+        except CONNECTION_ERRORS as exc:
+            self._database_lost(exc)
+            return False
+        except FencedError as exc:  # another replica moved a gap's position first
+            log.info("position_sync_retry", error=str(exc))
+            self.positions.invalidate()
+            return False
+        if not synced:
+            error = self.positions.sync_error
+            trouble = self.troubles.failed(SYNC, type(error).__name__, summary(error) if error else "assignment moved")
+            self.stop.wait(max(0.0, trouble.retry_at - time.monotonic()))
+            return False
+        self.troubles.recovered(SYNC)
+        if synced:
+            owned = set(self.positions.position) | set(self.positions.halted)
+            for trouble in list(self.troubles.active.values()):
+                if trouble.partition is not None and trouble.partition not in owned:
+                    self.troubles.active.pop(trouble.what, None)  # no longer ours to report
+            self._last_activity = time.monotonic()
+        return synced
+
+    def _retry_blocked_partitions(self, consumer: KafkaConsumer) -> None:
+        """Resume partitions whose backoff after a fetch/decode error has passed."""
+        for trouble in self.troubles.partitions_due():
+            assert trouble.partition is not None
+            trouble.retry_at = float("inf")  # the next failure sets a new time; success clears it
+            if trouble.partition in self.positions.position:
+                resume_partition(consumer, self.topic, trouble.partition)
+
+    def _poll(self, consumer: KafkaConsumer) -> dict[Any, Any] | None:
+        """One poll; None when it failed (handled here: paused, counted, retried with backoff)."""
+        try:
+            records: dict[Any, Any] = consumer.poll(timeout_ms=self.options.poll_timeout_ms)
+        except PartitionDecodeError as exc:
+            m.POLL_ERRORS.labels(exc.error).inc()
+            partition = exc.partition.partition
+            self.troubles.failed(
+                partition_key(partition), exc.error, summary(exc.cause), partition=partition, offset=exc.offset
+            )
+            pause_partition(consumer, self.topic, partition)
+            return None
+        except NoOffsetForPartitionError:
+            # Partitions assigned during this poll have no position until _sync seeks them.
+            self.positions.invalidate()
+            return None
+        except OffsetOutOfRangeError as exc:
+            # The log no longer holds a position (retention, topic re-created): re-check every
+            # owned partition against its log; the offset-gap policy decides what happens.
+            m.POLL_ERRORS.labels("OffsetOutOfRangeError").inc()
+            out_of_range = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+            for tp, offset in out_of_range.items():
+                self.troubles.failed(
+                    partition_key(tp.partition),
+                    "OffsetOutOfRangeError",
+                    "fetch offset outside the log",
+                    partition=tp.partition,
+                    offset=int(offset),
+                )
+            self.positions.invalidate()
+            return None
+        except KafkaError as exc:
+            # Broker restarts, coordinator moves, rebalances: kafka-python reconnects by itself;
+            # re-read our positions afterwards in case the assignment changed.
+            m.POLL_ERRORS.labels(type(exc).__name__).inc()
+            trouble = self.troubles.failed(POLL, type(exc).__name__, summary(exc))
+            self.positions.invalidate()
+            self.stop.wait(max(0.0, trouble.retry_at - time.monotonic()))
+            return None
+        self.troubles.recovered(POLL)
+        return records
+
+    # ------------------------------------------------------------------ batches
+    def _process(self, consumer: KafkaConsumer, records: dict[Any, Any]) -> None:
+        started = time.perf_counter()
+        batch = build_batch(records, self.positions.stored, self.positions.position, self.options.limits)
+        if not batch.positions:
+            return
+        try:
+            self._write_with_rejects(batch)
+        except FencedError as exc:
+            m.BATCHES.labels("fenced").inc()
+            self.totals.failed_batches += 1
+            log.warning("batch_fenced", error=str(exc), rows=batch.rows)
+            self.positions.forget()
+            return
+        except CONNECTION_ERRORS as exc:
+            m.BATCHES.labels("database_unavailable").inc()
+            self.totals.failed_batches += 1
+            self._database_lost(exc)
+            return
+        except psycopg2.Error as exc:
+            # Not a bad row (those are dead-lettered) and not an outage: a refused privilege,
+            # a full disk, a broken schema. Retry the same records with backoff until it passes.
+            m.BATCHES.labels("database_error").inc()
+            m.WRITE_ERRORS.labels(type(exc).__name__).inc()
+            self.totals.failed_batches += 1
+            first = min(batch.positions, key=lambda u: u.partition)
+            trouble = self.troubles.failed(
+                WRITE, type(exc).__name__, summary(exc), partition=None, offset=first.expected
+            )
+            self.positions.forget()
+            self.stop.wait(max(0.0, trouble.retry_at - time.monotonic()))
+            return
+        committed_at = datetime.now(UTC)
+        self._account(batch, committed_at, time.perf_counter() - started)
+        self.troubles.recovered(WRITE)
+        offsets = {}
+        for update in batch.positions:
+            self.positions.advanced(update.partition, update.next_offset)
+            self.troubles.recovered(partition_key(update.partition))
+            offsets[TopicPartition(self.topic, update.partition)] = OffsetAndMetadata(update.next_offset, "", -1)
+        try:
+            # A copy for kafka-consumer-groups and lag exporters; PostgreSQL stays the truth.
+            consumer.commit_async(offsets=offsets)
+        except KafkaError as exc:
+            log.debug("kafka_commit_failed", error=repr(exc))
+
+    def _write_with_rejects(self, batch: Batch) -> None:
+        """Write the batch; if PostgreSQL refuses a row the validator let through, dead-letter
+        that row and write the rest (one bad row never stops the pipeline)."""
+        try:
+            self.sink.write(batch)
+        except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+            log.warning("batch_rejected_rows", error=summary(exc), rows=batch.rows)
+            rejected = self.sink.find_rejected_lines(batch.copy_lines)
+            if not rejected:
+                raise
+            batch.reject_rows(rejected)
+            self.sink.write(batch)
+
+    def _account(self, batch: Batch, committed_at: datetime, seconds: float) -> None:
+        totals = self.totals
+        totals.batches += 1
+        totals.consumed += batch.consumed
+        totals.inserted += batch.rows
+        totals.dead_lettered += len(batch.dead_letters)
+        m.record_batch(batch, committed_at, seconds, self.sink.last_copy_seconds)
+        log.debug(
+            "batch_committed",
+            consumed=batch.consumed,
+            rows=batch.rows,
+            dead_letters=len(batch.dead_letters),
+            seconds=round(seconds, 4),
+        )
+
+    # ------------------------------------------------------------------ once a second
+    def _watch_progress(self, consumer: KafkaConsumer, now: float) -> None:
+        """Lag per partition, and the last line of defence: a partition with messages waiting
+        whose position has not moved for ``stall_after_s`` is *stalled*, whatever the cause."""
+        lags = self.positions.update_lag(consumer)
+        stalled: dict[int, tuple[int, float]] = {}
+        for partition, position in self.positions.position.items():
+            lag = lags.get(partition, 0)
+            standing = self._standing.get(partition)
+            if lag == 0 or standing is None or standing[0] != position:
+                self._standing[partition] = (position, now)
+                continue
+            if now - standing[1] >= self.options.stall_after_s:
+                stalled[partition] = (lag, now - standing[1])
+        for partition in list(self._standing):
+            if partition not in self.positions.position:
+                del self._standing[partition]
+        if stalled and (stalled.keys() != self._stalled.keys() or now >= self._next_stall_log):
+            log.warning(
+                "partitions_stalled",
+                partitions={p: {"lag": lag, "no_progress_s": round(s)} for p, (lag, s) in stalled.items()},
+                blocked_by=[t.what for t in self.troubles.active.values()],
+            )
+            self._next_stall_log = now + self.options.stall_after_s
+        elif self._stalled and not stalled:
+            log.info("partitions_progressing", previously_stalled=sorted(self._stalled))
+        self._stalled = stalled
+        m.STALLED_PARTITIONS.set(len(stalled))
+        m.BLOCKED.set(1 if self.troubles.persistent() else 0)
+        # A topic deleted and created again under the same name gets a new id: re-check
+        # every position against the new log before another record is read.
+        topic_id = topic_id_of(consumer, self.topic)
+        if topic_id is not None and self.positions.topic_id is not None and topic_id != self.positions.topic_id:
+            log.warning("topic_id_changed", topic=self.topic, old=str(self.positions.topic_id), new=str(topic_id))
+            self.positions.invalidate()
+
+    def _advance_alert_clocks(self, consumer: KafkaConsumer) -> None:
+        """Silence needs a clock that moves without readings (see AlertStage.evaluate_idle)."""
+        alerts = self.sink.alerts
+        if alerts is None or not self.database.ok:
+            return
+        fence = self.positions.caught_up(consumer)
+        evaluation = alerts.evaluate_idle(fence, self.options.alert_clock_grace_s)
+        if evaluation is None:
+            return
+        try:
+            self.sink.write_alert_clock(evaluation, fence)
+        except FencedError as exc:
+            log.warning("alert_clock_fenced", error=str(exc))
+            self.positions.forget()
+        except CONNECTION_ERRORS as exc:
+            self._database_lost(exc)
+        except psycopg2.Error as exc:
+            log.error("alert_clock_failed", error=summary(exc))
+            self.positions.forget()
+
+    def _log_progress(self, mark: tuple[int, float]) -> tuple[int, float]:
+        consumed, since = mark
+        now = time.monotonic()
+        elapsed = max(now - since, 1e-9)
+        t = self.totals
+        if t.consumed != consumed:
+            log.info(
+                "progress",
+                consumed=t.consumed,
+                inserted=t.inserted,
+                dead_lettered=t.dead_lettered,
+                batches=t.batches,
+                rate=round((t.consumed - consumed) / elapsed, 1),
+                partitions=sorted(self.positions.position),
+            )
+        return (t.consumed, now)
+
+    # ------------------------------------------------------------------ bounded mode
     def _idle_long_enough(self, consumer: KafkaConsumer, now: float) -> bool:
         """Bounded mode: nothing new for the idle time, and the whole group is caught up.
 
@@ -267,278 +508,7 @@ class ConsumerService:
             return False
         for tp in partitions:
             end = ends.get(tp)
-            position = stored.get(tp.partition)
-            if end is None or (end > 0 and (position is None or position < end)):
+            row = stored.get(tp.partition)
+            if end is None or (end > 0 and (row is None or row.next_offset < end)):
                 return False
         return True
-
-    # ------------------------------------------------------------------ database availability
-    def _connect_database_until_ok(self) -> None:
-        backoff = self.options.backoff_initial_s
-        while not self.stop.is_set():
-            try:
-                self.sink.ping()
-                self._ensure_partitions_ahead()
-                self._set_database_ok(True)
-                return
-            except CONNECTION_ERRORS as exc:
-                self._set_database_ok(False)
-                log.warning("database_unavailable", error=str(exc).strip(), retry_in_s=backoff)
-                self.sink.discard_connection()
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, self.options.backoff_max_s)
-
-    def _ensure_partitions_ahead(self) -> None:
-        try:
-            self.sink.partitions.ensure_ahead(self.sink.connection())
-        except CONNECTION_ERRORS as exc:
-            self._database_lost(exc)
-
-    def _set_database_ok(self, ok: bool) -> None:
-        self._database_ok = ok
-        m.DATABASE_UP.set(1 if ok else 0)
-
-    def _database_lost(self, exc: BaseException) -> None:
-        if self._database_ok:
-            log.error("database_lost", error=str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
-        self._set_database_ok(False)
-        self.sink.discard_connection()
-        self._forget_positions()
-
-    def _forget_positions(self) -> None:
-        self.position.clear()
-        self.stored.clear()
-        self._synced_generation = -1
-
-    def _wait_for_database(self, consumer: KafkaConsumer) -> None:
-        """Outage: keep every partition paused and the membership alive until PostgreSQL is back."""
-        backoff = self.options.backoff_initial_s
-        log.warning("pausing_consumption", reason="PostgreSQL unavailable")
-        while not self.stop.is_set():
-            retry_at = time.monotonic() + backoff
-            while time.monotonic() < retry_at and not self.stop.is_set():
-                self._heartbeat = time.monotonic()
-                try:
-                    assigned = consumer.assignment()  # may change while we wait: pause newcomers too
-                    if assigned:
-                        consumer.pause(*assigned)
-                    consumer.poll(timeout_ms=200)  # paused: returns nothing, but keeps us in the group
-                except KafkaError as exc:
-                    log.debug("kafka_error_while_paused", error=repr(exc))
-                    self.stop.wait(0.2)
-            try:
-                self.sink.ping()
-            except CONNECTION_ERRORS as exc:
-                self.sink.discard_connection()
-                backoff = min(backoff * 2, self.options.backoff_max_s)
-                log.warning(
-                    "database_still_unavailable",
-                    error=str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
-                    retry_in_s=backoff,
-                )
-                continue
-            self._set_database_ok(True)
-            self._forget_positions()
-            try:
-                paused = consumer.paused()
-                if paused:
-                    consumer.resume(*paused)
-            except KafkaError as exc:
-                log.warning("resume_failed", error=repr(exc))
-            log.info("resuming_consumption")
-            return
-
-    # ------------------------------------------------------------------ positions
-    def _sync_positions(self, consumer: KafkaConsumer) -> bool:
-        """Load stored positions of every owned partition and seek there. False on DB failure."""
-        generation, assigned = self.tracker.snapshot()
-        mine = {tp for tp in assigned if tp.topic == self.topic}
-        try:
-            stored = self.sink.load_positions(tp.partition for tp in mine)
-        except CONNECTION_ERRORS as exc:
-            self._database_lost(exc)
-            return False
-        position: dict[int, int] = {}
-        try:
-            for tp in mine:
-                offset = stored[tp.partition]
-                if offset is None:
-                    # Nothing stored yet: start where the group last committed, else earliest.
-                    committed = consumer.committed(tp)
-                    if committed is not None:
-                        consumer.seek(tp, committed)
-                        position[tp.partition] = committed
-                    else:
-                        consumer.seek_to_beginning(tp)
-                        position[tp.partition] = consumer.position(tp)
-                else:
-                    consumer.seek(tp, offset)
-                    position[tp.partition] = offset
-        except (KafkaError, AssertionError, ValueError) as exc:
-            # The assignment changed while we were seeking; the next round starts over.
-            log.info("position_sync_retry", error=repr(exc))
-            self._synced_generation = -1
-            return False
-        try:
-            self.sink.load_alert_state(position)
-        except CONNECTION_ERRORS as exc:
-            self._database_lost(exc)
-            return False
-        self.position = position
-        self.stored = {p: stored[p] for p in position}
-        self._synced_generation = generation
-        m.REBALANCES.inc()
-        m.ASSIGNED_PARTITIONS.set(len(position))
-        for label in list(m.LAG._metrics):
-            if int(label[0]) not in position:
-                m.LAG.remove(*label)
-        log.info(
-            "partitions_synced",
-            partitions=sorted(position),
-            positions=position,
-            stored=sum(1 for v in self.stored.values() if v is not None),
-        )
-        self._last_activity = time.monotonic()
-        return True
-
-    # ------------------------------------------------------------------ batches
-    def _process(self, consumer: KafkaConsumer, records: dict[Any, Any]) -> None:
-        started = time.perf_counter()
-        batch = build_batch(records, self.stored, self.position, self.options.limits)
-        if not batch.positions:
-            return
-        try:
-            self._write_with_rejects(batch)
-        except FencedError as exc:
-            m.BATCHES.labels("fenced").inc()
-            self.totals.failed_batches += 1
-            log.warning("batch_fenced", error=str(exc), rows=batch.rows)
-            self._forget_positions()
-            return
-        except CONNECTION_ERRORS as exc:
-            m.BATCHES.labels("database_unavailable").inc()
-            self.totals.failed_batches += 1
-            self._database_lost(exc)
-            return
-        except psycopg2.Error as exc:
-            m.BATCHES.labels("database_error").inc()
-            self.totals.failed_batches += 1
-            log.error(
-                "batch_failed", error=str(exc).strip(), rows=batch.rows, retry_in_s=self.options.backoff_initial_s
-            )
-            self._forget_positions()
-            self.stop.wait(self.options.backoff_initial_s)
-            return
-        committed_at = datetime.now(UTC)
-        self._account(batch, committed_at, time.perf_counter() - started)
-        offsets = {}
-        for update in batch.positions:
-            self.position[update.partition] = update.next_offset
-            self.stored[update.partition] = update.next_offset
-            offsets[TopicPartition(self.topic, update.partition)] = OffsetAndMetadata(update.next_offset, "", -1)
-        try:
-            # A copy for kafka-consumer-groups and lag exporters; PostgreSQL stays the truth.
-            consumer.commit_async(offsets=offsets)
-        except KafkaError as exc:
-            log.debug("kafka_commit_failed", error=repr(exc))
-
-    def _write_with_rejects(self, batch: Batch) -> None:
-        """Write the batch; if PostgreSQL refuses a row the validator let through, dead-letter
-        that row and write the rest (one bad row never stops the pipeline)."""
-        try:
-            self.sink.write(batch)
-        except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
-            log.warning("batch_rejected_rows", error=str(exc).strip().splitlines()[0], rows=batch.rows)
-            rejected = self.sink.find_rejected_lines(batch.copy_lines)
-            if not rejected:
-                raise
-            batch.reject_rows(rejected)
-            self.sink.write(batch)
-
-    def _account(self, batch: Batch, committed_at: datetime, seconds: float) -> None:
-        totals = self.totals
-        totals.batches += 1
-        totals.consumed += batch.consumed
-        totals.inserted += batch.rows
-        totals.dead_lettered += len(batch.dead_letters)
-        m.BATCHES.labels("committed").inc()
-        m.MESSAGES_CONSUMED.inc(batch.consumed)
-        m.ROWS_INSERTED.inc(batch.rows)
-        m.BATCH_SIZE.observe(batch.consumed)
-        m.BATCH_SECONDS.observe(seconds)
-        m.LAST_COMMIT.set(committed_at.timestamp())
-        if batch.rows:
-            m.COPY_SECONDS.observe(self.sink.last_copy_seconds)
-        for newest in batch.newest.values():
-            m.END_TO_END_SECONDS.observe(max(0.0, (committed_at - newest).total_seconds()))
-        for letter in batch.dead_letters:
-            m.DEAD_LETTERS.labels(letter.reason).inc()
-            totals.dead_by_reason[letter.reason] = totals.dead_by_reason.get(letter.reason, 0) + 1
-        log.debug(
-            "batch_committed",
-            consumed=batch.consumed,
-            rows=batch.rows,
-            dead_letters=len(batch.dead_letters),
-            seconds=round(seconds, 4),
-        )
-
-    # ------------------------------------------------------------------ alerts
-    def _advance_alert_clocks(self, consumer: KafkaConsumer) -> None:
-        """Silence needs a clock that moves without readings: for partitions that are fully
-        consumed (nothing waiting in Kafka), the wall clock stands in for the readings' clock."""
-        alerts = self.sink.alerts
-        if alerts is None or not alerts.rules.silence or not self._database_ok:
-            return
-        wall = datetime.now(UTC) - timedelta(seconds=self.options.alert_clock_grace_s)
-        fence: dict[int, int] = {}  # idle partition → its stored position (writes are fenced on it)
-        for partition, next_offset in self.position.items():
-            stored = self.stored.get(partition)
-            try:
-                highwater = consumer.highwater(TopicPartition(self.topic, partition))
-            except KafkaError:
-                continue
-            if highwater is not None and next_offset >= highwater and stored is not None:
-                fence[partition] = stored
-        if not fence:
-            return
-        evaluation = alerts.engine.evaluate_clock(dict.fromkeys(fence, wall))
-        if not evaluation.writes_anything:
-            alerts.engine.apply(evaluation)
-            return
-        try:
-            self.sink.write_alert_clock(evaluation, fence)
-        except FencedError as exc:
-            log.warning("alert_clock_fenced", error=str(exc))
-            self._forget_positions()
-        except CONNECTION_ERRORS as exc:
-            self._database_lost(exc)
-        except psycopg2.Error as exc:
-            log.error("alert_clock_failed", error=str(exc).strip())
-            self._forget_positions()
-
-    # ------------------------------------------------------------------ observability
-    def _update_lag(self, consumer: KafkaConsumer) -> None:
-        for partition, next_offset in self.position.items():
-            try:
-                highwater = consumer.highwater(TopicPartition(self.topic, partition))
-            except KafkaError:
-                continue
-            if highwater is not None:
-                m.LAG.labels(str(partition)).set(max(0, highwater - next_offset))
-
-    def _log_progress(self, mark: tuple[int, int, float]) -> tuple[int, int, float]:
-        consumed, _inserted, since = mark
-        now = time.monotonic()
-        elapsed = max(now - since, 1e-9)
-        t = self.totals
-        if t.consumed != consumed:
-            log.info(
-                "progress",
-                consumed=t.consumed,
-                inserted=t.inserted,
-                dead_lettered=t.dead_lettered,
-                batches=t.batches,
-                rate=round((t.consumed - consumed) / elapsed, 1),
-                partitions=sorted(self.position),
-            )
-        return (t.consumed, t.inserted, now)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from iot_consumer.batch import Batch
 
 MESSAGES_CONSUMED = Counter("iot_consumer_messages_consumed_total", "Kafka messages taken into a batch")
 ROWS_INSERTED = Counter("iot_consumer_rows_inserted_total", "Rows committed into sensores")
@@ -44,3 +50,59 @@ ALERT_WRITE_ERRORS = Counter(
 ALERT_EVENTS_PUBLISHED = Counter("iot_consumer_alert_events_published_total", "Alert events acknowledged by Kafka")
 ALERT_PUBLISH_ERRORS = Counter("iot_consumer_alert_publish_errors_total", "Failed rounds of publishing alert events")
 ALERT_OUTBOX_BACKLOG = Gauge("iot_consumer_alert_outbox_backlog", "Alert events committed but not yet in Kafka")
+
+# Progress and its obstacles (docs/RELIABILITY.md, "Nothing stalls silently").
+POLL_ERRORS = Counter(
+    "iot_consumer_poll_errors_total",
+    "Failed polls by error class (broker errors, undecodable batches, offsets out of range)",
+    ["error"],
+)
+WRITE_ERRORS = Counter(
+    "iot_consumer_write_errors_total",
+    "Batches PostgreSQL refused for a reason other than a bad row or a lost connection",
+    ["error"],
+)
+STALLED_PARTITIONS = Gauge(
+    "iot_consumer_stalled_partitions",
+    "Owned partitions with messages waiting and no progress for longer than the stall threshold",
+)
+BLOCKED = Gauge(
+    "iot_consumer_blocked",
+    "1 while something keeps failing (a partition, polling, writing) for longer than the stall threshold",
+)
+HALTED_PARTITIONS = Gauge(
+    "iot_consumer_halted_partitions",
+    "Partitions stopped by the offset-gap policy 'fail' until the log holds their position again",
+)
+OFFSET_GAPS = Counter(
+    "iot_consumer_offset_gaps_total",
+    "Stored positions the Kafka log no longer holds, by kind and action taken",
+    ["kind", "action"],
+)
+RECORDS_SKIPPED = Counter(
+    "iot_consumer_records_skipped_total",
+    "Records never written because the log lost them (retention) or a policy moved past them",
+    ["kind"],
+)
+READINGS_WITH_EXTRAS = Counter(
+    "iot_consumer_readings_with_extra_fields_total",
+    "Readings stored with fields beyond the four known ones (kept in sensores.extras)",
+)
+
+
+def record_batch(batch: Batch, committed_at: datetime, seconds: float, copy_seconds: float) -> None:
+    """Account one committed batch."""
+    BATCHES.labels("committed").inc()
+    MESSAGES_CONSUMED.inc(batch.consumed)
+    ROWS_INSERTED.inc(batch.rows)
+    BATCH_SIZE.observe(batch.consumed)
+    BATCH_SECONDS.observe(seconds)
+    LAST_COMMIT.set(committed_at.timestamp())
+    if batch.rows:
+        COPY_SECONDS.observe(copy_seconds)
+    if batch.with_extras:
+        READINGS_WITH_EXTRAS.inc(batch.with_extras)
+    for stamp in batch.last_by_offset.values():
+        END_TO_END_SECONDS.observe(max(0.0, (committed_at - stamp).total_seconds()))
+    for letter in batch.dead_letters:
+        DEAD_LETTERS.labels(letter.reason).inc()

@@ -42,12 +42,15 @@ BEGIN
         GRANT SELECT, INSERT, UPDATE, DELETE ON alert_states TO iot_consumer;
         GRANT SELECT, INSERT, DELETE ON alert_outbox TO iot_consumer;
         GRANT USAGE ON SEQUENCE alert_outbox_id_seq TO iot_consumer;
+        -- offset gaps: the consumer records each position it moves past a gap in the log
+        GRANT SELECT, INSERT ON offset_gaps TO iot_consumer;
+        GRANT USAGE ON SEQUENCE offset_gaps_id_seq TO iot_consumer;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter') THEN
         GRANT SELECT ON sensores TO iot_exporter;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard') THEN
-        GRANT SELECT ON sensores, alertas, dead_letters, consumer_positions TO iot_dashboard;
+        GRANT SELECT ON sensores, alertas, dead_letters, consumer_positions, offset_gaps TO iot_dashboard;
     END IF;
 END
 $grants$;
@@ -123,6 +126,58 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     (3, "alerts: history, engine state, outbox; BRIN index on reading time", ALERTS_MIGRATION_SQL),
+    (
+        4,
+        "readings from any producer: extra fields, topic ids, offset gaps, dead-letter replay",
+        """
+        -- Fields a reading carries beyond the four we know (newer firmware): kept, never dropped.
+        -- Nullable without default: no table rewrite, and NULL for every reading without extras.
+        ALTER TABLE sensores ADD COLUMN extras jsonb;
+        COMMENT ON COLUMN sensores.extras IS 'Fields of the reading beyond sensor_id/timestamp/temperatura/umidade';
+
+        -- The topic's id (Kafka >= 2.8) with each position: a topic deleted and created again
+        -- under the same name gets a new id, so old offsets are never applied to a new log.
+        ALTER TABLE consumer_positions ADD COLUMN topic_id uuid;
+
+        CREATE TABLE offset_gaps (
+            id               bigserial   PRIMARY KEY,
+            consumer_group   text        NOT NULL,
+            topic            text        NOT NULL,
+            kafka_partition  integer     NOT NULL,
+            kind             text        NOT NULL,
+            stored_position  bigint,
+            log_start        bigint      NOT NULL,
+            log_end          bigint      NOT NULL,
+            records_lost     bigint,
+            action           text        NOT NULL,
+            new_position     bigint      NOT NULL,
+            records_skipped  bigint      NOT NULL,
+            old_topic_id     uuid,
+            topic_id         uuid,
+            detected_at      timestamptz NOT NULL DEFAULT now(),
+            actor            text        NOT NULL DEFAULT current_user
+        );
+        COMMENT ON TABLE offset_gaps IS
+            'Every stored position moved past a gap in the Kafka log (policy or manual reset), with the numbers';
+
+        CREATE TABLE dead_letter_replays (
+            id               bigserial   PRIMARY KEY,
+            consumer_group   text        NOT NULL,
+            filter           jsonb       NOT NULL,
+            examined         integer     NOT NULL,
+            replayed         integer     NOT NULL,
+            still_invalid    integer     NOT NULL,
+            skipped          integer     NOT NULL,
+            started_at       timestamptz NOT NULL DEFAULT now(),
+            actor            text        NOT NULL DEFAULT current_user
+        );
+        COMMENT ON TABLE dead_letter_replays IS 'Audit trail of `iot-consumer dead-letters replay` runs';
+        ALTER TABLE dead_letters
+            ADD COLUMN replay_id bigint REFERENCES dead_letter_replays (id),
+            ADD COLUMN replayed_at timestamptz;
+        CREATE INDEX dead_letters_reason_idx ON dead_letters (reason, dead_lettered_at) WHERE replayed_at IS NULL;
+        """,
+    ),
 ]
 
 
@@ -190,10 +245,14 @@ def _grant_service_roles(conn: psycopg2.extensions.connection) -> None:
                          AND NOT has_table_privilege('iot_consumer', 'consumer_positions', 'UPDATE'))
                    OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
                          AND NOT has_table_privilege('iot_consumer', 'alert_outbox', 'DELETE'))
+                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
+                         AND NOT has_table_privilege('iot_consumer', 'offset_gaps', 'INSERT'))
                    OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter')
                          AND NOT has_table_privilege('iot_exporter', 'sensores', 'SELECT'))
                    OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard')
                          AND NOT has_table_privilege('iot_dashboard', 'alertas', 'SELECT'))
+                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard')
+                         AND NOT has_table_privilege('iot_dashboard', 'offset_gaps', 'SELECT'))
                FROM pg_class c WHERE c.oid = 'sensores'::regclass"""
         )
         row = cur.fetchone()

@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, NamedTuple
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
+from iot_common.errors import summary
 from iot_common.logging import get_logger
 from iot_common.postgres import connect
 from iot_common.settings import PostgresSettings
@@ -25,19 +28,25 @@ from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.batch import MAX_STORED_PAYLOAD, Batch, DeadLetter
 from iot_consumer.schema import DailyPartitions
 
+if TYPE_CHECKING:
+    from iot_consumer.positions import OffsetGap
+
 log = get_logger(__name__)
 
-COPY_SQL = 'COPY sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset) FROM STDIN'
-# Errors that mean "the database is not reachable now", as opposed to "this batch is wrong".
-CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+COPY_SQL = (
+    'COPY sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset, extras) FROM STDIN'
+)
+
+
+class StoredPosition(NamedTuple):
+    """A row of ``consumer_positions``: the next offset, and the id of the topic it belongs to."""
+
+    next_offset: int
+    topic_id: uuid.UUID | None
 
 
 class FencedError(RuntimeError):
     """Stored positions moved under us: another replica owns (or owned) the partition."""
-
-
-class RowRejectedError(RuntimeError):
-    """PostgreSQL refused a row the validator accepted; carries the offending line."""
 
 
 class PostgresSink:
@@ -55,16 +64,18 @@ class PostgresSink:
         self.alerts = alerts
         self.group = group
         self.topic = topic
-        self.partitions = DailyPartitions(days_ahead)
+        self.day_partitions = DailyPartitions(days_ahead)  # PostgreSQL's daily partitions of sensores
         self._conn: psycopg2.extensions.connection | None = None
         self.last_copy_seconds = 0.0
+        # The topic's id as Kafka reports it, stored with every position (detects a re-created topic).
+        self.topic_id: uuid.UUID | None = None
 
     # ------------------------------------------------------------------ connection
     def connection(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._settings, application_name=f"iot-consumer:{self.group}")
             self._conn.autocommit = False
-            self.partitions.forget()
+            self.day_partitions.forget()
         return self._conn
 
     def close(self) -> None:
@@ -97,19 +108,57 @@ class PostgresSink:
         conn.rollback()
 
     # ------------------------------------------------------------------ positions
-    def load_positions(self, partitions: Iterable[int]) -> dict[int, int | None]:
-        """Stored next offsets for ``partitions`` (None where nothing is stored yet)."""
+    def load_positions(self, partitions: Iterable[int]) -> dict[int, StoredPosition | None]:
+        """Stored positions of ``partitions`` (None where nothing is stored yet)."""
         wanted = sorted(set(partitions))
         conn = self.connection()
         with conn.cursor() as cur:
             cur.execute(
-                """SELECT kafka_partition, next_offset FROM consumer_positions
+                """SELECT kafka_partition, next_offset, topic_id FROM consumer_positions
                    WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)""",
                 (self.group, self.topic, wanted),
             )
-            found = {int(p): int(o) for p, o in cur.fetchall()}
+            found = {
+                int(p): StoredPosition(int(o), uuid.UUID(str(t)) if t is not None else None)
+                for p, o, t in cur.fetchall()
+            }
         conn.rollback()
         return {p: found.get(p) for p in wanted}
+
+    def record_gap_and_move(
+        self, gap: OffsetGap, expected: int | None, new_offset: int, action: str, skipped: int
+    ) -> None:
+        """Record an offset gap in ``offset_gaps`` and move the stored position past it, in one
+        transaction fenced like a batch (a replica that lost the partition cannot move it)."""
+        conn = self.connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    """INSERT INTO offset_gaps (consumer_group, topic, kafka_partition, kind, stored_position,
+                           log_start, log_end, records_lost, action, new_position, records_skipped,
+                           old_topic_id, topic_id)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                    (
+                        self.group,
+                        self.topic,
+                        gap.partition,
+                        gap.kind.value,
+                        gap.position,
+                        gap.log_start,
+                        gap.log_end,
+                        gap.records_lost,
+                        action,
+                        new_offset,
+                        skipped,
+                        str(gap.stored_topic_id) if gap.stored_topic_id else None,
+                        str(gap.topic_id) if gap.topic_id else None,
+                    ),
+                )
+                self._set_position(cur, gap.partition, expected, new_offset)
+            conn.commit()
+        except BaseException:
+            self._rollback(conn)
+            raise
 
     def load_alert_state(self, partitions: Iterable[int]) -> None:
         if self.alerts is not None:
@@ -150,7 +199,7 @@ class PostgresSink:
         """
         conn = self.connection()
         if batch.days:
-            self.partitions.ensure(conn, batch.days)
+            self.day_partitions.ensure(conn, batch.days)
         alerts = self.alerts
         evaluation = alerts.evaluate(batch.readings) if alerts is not None else None
         alerts_written = False
@@ -204,21 +253,26 @@ class PostgresSink:
 
     def _advance_positions(self, cur: psycopg2.extensions.cursor, batch: Batch) -> None:
         for update in batch.positions:
-            if update.expected is None:
-                cur.execute(
-                    """INSERT INTO consumer_positions (consumer_group, topic, kafka_partition, next_offset)
-                       VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                    (self.group, self.topic, update.partition, update.next_offset),
-                )
-            else:
-                cur.execute(
-                    """UPDATE consumer_positions SET next_offset = %s, updated_at = now()
-                       WHERE consumer_group = %s AND topic = %s AND kafka_partition = %s
-                         AND next_offset = %s""",
-                    (update.next_offset, self.group, self.topic, update.partition, update.expected),
-                )
-            if cur.rowcount != 1:
-                raise FencedError(f"partition {update.partition}: stored position is no longer {update.expected}")
+            self._set_position(cur, update.partition, update.expected, update.next_offset)
+
+    def _set_position(self, cur: psycopg2.extensions.cursor, partition: int, expected: int | None, new: int) -> None:
+        """Move ``partition`` from ``expected`` (None: no row yet) to ``new``, or raise FencedError."""
+        topic_id = str(self.topic_id) if self.topic_id is not None else None
+        if expected is None:
+            cur.execute(
+                """INSERT INTO consumer_positions (consumer_group, topic, kafka_partition, next_offset, topic_id)
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                (self.group, self.topic, partition, new, topic_id),
+            )
+        else:
+            cur.execute(
+                """UPDATE consumer_positions
+                   SET next_offset = %s, topic_id = coalesce(%s::uuid, topic_id), updated_at = now()
+                   WHERE consumer_group = %s AND topic = %s AND kafka_partition = %s AND next_offset = %s""",
+                (new, topic_id, self.group, self.topic, partition, expected),
+            )
+        if cur.rowcount != 1:
+            raise FencedError(f"partition {partition}: stored position is no longer {expected}")
 
     def find_rejected_lines(self, lines: list[str]) -> list[tuple[int, str]]:
         """Indexes of COPY lines PostgreSQL refuses, each tried alone under a savepoint.
@@ -234,10 +288,8 @@ class PostgresSink:
                     cur.execute("SAVEPOINT probe")
                     try:
                         cur.copy_expert(COPY_SQL, io.BytesIO(line.encode()))
-                    except psycopg2.DataError as exc:
-                        rejected.append((index, str(exc).strip().splitlines()[0]))
-                    except psycopg2.IntegrityError as exc:
-                        rejected.append((index, str(exc).strip().splitlines()[0]))
+                    except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+                        rejected.append((index, summary(exc)))
                     cur.execute("ROLLBACK TO SAVEPOINT probe")
         finally:
             conn.rollback()

@@ -8,18 +8,21 @@ what the tables hold (rows + dead letters, by Kafka offset):
 - ``ahead``: offsets at or beyond the stored position (written without moving the position);
 - ``lag``: messages in Kafka not consumed yet (end offset − stored position).
 
+A replayed dead letter counts once, as its row (``iot-consumer dead-letters replay``).
 A healthy pipeline shows 0 missing, 0 duplicates, 0 ahead; lag falls to 0 when idle.
 Assumes one topic per database (``sensores`` has no topic column).
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass
 
 import psycopg2.extensions
 from kafka import KafkaConsumer, TopicPartition
 
 from iot_common.settings import KafkaSettings
+from iot_consumer.positions import topic_id_of
 
 
 @dataclass
@@ -70,8 +73,8 @@ class Reconciliation:
         )
 
 
-def kafka_offsets(settings: KafkaSettings) -> dict[int, tuple[int, int]]:
-    """partition → (beginning offset, end offset)."""
+def kafka_log(settings: KafkaSettings) -> tuple[dict[int, tuple[int, int]], uuid.UUID | None]:
+    """partition → (beginning offset, end offset), and the topic's id."""
     consumer = KafkaConsumer(**settings.client_options(), enable_auto_commit=False)
     try:
         partitions = [
@@ -81,9 +84,15 @@ def kafka_offsets(settings: KafkaSettings) -> dict[int, tuple[int, int]]:
             raise ValueError(f"topic {settings.topic!r} not found")
         starts = consumer.beginning_offsets(partitions)
         ends = consumer.end_offsets(partitions)
-        return {tp.partition: (int(starts[tp]), int(ends[tp])) for tp in partitions}
+        bounds = {tp.partition: (int(starts[tp]), int(ends[tp])) for tp in partitions}
+        return bounds, topic_id_of(consumer, settings.topic)
     finally:
         consumer.close()
+
+
+def kafka_offsets(settings: KafkaSettings) -> dict[int, tuple[int, int]]:
+    """partition → (beginning offset, end offset)."""
+    return kafka_log(settings)[0]
 
 
 def reconcile(conn: psycopg2.extensions.connection, settings: KafkaSettings, group: str) -> Reconciliation:
@@ -98,7 +107,8 @@ def reconcile(conn: psycopg2.extensions.connection, settings: KafkaSettings, gro
             """WITH written AS (
                    SELECT kafka_partition AS p, kafka_offset AS o FROM sensores
                    UNION ALL
-                   SELECT kafka_partition, kafka_offset FROM dead_letters WHERE consumer_group = %(g)s AND topic = %(t)s)
+                   SELECT kafka_partition, kafka_offset FROM dead_letters
+                   WHERE consumer_group = %(g)s AND topic = %(t)s AND replayed_at IS NULL)
                SELECT w.p, count(*), count(DISTINCT w.o), min(w.o),
                       count(*) FILTER (WHERE w.o >= coalesce(cp.next_offset, 0))
                FROM written w

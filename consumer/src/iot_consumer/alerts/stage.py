@@ -4,12 +4,14 @@ adopt after commit, publish after commit."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import psycopg2.extensions
 
+from iot_common.errors import summary
 from iot_common.logging import get_logger
+from iot_common.postgres import CONNECTION_ERRORS
 from iot_consumer import metrics as m
 from iot_consumer.alerts.engine import AlertEngine, Evaluation, Reading
 from iot_consumer.alerts.outbox import OutboxPublisher
@@ -17,8 +19,6 @@ from iot_consumer.alerts.rules import RuleSet
 from iot_consumer.alerts.store import load_last_seen, load_states, write_evaluation
 
 log = get_logger(__name__)
-
-CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 class AlertStage:
@@ -55,6 +55,20 @@ class AlertStage:
     def evaluate(self, readings: list[Reading]) -> Evaluation:
         return self.engine.evaluate(readings)
 
+    def evaluate_idle(self, fence: dict[int, int], grace_s: float) -> Evaluation | None:
+        """Silence needs a clock that moves without readings: for partitions that are fully
+        consumed (``fence``: partition → its stored position), the wall clock less ``grace_s``
+        stands in for the readings' clock. Returns what must be written (fenced on ``fence``),
+        or None when nothing needs writing (then it is adopted at once)."""
+        if not self.rules.silence or not fence:
+            return None
+        wall = datetime.now(UTC) - timedelta(seconds=grace_s)
+        evaluation = self.engine.evaluate_clock(dict.fromkeys(fence, wall))
+        if not evaluation.writes_anything:
+            self.engine.apply(evaluation)
+            return None
+        return evaluation
+
     def write(self, cur: psycopg2.extensions.cursor, evaluation: Evaluation) -> bool:
         """Write inside the caller's transaction. A refusal (a bug, or a hand-edited table) must
         not stop readings from flowing: roll back to a savepoint, count it, keep the old state."""
@@ -68,7 +82,7 @@ class AlertStage:
         except psycopg2.Error as exc:
             cur.execute("ROLLBACK TO SAVEPOINT alerts")
             m.ALERT_WRITE_ERRORS.inc()
-            log.error("alert_write_failed", error=str(exc).strip().splitlines()[0], events=len(evaluation.events))
+            log.error("alert_write_failed", error=summary(exc), events=len(evaluation.events))
             return False
         cur.execute("RELEASE SAVEPOINT alerts")
         return True

@@ -1,0 +1,1 @@
+"""Test-only wrappers around the real services (nothing here ships in an image)."""
