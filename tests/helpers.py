@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,9 @@ import psycopg2.extensions
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+from iot_common.postgres import connect
+from iot_common.settings import PostgresSettings
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / ".venv" / "bin"
@@ -59,14 +65,11 @@ class Stack:
         return conn
 
     def connect(self, database: str) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(
-            host="localhost",
-            port=self.postgres_port,
-            user=self.pg_user,
-            password=self.pg_password,
-            dbname=database,
-            options="-c TimeZone=UTC",
+        """The project's role on ``database``, a UTC session as the services have (autocommit)."""
+        settings = PostgresSettings(
+            host="localhost", port=self.postgres_port, user=self.pg_user, password=self.pg_password, db=database
         )
+        conn = connect(settings, application_name="tests")
         conn.autocommit = True
         return conn
 
@@ -211,6 +214,88 @@ class Service:
         found = [e for e in self.events() if e.get("event") == name]
         assert found, f"{self.args[0]} logged no {name!r}; log: {self.log_path.read_text()[-3000:]}"
         return found[-1]
+
+    def logged(self, name: str) -> bool:
+        return any(e.get("event") == name for e in self.events())
+
+    def port(self, timeout: float = 30) -> int:
+        """The port of the process's /metrics, /healthz and /readyz (started with METRICS_PORT=0)."""
+        wait_until(lambda: self.logged("observability_server_started"), timeout, "metrics server")
+        return int(self.event("observability_server_started")["port"])
+
+    def get(self, path: str) -> tuple[int, str]:
+        """GET one of the process's HTTP endpoints: (status, body)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port()}{path}", timeout=3) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of /metrics (0 when the series is absent)."""
+        _, body = self.get("/metrics")
+        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        for line in body.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far (from /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kcat_produce(
+    bootstrap: str,
+    topic: str,
+    values: Sequence[bytes],
+    *,
+    codec: str = "none",
+    keys: Sequence[bytes | None] | None = None,
+    headers: Sequence[str] = (),
+    partition: int | None = None,
+) -> None:
+    """Publish with librdkafka's kcat (Debian's package), the non-Python client users have:
+    its own batching and codec implementations, optional keys and headers."""
+    if shutil.which("kcat") is None:
+        raise AssertionError("kcat is required for this test: apt-get install kcat (.ci/run installs it)")
+    args = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-z", codec, "-X", "linger.ms=50", "-D", "\\x1e"]
+    for header in headers:
+        args += ["-H", header]
+    if partition is not None:
+        args += ["-p", str(partition)]
+    if keys is not None:
+        args += ["-K", "\\x1f"]
+        body = b"\x1e".join((k or b"") + b"\x1f" + v for k, v in zip(keys, values, strict=True))
+    else:
+        body = b"\x1e".join(values)
+    subprocess.run(args, input=body, check=True, timeout=60, capture_output=True)
+
+
+def codecs_in_log(stack: Stack, topic: str) -> set[str]:
+    """The compression codecs of the record batches the broker stored for ``topic``, read with
+    Kafka's own DumpLogSegments (proves a test's messages really travelled compressed)."""
+    found: set[str] = set()
+    for segment in sorted((stack.stack_dir / "kafka" / "data").glob(f"{topic}-*/*.log")):
+        out = subprocess.run(
+            [
+                "java",
+                "-cp",
+                str(stack.stack_dir / "kafka" / "libs" / "*"),
+                "org.apache.kafka.tools.DumpLogSegments",
+                "--files",
+                str(segment),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        found |= {
+            line.split("compresscodec: ", 1)[1].split()[0] for line in out.splitlines() if "compresscodec: " in line
+        }
+    return found
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from iot_common.retry import Backoff
-from iot_consumer.outages import Troubles
+from iot_consumer.outages import StallWatch, Troubles
 from iot_consumer.positions import GapKind, classify
 
 OLD, NEW = uuid.uuid4(), uuid.uuid4()
@@ -90,3 +90,21 @@ def test_troubles_count_attempts_and_become_persistent() -> None:
     troubles.recovered("partition 2")
     assert not troubles.active
     assert not troubles.persistent()
+
+
+def test_a_partition_with_messages_waiting_and_no_progress_is_stalled() -> None:
+    """Whatever the cause: lag > 0 and the same position for stall_after_s = stalled; moving
+    on, or having nothing waiting, clears it; partitions no longer owned are forgotten."""
+    watch = StallWatch(stall_after_s=30)
+    watch.update({0: 100, 1: 50}, {0: 10, 1: 0}, [], now=1000.0)
+    watch.update({0: 100, 1: 50}, {0: 10, 1: 0}, [], now=1029.0)
+    assert watch.stalled == {}
+    watch.update({0: 100, 1: 50}, {0: 12, 1: 0}, ["partition 0"], now=1031.0)
+    assert watch.stalled == {0: (12, 31.0)}
+    assert watch.reasons() == ["partition 0: 12 messages waiting, no progress for 31 s"]
+    watch.update({0: 105, 1: 50}, {0: 7, 1: 0}, [], now=1032.0)  # it moved
+    assert watch.stalled == {}
+    watch.update({0: 105, 1: 50}, {0: 0, 1: 0}, [], now=1099.0)  # (updates come every second)
+    watch.update({1: 50}, {1: 3}, [], now=1100.0)  # partition 0 revoked; 1 starts waiting now
+    watch.update({1: 50}, {1: 3}, [], now=1128.0)
+    assert watch.stalled == {}

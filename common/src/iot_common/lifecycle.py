@@ -1,8 +1,11 @@
 """Graceful shutdown: SIGTERM/SIGINT set a flag that the service's loop checks.
 
-A flag alone trusts the loop to look at it. To bound shutdown in every state (a library
-stuck in a loop of its own, a hung connection), the first signal also arms a watchdog that
-ends the process after ``force_exit_after`` seconds, and a second signal ends it at once.
+A flag alone trusts the loop to look at it, and a Python signal handler runs only when the
+main thread gets back to Python code - not while it waits inside a C call (a COPY blocked on
+a lock, a hung socket). So :meth:`StopFlag.install` blocks the two signals in every thread
+and receives them on a thread of its own (``sigwait``): the flag is set whatever the main
+thread is doing, and, with ``force_exit_after``, a watchdog ends the process that many
+seconds later if it is still running. A deliberate second signal ends it at once.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import signal
 import sys
 import threading
 import time
-from types import FrameType
 
 from iot_common.logging import get_logger
 
 log = get_logger(__name__)
+
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 class StopFlag:
@@ -29,14 +33,19 @@ class StopFlag:
         self._first_signal_at = 0.0
 
     def install(self, force_exit_after: float | None = None) -> StopFlag:
-        """Route SIGTERM and SIGINT to this flag (main thread only); with ``force_exit_after``,
-        a process still alive that many seconds after the first signal exits with status 1."""
+        """Receive SIGTERM and SIGINT on a dedicated thread (call from the main thread, before
+        starting other threads: they inherit the blocked signal mask)."""
         self._force_exit_after = force_exit_after
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        threading.Thread(target=self._receive_signals, name="stop-signals", daemon=True).start()
         return self
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+    def _receive_signals(self) -> None:
+        while True:
+            self.on_signal(signal.sigwait(STOP_SIGNALS))
+
+    def on_signal(self, signum: int) -> None:
+        """What a stop signal does (public so that tests can drive it without a signal)."""
         name = signal.Signals(signum).name
         if self._event.is_set():
             # A second signal a moment later is often the same request twice (a shell or a

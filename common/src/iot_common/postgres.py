@@ -16,7 +16,7 @@ CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 def connect_kwargs(settings: PostgresSettings, application_name: str | None = None) -> dict[str, Any]:
     """``psycopg2.connect`` arguments for a session whose time zone is UTC (timestamps are UTC
     in and out); also what a connection pool takes."""
-    kwargs = settings.connect_kwargs()
+    kwargs = settings.libpq_parameters()
     if application_name:
         kwargs["application_name"] = application_name
     kwargs["options"] = "-c TimeZone=UTC"

@@ -91,8 +91,10 @@ class PostgresSettings(BaseSettings):
     connect_timeout: int = Field(5, ge=1, le=300)
     application_name: str = "iot-monitor"
 
-    def connect_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``psycopg2.connect``; the password stays out of any DSN string."""
+    def libpq_parameters(self) -> dict[str, Any]:
+        """The connection parameters as settings hold them (no session options: services connect
+        through ``iot_common.postgres.connect_kwargs``, which adds UTC); the password stays out of
+        any DSN string."""
         return {
             "host": self.host,
             "port": self.port,

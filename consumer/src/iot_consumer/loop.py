@@ -32,10 +32,11 @@ from iot_common.postgres import CONNECTION_ERRORS
 from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
 from iot_common.settings import KafkaSettings
 from iot_consumer import metrics as m
-from iot_consumer.batch import Batch, build_batch
+from iot_consumer.batch import build_batch
 from iot_consumer.decoding import PartitionDecodeError, install_decode_guard
-from iot_consumer.outages import DatabaseOutage, Troubles, pause_partition, resume_partition
-from iot_consumer.positions import OffsetGapPolicy, PartitionPositions, topic_id_of
+from iot_consumer.metrics import Totals
+from iot_consumer.outages import DatabaseOutage, StallWatch, Troubles, pause_partition, resume_partition
+from iot_consumer.positions import OffsetGapPolicy, PartitionPositions, group_caught_up, topic_id_of
 from iot_consumer.sink import FencedError, PostgresSink
 
 log = get_logger(__name__)
@@ -71,15 +72,6 @@ class ConsumerOptions:
     liveness_timeout_s: float = 120.0
 
 
-@dataclass
-class Totals:
-    consumed: int = 0
-    inserted: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    failed_batches: int = 0
-
-
 class ConsumerService:
     """One replica of the consumer group."""
 
@@ -103,10 +95,14 @@ class ConsumerService:
         self._started = time.monotonic()
         self._heartbeat = time.monotonic()
         self._last_activity = time.monotonic()
-        # Partition → (position, since when it stood there while messages waited).
-        self._standing: dict[int, tuple[int, float]] = {}
-        self._stalled: dict[int, tuple[int, float]] = {}  # partition → (lag, seconds without progress)
-        self._next_stall_log = 0.0
+        self.stalls = StallWatch(options.stall_after_s)
+        self._progress_mark = (0, time.monotonic())  # (consumed, when) at the last progress line
+        now = time.monotonic()
+        self._next = {
+            "second": now,
+            "progress": now + options.progress_interval_s,
+            "day_partitions": now + options.day_partitions_check_interval_s,
+        }
 
     def _beat(self) -> None:
         self._heartbeat = time.monotonic()
@@ -124,18 +120,9 @@ class ConsumerService:
             return Health(False, "PostgreSQL unreachable")
         if self._consumer is None:
             return Health(False, "Kafka consumer not started")
-        reasons = [
-            f"{t.what}: {t.error}: {t.detail} (offset {t.offset}, failing for "
-            f"{time.monotonic() - t.since:.0f} s, {t.attempts} attempts)"
-            if t.offset is not None
-            else f"{t.what}: {t.error}: {t.detail} (failing for {time.monotonic() - t.since:.0f} s, {t.attempts} attempts)"
-            for t in self.troubles.persistent()
-        ]
+        reasons = self.troubles.reasons()
         reasons += [f"halted by offset gap: {h.gap.describe()}" for h in self.positions.halted.values()]
-        reasons += [
-            f"partition {p}: {lag} messages waiting, no progress for {seconds:.0f} s"
-            for p, (lag, seconds) in sorted(self._stalled.items())
-        ]
+        reasons += self.stalls.reasons()
         if reasons:
             return Health(False, "; ".join(reasons))
         owned = len(self.positions.position) + len(self.positions.halted)
@@ -189,10 +176,6 @@ class ConsumerService:
             exit_when_idle_s=self.options.exit_when_idle_s,
             on_offset_gap=self.options.on_offset_gap.value,
         )
-        next_progress = time.monotonic() + self.options.progress_interval_s
-        next_day_partitions = time.monotonic() + self.options.day_partitions_check_interval_s
-        next_second = time.monotonic()
-        progress_mark = (0, time.monotonic())
         self._last_activity = time.monotonic()
         try:
             while not self.stop.is_set():
@@ -215,22 +198,12 @@ class ConsumerService:
                     # poll() can return at once with nothing (no assignment yet, all paused,
                     # topic gone): don't spin a core.
                     self.stop.wait(0.1)
-                now = time.monotonic()
-                if now >= next_second:
-                    self._watch_progress(consumer, now)
-                    self._advance_alert_clocks(consumer)
-                    next_second = now + 1.0
-                if now >= next_progress:
-                    progress_mark = self._log_progress(progress_mark)
-                    next_progress = now + self.options.progress_interval_s
-                if now >= next_day_partitions and self.database.ok:
-                    self._ensure_day_partitions_ahead()
-                    next_day_partitions = now + self.options.day_partitions_check_interval_s
-                if not records and self._idle_long_enough(consumer, now):
+                self._periodic(consumer)
+                if not records and self._idle_long_enough(consumer, time.monotonic()):
                     log.info("idle_exit", idle_seconds=self.options.exit_when_idle_s)
                     break
         finally:
-            self._log_progress(progress_mark)
+            self._log_progress()
             try:
                 consumer.close(autocommit=False)
             except KafkaError as exc:
@@ -272,13 +245,9 @@ class ConsumerService:
             self.stop.wait(max(0.0, trouble.retry_at - time.monotonic()))
             return False
         self.troubles.recovered(SYNC)
-        if synced:
-            owned = set(self.positions.position) | set(self.positions.halted)
-            for trouble in list(self.troubles.active.values()):
-                if trouble.partition is not None and trouble.partition not in owned:
-                    self.troubles.active.pop(trouble.what, None)  # no longer ours to report
-            self._last_activity = time.monotonic()
-        return synced
+        self.troubles.forget_partitions_except(set(self.positions.position) | set(self.positions.halted))
+        self._last_activity = time.monotonic()
+        return True
 
     def _retry_blocked_partitions(self, consumer: KafkaConsumer) -> None:
         """Resume partitions whose backoff after a fetch/decode error has passed."""
@@ -337,7 +306,7 @@ class ConsumerService:
         if not batch.positions:
             return
         try:
-            self._write_with_rejects(batch)
+            self.sink.write_with_rejects(batch)
         except FencedError as exc:
             m.BATCHES.labels("fenced").inc()
             self.totals.failed_batches += 1
@@ -363,7 +332,9 @@ class ConsumerService:
             self.stop.wait(max(0.0, trouble.retry_at - time.monotonic()))
             return
         committed_at = datetime.now(UTC)
-        self._account(batch, committed_at, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.totals.add(batch)
+        m.record_batch(batch, committed_at, seconds, self.sink.last_copy_seconds)
         self.troubles.recovered(WRITE)
         offsets = {}
         for update in batch.positions:
@@ -376,62 +347,11 @@ class ConsumerService:
         except KafkaError as exc:
             log.debug("kafka_commit_failed", error=repr(exc))
 
-    def _write_with_rejects(self, batch: Batch) -> None:
-        """Write the batch; if PostgreSQL refuses a row the validator let through, dead-letter
-        that row and write the rest (one bad row never stops the pipeline)."""
-        try:
-            self.sink.write(batch)
-        except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
-            log.warning("batch_rejected_rows", error=summary(exc), rows=batch.rows)
-            rejected = self.sink.find_rejected_lines(batch.copy_lines)
-            if not rejected:
-                raise
-            batch.reject_rows(rejected)
-            self.sink.write(batch)
-
-    def _account(self, batch: Batch, committed_at: datetime, seconds: float) -> None:
-        totals = self.totals
-        totals.batches += 1
-        totals.consumed += batch.consumed
-        totals.inserted += batch.rows
-        totals.dead_lettered += len(batch.dead_letters)
-        m.record_batch(batch, committed_at, seconds, self.sink.last_copy_seconds)
-        log.debug(
-            "batch_committed",
-            consumed=batch.consumed,
-            rows=batch.rows,
-            dead_letters=len(batch.dead_letters),
-            seconds=round(seconds, 4),
-        )
-
     # ------------------------------------------------------------------ once a second
     def _watch_progress(self, consumer: KafkaConsumer, now: float) -> None:
-        """Lag per partition, and the last line of defence: a partition with messages waiting
-        whose position has not moved for ``stall_after_s`` is *stalled*, whatever the cause."""
+        """Lag per partition, stalls (outages.StallWatch), and a topic re-created under us."""
         lags = self.positions.update_lag(consumer)
-        stalled: dict[int, tuple[int, float]] = {}
-        for partition, position in self.positions.position.items():
-            lag = lags.get(partition, 0)
-            standing = self._standing.get(partition)
-            if lag == 0 or standing is None or standing[0] != position:
-                self._standing[partition] = (position, now)
-                continue
-            if now - standing[1] >= self.options.stall_after_s:
-                stalled[partition] = (lag, now - standing[1])
-        for partition in list(self._standing):
-            if partition not in self.positions.position:
-                del self._standing[partition]
-        if stalled and (stalled.keys() != self._stalled.keys() or now >= self._next_stall_log):
-            log.warning(
-                "partitions_stalled",
-                partitions={p: {"lag": lag, "no_progress_s": round(s)} for p, (lag, s) in stalled.items()},
-                blocked_by=[t.what for t in self.troubles.active.values()],
-            )
-            self._next_stall_log = now + self.options.stall_after_s
-        elif self._stalled and not stalled:
-            log.info("partitions_progressing", previously_stalled=sorted(self._stalled))
-        self._stalled = stalled
-        m.STALLED_PARTITIONS.set(len(stalled))
+        self.stalls.update(self.positions.position, lags, [t.what for t in self.troubles.active.values()], now)
         m.BLOCKED.set(1 if self.troubles.persistent() else 0)
         # A topic deleted and created again under the same name gets a new id: re-check
         # every position against the new log before another record is read.
@@ -460,11 +380,26 @@ class ConsumerService:
             log.error("alert_clock_failed", error=summary(exc))
             self.positions.forget()
 
-    def _log_progress(self, mark: tuple[int, float]) -> tuple[int, float]:
-        consumed, since = mark
+    def _periodic(self, consumer: KafkaConsumer) -> None:
+        """What runs on a clock rather than per batch."""
+        now = time.monotonic()
+        if now >= self._next["second"]:
+            self._watch_progress(consumer, now)
+            self._advance_alert_clocks(consumer)
+            self._next["second"] = now + 1.0
+        if now >= self._next["progress"]:
+            self._log_progress()
+            self._next["progress"] = now + self.options.progress_interval_s
+        if now >= self._next["day_partitions"] and self.database.ok:
+            self._ensure_day_partitions_ahead()
+            self._next["day_partitions"] = now + self.options.day_partitions_check_interval_s
+
+    def _log_progress(self) -> None:
+        consumed, since = self._progress_mark
         now = time.monotonic()
         elapsed = max(now - since, 1e-9)
         t = self.totals
+        self._progress_mark = (t.consumed, now)
         if t.consumed != consumed:
             log.info(
                 "progress",
@@ -475,7 +410,6 @@ class ConsumerService:
                 rate=round((t.consumed - consumed) / elapsed, 1),
                 partitions=sorted(self.positions.position),
             )
-        return (t.consumed, now)
 
     # ------------------------------------------------------------------ bounded mode
     def _idle_long_enough(self, consumer: KafkaConsumer, now: float) -> bool:
@@ -489,26 +423,12 @@ class ConsumerService:
         idle = self.options.exit_when_idle_s
         if idle is None or now - self._last_activity < idle:
             return False
-        if self._group_caught_up(consumer):
-            return True
-        self._last_activity = now  # not caught up (or cannot tell): keep going
-        return False
-
-    def _group_caught_up(self, consumer: KafkaConsumer) -> bool:
         try:
-            partitions = [TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic) or ()]
-            ends = consumer.end_offsets(partitions, timeout_ms=5_000) if partitions else {}
-            stored = self.sink.load_positions(tp.partition for tp in partitions)
-        except KafkaError:
-            return False
+            caught_up = group_caught_up(consumer, self.sink, self.topic)
         except CONNECTION_ERRORS as exc:
             self._database_lost(exc)
             return False
-        if not partitions or len(ends) != len(partitions):
-            return False
-        for tp in partitions:
-            end = ends.get(tp)
-            row = stored.get(tp.partition)
-            if end is None or (end > 0 and (row is None or row.next_offset < end)):
-                return False
-        return True
+        if caught_up:
+            return True
+        self._last_activity = now  # not caught up (or cannot tell): keep going
+        return False

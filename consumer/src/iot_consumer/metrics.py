@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,23 @@ READINGS_WITH_EXTRAS = Counter(
     "iot_consumer_readings_with_extra_fields_total",
     "Readings stored with fields beyond the four known ones (kept in sensores.extras)",
 )
+
+
+@dataclass
+class Totals:
+    """What this process has done, for its progress and final log lines."""
+
+    consumed: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+
+    def add(self, batch: Batch) -> None:
+        self.batches += 1
+        self.consumed += batch.consumed
+        self.inserted += batch.rows
+        self.dead_lettered += len(batch.dead_letters)
 
 
 def record_batch(batch: Batch, committed_at: datetime, seconds: float, copy_seconds: float) -> None:

@@ -105,6 +105,63 @@ class Troubles:
         now = time.monotonic()
         return [t for t in self.active.values() if now - t.since >= self.stall_after_s]
 
+    def forget_partitions_except(self, owned: set[int]) -> None:
+        """After a rebalance: partitions no longer owned are no longer ours to report."""
+        for trouble in list(self.active.values()):
+            if trouble.partition is not None and trouble.partition not in owned:
+                del self.active[trouble.what]
+
+    def reasons(self) -> list[str]:
+        """One line per persistent trouble, for ``/readyz``."""
+        now = time.monotonic()
+        lines = []
+        for t in self.persistent():
+            where = f", offset {t.offset}" if t.offset is not None else ""
+            lines.append(
+                f"{t.what}: {t.error}: {t.detail} (failing for {now - t.since:.0f} s, {t.attempts} attempts{where})"
+            )
+        return lines
+
+
+class StallWatch:
+    """The last line of defence: a partition with messages waiting whose position has not
+    moved for ``stall_after_s`` is *stalled*, whatever the cause (known or not)."""
+
+    def __init__(self, stall_after_s: float) -> None:
+        self.stall_after_s = stall_after_s
+        self._standing: dict[int, tuple[int, float]] = {}  # partition → (position, since)
+        self.stalled: dict[int, tuple[int, float]] = {}  # partition → (lag, seconds without progress)
+        self._next_log = 0.0
+
+    def update(self, positions: dict[int, int], lags: dict[int, int], blocked_by: list[str], now: float) -> None:
+        stalled: dict[int, tuple[int, float]] = {}
+        for partition, position in positions.items():
+            lag = lags.get(partition, 0)
+            standing = self._standing.get(partition)
+            if lag == 0 or standing is None or standing[0] != position:
+                self._standing[partition] = (position, now)
+            elif now - standing[1] >= self.stall_after_s:
+                stalled[partition] = (lag, now - standing[1])
+        for partition in self._standing.keys() - positions.keys():
+            del self._standing[partition]
+        if stalled and (stalled.keys() != self.stalled.keys() or now >= self._next_log):
+            log.warning(
+                "partitions_stalled",
+                partitions={p: {"lag": lag, "no_progress_s": round(s)} for p, (lag, s) in stalled.items()},
+                blocked_by=blocked_by,
+            )
+            self._next_log = now + self.stall_after_s
+        elif self.stalled and not stalled:
+            log.info("partitions_progressing", previously_stalled=sorted(self.stalled))
+        self.stalled = stalled
+        m.STALLED_PARTITIONS.set(len(stalled))
+
+    def reasons(self) -> list[str]:
+        return [
+            f"partition {p}: {lag} messages waiting, no progress for {seconds:.0f} s"
+            for p, (lag, seconds) in sorted(self.stalled.items())
+        ]
+
 
 class DatabaseOutage:
     """Connects to PostgreSQL, notices when it is lost, and waits for it with the partitions paused."""

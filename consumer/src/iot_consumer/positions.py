@@ -146,6 +146,26 @@ def topic_id_of(consumer: KafkaConsumer, topic: str) -> uuid.UUID | None:
     return topic_id if isinstance(topic_id, uuid.UUID) else None
 
 
+def group_caught_up(consumer: KafkaConsumer, sink: PostgresSink, topic: str) -> bool:
+    """Every partition of the topic - not only this replica's - has its stored position at the
+    log end (bounded mode's exit condition; False when it cannot tell). Raises the database's
+    connection errors."""
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = consumer.end_offsets(partitions, timeout_ms=5_000) if partitions else {}
+    except KafkaError:
+        return False
+    if not partitions or len(ends) != len(partitions):
+        return False
+    stored = sink.load_positions(tp.partition for tp in partitions)
+    for tp in partitions:
+        end = ends.get(tp)
+        row = stored.get(tp.partition)
+        if end is None or (end > 0 and (row is None or row.next_offset < end)):
+            return False
+    return True
+
+
 class PartitionPositions:
     """Positions of the partitions this replica owns (only those loaded and sought to)."""
 

@@ -219,6 +219,19 @@ class PostgresSink:
         if alerts is not None and evaluation is not None and alerts_written:
             alerts.committed(evaluation)
 
+    def write_with_rejects(self, batch: Batch) -> None:
+        """Write the batch; if PostgreSQL refuses a row the validator let through, dead-letter
+        that row and write the rest (one bad row never stops the pipeline)."""
+        try:
+            self.write(batch)
+        except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+            log.warning("batch_rejected_rows", error=summary(exc), rows=batch.rows)
+            rejected = self.find_rejected_lines(batch.copy_lines)
+            if not rejected:
+                raise
+            batch.reject_rows(rejected)
+            self.write(batch)
+
     def _copy(self, cur: psycopg2.extensions.cursor, payload: bytes) -> None:
         started = time.perf_counter()
         cur.copy_expert(COPY_SQL, io.BytesIO(payload), size=1 << 20)

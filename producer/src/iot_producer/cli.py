@@ -126,7 +126,7 @@ def produce(
     seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
     pacing = Pacing(rate=None if max_rate else (rate or sensors / interval), count=count, duration_s=duration)
 
-    stop = StopFlag().install()
+    stop = StopFlag().install(force_exit_after=obs.shutdown_timeout_s)
     fleet = SensorFleet(
         sensors, seed=seed, ranges=ranges, anomaly_rate=anomaly_rate, anomaly_kinds=kinds, spike=scripted
     )

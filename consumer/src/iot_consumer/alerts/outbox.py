@@ -17,8 +17,10 @@ import psycopg2.extensions
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from iot_common.errors import summary
 from iot_common.logging import get_logger
 from iot_common.postgres import connect
+from iot_common.retry import Backoff
 from iot_common.settings import KafkaSettings, PostgresSettings
 from iot_consumer import metrics as m
 
@@ -38,7 +40,6 @@ class OutboxPublisher:
         self._thread = threading.Thread(target=self._run, name="alert-outbox", daemon=True)
         self._conn: psycopg2.extensions.connection | None = None
         self._producer: KafkaProducer | None = None
-        self.published = 0
 
     def start(self) -> OutboxPublisher:
         self._thread.start()
@@ -56,7 +57,7 @@ class OutboxPublisher:
         self._close()
 
     def _run(self) -> None:
-        backoff = 1.0
+        backoff = Backoff(wait_initial=1.0, wait_max=30.0)
         while True:
             self._wake.wait(self._interval_s)
             self._wake.clear()
@@ -64,14 +65,14 @@ class OutboxPublisher:
             try:
                 while self.drain_once() == BATCH:
                     pass
-                backoff = 1.0
+                backoff.reset()
             except (psycopg2.Error, KafkaError, OSError) as exc:
                 m.ALERT_PUBLISH_ERRORS.inc()
-                log.warning("alert_publish_failed", error=str(exc).strip() or repr(exc), retry_in_s=backoff)
+                delay = backoff.next_delay()
+                log.warning("alert_publish_failed", error=summary(exc), retry_in_s=round(delay, 2))
                 self._close()
                 if not stopping:
-                    self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    self._stopping.wait(delay)
             if stopping:
                 return
 
@@ -110,7 +111,6 @@ class OutboxPublisher:
             if not conn.closed:
                 conn.rollback()
             raise
-        self.published += len(pending)
         m.ALERT_EVENTS_PUBLISHED.inc(len(pending))
         m.ALERT_OUTBOX_BACKLOG.dec(len(pending))
         log.info("alert_events_published", events=len(pending))
