@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev stack-up stack-down stack-status run dashboard test test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts clean
+.PHONY: help dev stack-up stack-down stack-status run dashboard test test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ bench: dev stack-up ## All benchmarks side by side (~15 min): bench/results/ and
 
 bench-consumer: dev stack-up ## Consumer only: 1 vs 2 processes vs seed baseline vs limits
 	$(BIN)/python -m bench.consumer_bench
+
+bench-codecs: dev stack-up ## What each compression codec costs end to end (bench/results/codec_bench.md)
+	$(BIN)/python -m bench.codec_bench
 
 bench-alerts: dev stack-up ## What alert evaluation costs the consumer: alerts on vs --no-alerts (bench/results/alerts_bench.md)
 	$(BIN)/python -m bench.alerts_bench

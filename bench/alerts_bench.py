@@ -17,25 +17,11 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from bench.common import (
-    RESULTS,
-    STACK,
-    Process,
-    Table,
-    cli,
-    connect,
-    drop_database,
-    drop_topic,
-    fmt,
-    fresh_database,
-    fresh_topic,
-    prefill,
-    save,
-)
+import psycopg2.extensions
+
+from bench.common import RESULTS, Table, consume_once, drop_topic, fmt, fresh_topic, prefill, save
 from iot_consumer.alerts.engine import AlertEngine
 from iot_consumer.alerts.rules import load_rules
-
-IDLE_S = 3.0
 
 
 def engine_cost(readings: int, rounds: int = 5) -> tuple[float, float]:
@@ -69,32 +55,17 @@ def engine_cost(readings: int, rounds: int = 5) -> tuple[float, float]:
 
 def consume(topic: str, readings: int, alerts: bool) -> tuple[float, int, int]:
     """rows/s of one iot-consumer process from launch to last commit; alert rows and states written."""
-    database = fresh_database("alerts")
-    env = STACK.service_env(
-        topic=topic, database=database, METRICS_PORT="-1", CONSUMER_GROUP=f"bench-{uuid.uuid4().hex[:8]}"
-    )
-    flag = "--alerts" if alerts else "--no-alerts"
-    try:
-        process = Process(
-            cli("iot-consumer", "run", "--exit-when-idle", str(IDLE_S), flag),
-            env,
-            RESULTS / f"alerts-bench-{'on' if alerts else 'off'}.log",
-        )
-        result = process.wait()
-        if result.returncode:
-            raise RuntimeError(f"iot-consumer {flag} exited {result.returncode}; see {process.log}")
-        conn = connect(database)
+
+    def alert_rows(conn: psycopg2.extensions.connection) -> tuple[int, int]:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*), extract(epoch FROM max(ingested_at)) FROM sensores")
-            rows, last = cur.fetchone()  # type: ignore[misc]
             cur.execute("SELECT (SELECT count(*) FROM alertas), (SELECT count(*) FROM alert_states)")
-            alert_rows, states = cur.fetchone()  # type: ignore[misc]
-        conn.close()
-        if rows != readings:
-            raise RuntimeError(f"expected {readings} rows, found {rows}")
-        return rows / (float(last) - process.started_at), int(alert_rows), int(states)
-    finally:
-        drop_database(database)
+            found, states = cur.fetchone()  # type: ignore[misc]
+        return int(found), int(states)
+
+    flag = "--alerts" if alerts else "--no-alerts"
+    log = RESULTS / f"alerts-bench-{'on' if alerts else 'off'}.log"
+    run, (found, states) = consume_once(topic, readings, log, flag, inspect=alert_rows)
+    return run.rows_per_s, found, states
 
 
 def main() -> None:

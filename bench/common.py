@@ -10,10 +10,11 @@ import resource
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -21,6 +22,7 @@ from psycopg2 import sql
 
 from tests.helpers import BIN, Stack, create_topic, delete_topic, end_offsets
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 STACK = Stack.from_env(REPO)
@@ -168,6 +170,43 @@ def prefill(
     if topic_size(topic) != readings:
         raise RuntimeError(f"prefill: topic holds {topic_size(topic)} readings, expected {readings}")
     return readings / elapsed
+
+
+@dataclass
+class ConsumerRun:
+    rows_per_s: float  # rows ÷ (last commit − process launch)
+    cpu_us_per_row: float  # user + sys of the whole process ÷ rows
+    database: str
+
+
+def consume_once(
+    topic: str, readings: int, log: Path, *flags: str, inspect: Callable[[psycopg2.extensions.connection], T]
+) -> tuple[ConsumerRun, T]:
+    """Run one ``iot-consumer`` in bounded mode on a fresh database until ``topic`` is consumed,
+    check it wrote ``readings`` rows, look at the database with ``inspect``, drop it."""
+    database = fresh_database("consume")
+    env = STACK.service_env(
+        topic=topic, database=database, METRICS_PORT="-1", CONSUMER_GROUP=f"bench-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        process = Process(cli("iot-consumer", "run", "--exit-when-idle", "3", *flags), env, log)
+        result = process.wait()
+        if result.returncode:
+            raise RuntimeError(f"iot-consumer {' '.join(flags)} exited {result.returncode}; see {log}")
+        conn = connect(database)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*), extract(epoch FROM max(ingested_at)) FROM sensores")
+                rows, last = cur.fetchone()  # type: ignore[misc]
+            if rows != readings:
+                raise RuntimeError(f"expected {readings} rows, found {rows}")
+            seen = inspect(conn)
+        finally:
+            conn.close()
+        run = ConsumerRun(rows / (float(last) - process.started_at), result.cpu_s / rows * 1e6, database)
+        return run, seen
+    finally:
+        drop_database(database)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one unattended run, then docs/BENCHMARKS.md.
 
 Runs bench.compare (Kafka → PostgreSQL against the peers and the limits, latency), the
-producer benchmark and the exporter benchmark, and writes their tables, the machine and the
+producer benchmark, the exporter benchmark and the codec benchmark, and writes their tables, the machine and the
 reproduce command into docs/BENCHMARKS.md (the analysis part is kept from docs/benchmarks-analysis.md).
 """
 
@@ -18,6 +18,7 @@ STEPS = [
     ["-m", "bench.compare", "--readings", "1000000"],
     ["-m", "bench.producer_bench", "--readings", "200000"],
     ["-m", "bench.exporter_bench", "--rows", "300000"],
+    ["-m", "bench.codec_bench", "--readings", "200000"],
 ]
 
 
@@ -52,6 +53,8 @@ JDBC sink plugin from Maven Central on first use; raw tables land in `bench/resu
 {body("producer_bench")}
 ## Exporter
 {body("exporter_bench")}
+## Compression codecs
+{body("codec_bench")}
 {analysis}"""
     (REPO / "docs" / "BENCHMARKS.md").write_text(doc)
     print(f"[bench] wrote docs/BENCHMARKS.md ({minutes:.1f} min)")

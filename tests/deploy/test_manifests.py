@@ -2,7 +2,7 @@
 
 - the Helm chart: lint and render with the defaults and every ci/*-values.yaml; every rendered
   object validated against the Kubernetes schemas (strict) or, for custom resources, the CRDs
-  in ../shared/reference; then the behaviour the chart promises, asserted on the objects;
+  in tests/deploy/reference; then the behaviour the chart promises, asserted on the objects;
 - k8s/: Strimzi 1.2.0 resources against the Strimzi CRDs, the rest against Kubernetes';
 - docker-compose.yml against the Compose spec, skaffold.yaml against Skaffold's schema, and
   the cross-references between them (images, Dockerfiles, chart paths).
@@ -27,7 +27,7 @@ from tests.helpers import REPO
 
 CHART = REPO / "charts" / "iot-monitor"
 K8S_VERSION = "1.33.0"
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "reference"  # upstream CRDs and schemas, see its README
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 SERVICES = ("producer", "consumer", "exporter", "dashboard")
 
@@ -134,7 +134,8 @@ def test_every_rendered_object_is_schema_valid(values: Path | None) -> None:
 
 def test_defaults_wire_to_strimzi_and_bitnami_names() -> None:
     """Kafka bootstrap = <cluster>-kafka-bootstrap:9092; the password comes from the Bitnami
-    chart's Secret (release "postgresql", key "password"), never from the ConfigMap."""
+    chart's Secret (release "postgresql", key "password"), never from the ConfigMap; the
+    producer, which never talks to PostgreSQL, does not need that Secret to start."""
     docs = render()
     (config,) = by_kind(docs, "ConfigMap").values()
     data = config["data"]
@@ -143,13 +144,20 @@ def test_defaults_wire_to_strimzi_and_bitnami_names() -> None:
     assert data["POSTGRES_HOST"] == "postgresql"
     assert data["LOG_FORMAT"] == "json"
     assert not [k for k in data if "PASSWORD" in k]
-    pods = [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment").values()]
-    pods.append(by_kind(docs, "CronJob")["iot-monitor-exporter"]["spec"]["jobTemplate"]["spec"]["template"]["spec"])
-    for pod in pods:
+    deployments = by_kind(docs, "Deployment")
+    pods = {name: d["spec"]["template"]["spec"] for name, d in deployments.items()}
+    pods["iot-monitor-exporter"] = by_kind(docs, "CronJob")["iot-monitor-exporter"]["spec"]["jobTemplate"]["spec"][
+        "template"
+    ]["spec"]
+    for name, pod in pods.items():
         (container,) = pod["containers"]
         assert {"configMapRef": {"name": "iot-monitor"}} in container["envFrom"]
-        password = next(e for e in container["env"] if e["name"] == "POSTGRES_PASSWORD")
-        assert password["valueFrom"]["secretKeyRef"] == {"name": "postgresql", "key": "password"}
+        password = [e for e in container.get("env", []) if e["name"] == "POSTGRES_PASSWORD"]
+        if name == "iot-monitor-producer":
+            assert password == []
+            assert "postgresql" not in json.dumps(pod)
+        else:
+            assert password[0]["valueFrom"]["secretKeyRef"] == {"name": "postgresql", "key": "password"}
 
 
 def test_pods_are_hardened_with_resources() -> None:
@@ -392,7 +400,7 @@ def test_compose_file_matches_the_compose_spec() -> None:
     # The spec names draft-07 by an https URL jsonschema does not map; say which draft it is.
     jsonschema.Draft7Validator(json.loads((REFERENCE / "schemas" / "compose-spec.json").read_text())).validate(compose)
     services = compose["services"]
-    assert services["kafka"]["image"] == "apache/kafka:4.3.1"
+    assert services["kafka"]["image"] == "${KAFKA_IMAGE:-apache/kafka:4.3.1}"
     assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert services["consumer"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["consumer"]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
@@ -410,9 +418,15 @@ def test_compose_file_matches_the_compose_spec() -> None:
 
 
 def test_skaffold_matches_its_schema_and_the_chart() -> None:
-    """Three artifacts with existing Dockerfiles, injected into the chart's image values; the
-    Strimzi and Bitnami charts pinned; our Kafka manifests and chart paths exist."""
-    configs = [c for c in yaml.safe_load_all((REPO / "skaffold.yaml").read_text()) if c]
+    """Four artifacts with existing Dockerfiles, injected into the chart's image values; the
+    Strimzi and Bitnami charts pinned (skaffold-platform.yaml); our Kafka manifests and chart
+    paths exist."""
+    configs = [
+        c
+        for name in ("skaffold.yaml", "skaffold-platform.yaml")
+        for c in yaml.safe_load_all((REPO / name).read_text())
+        if c
+    ]
     schema = json.loads((REFERENCE / "schemas" / "skaffold-v4beta14.json").read_text())
     for config in configs:
         jsonschema.validate({**config, "apiVersion": "skaffold/v4beta14"}, schema)
@@ -436,3 +450,138 @@ def test_skaffold_matches_its_schema_and_the_chart() -> None:
     for config in configs:
         for path in config.get("manifests", {}).get("rawYaml", []):
             assert (REPO / path).is_file()
+
+
+def test_skaffold_dev_cleans_up_only_the_chart() -> None:
+    """`skaffold dev` deletes on Ctrl-C all it deployed, at once: with Strimzi's operator in the
+    same run, Kafka and KafkaTopics stay Terminating on their finalizers and the next run fails.
+    So skaffold.yaml deploys only our chart; the platform is its own file, run once."""
+    (app,) = [c for c in yaml.safe_load_all((REPO / "skaffold.yaml").read_text()) if c]
+    assert app["metadata"]["name"] == "iot-monitor"
+    assert "requires" not in app
+    assert "manifests" not in app
+    assert [r["name"] for r in app["deploy"]["helm"]["releases"]] == ["iot-monitor"]
+    platform = [c for c in yaml.safe_load_all((REPO / "skaffold-platform.yaml").read_text()) if c]
+    assert [c["metadata"]["name"] for c in platform] == ["namespace", "platform", "kafka"]
+    readme = (REPO / "README.md").read_text()
+    assert "skaffold run -f skaffold-platform.yaml" in readme
+
+
+# ------------------------------------------------------------------------------- found at runtime
+def test_compose_kafka_keeps_its_log_on_the_volume() -> None:
+    """The broker's log directory is the mounted volume (apache/kafka's default is under /tmp):
+    otherwise `down` + `up` restarts every topic at offset 0 under PostgreSQL's stored positions."""
+    kafka = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["kafka"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in kafka["volumes"]}
+    assert log_dirs in mounts
+    assert mounts[log_dirs] == "kafka-data"
+    assert kafka["environment"]["CLUSTER_ID"]  # the formatted volume is reused, not reformatted
+
+
+def test_compose_third_party_images_can_be_stood_in_for() -> None:
+    """Each image we do not build is a variable whose default is the upstream image, so a
+    test (or an air-gapped site) can supply a compatible one without editing the file."""
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    expected = {
+        "kafka": "${KAFKA_IMAGE:-apache/kafka:4.3.1}",
+        "kafka-init": "${KAFKA_IMAGE:-apache/kafka:4.3.1}",
+        "postgres": "${POSTGRES_IMAGE:-postgres:17}",
+        "pushgateway": "${PUSHGATEWAY_IMAGE:-prom/pushgateway:v1.11.1}",
+        "prometheus": "${PROMETHEUS_IMAGE:-prom/prometheus:v3.5.0}",
+    }
+    assert {name: services[name]["image"] for name in expected} == expected
+    assert services["producer"]["environment"]["PRODUCER_SEED"] == "${PRODUCER_SEED:-1}"
+
+
+def test_strimzi_kafka_keeps_its_volume_when_the_cluster_is_deleted() -> None:
+    """deleteClaim: false on every persistent volume of every KafkaNodePool: re-creating the
+    Kafka cluster must not hand PostgreSQL's stored positions an empty log."""
+    pools = [
+        d for d in yaml.safe_load_all((REPO / "k8s" / "kafka.yaml").read_text()) if d and d["kind"] == "KafkaNodePool"
+    ]
+    assert pools
+    for pool in pools:
+        storage = pool["spec"]["storage"]
+        volumes = storage.get("volumes", [storage])
+        for volume in volumes:
+            if volume["type"] == "persistent-claim":
+                assert volume["deleteClaim"] is False
+
+
+def producer_args(*values: str) -> list[str]:
+    docs = render(*values)
+    pod = by_kind(docs, "Deployment")["iot-monitor-producer"]["spec"]["template"]["spec"]
+    return list(pod["containers"][0]["args"])
+
+
+def test_producer_simulates_the_same_sensors_after_every_rollout() -> None:
+    """The producer gets a seed that is the same on every render of a release (so a rollout
+    keeps its sensors), an explicit one when given; a second replica (the same sensors twice)
+    is refused."""
+    args = producer_args()
+    seed = args[args.index("--seed") + 1]
+    assert seed.isdigit()
+    assert producer_args() == args
+    assert producer_args("--set", "image.tag=new")[args.index("--seed") + 1] == seed
+    assert producer_args("--set", "producer.seed=42")[args.index("--seed") + 1] == "42"
+    assert "replicaCount" in render_refused("--set", "producer.replicaCount=2")
+
+
+def test_a_postgres_ca_reaches_every_pod_that_talks_to_postgres() -> None:
+    """sslmode verify-full needs the server's CA: postgresql.caSecret is mounted and named by
+    PGSSLROOTCERT in the consumer, exporter and dashboard - not the producer; verify-* without
+    a CA is refused at render time."""
+    docs = render(
+        "--set",
+        "postgresql.sslmode=verify-full",
+        "--set",
+        "postgresql.caSecret=db-ca",
+        "--set",
+        "dashboard.enabled=true",
+        "--set",
+        "exporter.extraEnv[0].name=EXPORT_X",
+        "--set",
+        "exporter.extraEnv[0].value=one",
+    )
+    pods = {n: d["spec"]["template"]["spec"] for n, d in by_kind(docs, "Deployment").items()}
+    pods["iot-monitor-exporter"] = by_kind(docs, "CronJob")["iot-monitor-exporter"]["spec"]["jobTemplate"]["spec"][
+        "template"
+    ]["spec"]
+    for name, pod in pods.items():
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if name == "iot-monitor-producer":
+            assert "PGSSLROOTCERT" not in env
+            assert "postgres-ca" not in volumes
+            continue
+        assert env["PGSSLROOTCERT"]["value"] == "/etc/postgres-ca/ca.crt"
+        assert volumes["postgres-ca"]["secret"]["secretName"] == "db-ca"
+        assert {"name": "postgres-ca", "mountPath": "/etc/postgres-ca", "readOnly": True} in container["volumeMounts"]
+    exporter_env = {e["name"]: e for e in pods["iot-monitor-exporter"]["containers"][0]["env"]}
+    assert exporter_env["EXPORT_X"]["value"] == "one"
+    assert "caSecret" in render_refused("--set", "postgresql.sslmode=verify-full")
+
+
+def test_exporter_alerts_need_a_pushgateway() -> None:
+    """Without a Pushgateway the exporter reports no last success: the PrometheusRule leaves
+    out the exporter's alerts (they would fire for ever) and keeps every other rule."""
+    shared = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    everything = {r["alert"] for g in shared["groups"] for r in g["rules"]}
+    (rule,) = by_kind(render("--set", "prometheusRule.enabled=true"), "PrometheusRule").values()
+    rendered = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert rendered == {a for a in everything if not a.startswith("IotExporter")}
+    (rule,) = by_kind(
+        render("--set", "prometheusRule.enabled=true", "--set", "exporter.pushgatewayUrl=http://pgw:9091"),
+        "PrometheusRule",
+    ).values()
+    assert rule["spec"] == shared
+
+
+def test_docs_named_by_deployment_files_exist() -> None:
+    """Every docs/*.md a rule, a chart file or a manifest points a reader to is there."""
+    files = [*CHART.rglob("*.yaml"), *CHART.rglob("*.tpl"), *(REPO / "k8s").glob("*.yaml"), REPO / "docker-compose.yml"]
+    for path in files:
+        for doc in re.findall(r"docs/[A-Za-z_.-]+\.md", path.read_text()):
+            assert (REPO / doc).is_file(), f"{path.relative_to(REPO)} names {doc}"

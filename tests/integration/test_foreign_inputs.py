@@ -59,6 +59,18 @@ def long_running(env: dict[str, str], tmp_path: Path, *extra: str) -> Service:
     )
 
 
+def recovers_then_stops_cleanly(
+    consumer: Service, db: psycopg2.extensions.connection, stack: Stack, topic: str, rows: int
+) -> None:
+    """Once the cause is gone: every row arrives, /readyz is 200 again, SIGTERM exits 0, and
+    the topic is in the table exactly once."""
+    wait_until(lambda: scalar(db, "SELECT count(*) FROM sensores") == rows, 90, f"{rows} rows")
+    wait_until(lambda: consumer.get("/readyz")[0] == 200, 30, "ready again")
+    consumer.signal(signal.SIGTERM)
+    assert consumer.wait(30) == 0
+    assert_exactly_once(db, stack, topic, rows)
+
+
 @pytest.mark.parametrize("codec", CODECS)
 def test_every_codec_from_our_producer_arrives(
     stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection, tmp_path: Path, codec: str
@@ -200,12 +212,8 @@ def test_a_batch_that_cannot_be_decoded_stalls_loudly_and_recovers_by_itself(
     assert scalar(db, "SELECT count(*) FROM sensores WHERE kafka_partition = 0") == 0
 
     restore.touch()
-    wait_until(lambda: scalar(db, "SELECT count(*) FROM sensores") == 300, 90, "partition 0 caught up")
-    wait_until(lambda: consumer.get("/readyz")[0] == 200, 30, "ready again")
+    recovers_then_stops_cleanly(consumer, db, stack, topic, 300)
     assert consumer.logged("progress_resumed")
-    consumer.signal(signal.SIGTERM)
-    assert consumer.wait(30) == 0
-    assert_exactly_once(db, stack, topic, 300)
 
 
 def test_a_write_postgres_refuses_is_retried_reported_and_resumes(
@@ -223,11 +231,7 @@ def test_a_write_postgres_refuses_is_retried_reported_and_resumes(
     assert consumer.metric("iot_consumer_write_errors_total", error="InsufficientPrivilege") >= 2
     assert scalar(db, "SELECT count(*) FROM sensores") == 0
     db.cursor().execute("GRANT INSERT ON sensores TO CURRENT_USER")
-    wait_until(lambda: scalar(db, "SELECT count(*) FROM sensores") == 500, 60, "rows after the grant")
-    wait_until(lambda: consumer.get("/readyz")[0] == 200, 30, "ready again")
-    consumer.signal(signal.SIGTERM)
-    assert consumer.wait(30) == 0
-    assert_exactly_once(db, stack, topic, 500)
+    recovers_then_stops_cleanly(consumer, db, stack, topic, 500)
 
 
 def test_sigterm_ends_a_consumer_stuck_in_postgres_within_the_grace_period(

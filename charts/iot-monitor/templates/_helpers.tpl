@@ -63,19 +63,35 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.kafka.bootstrapServers | default (printf "%s-kafka-bootstrap:9092" .Values.kafka.clusterName) }}
 {{- end }}
 
-{{/* Environment shared by every container: settings from the ConfigMap, secrets by reference. */}}
+{{/*
+Secrets by reference (settings come from the ConfigMap). Call with (dict "ctx" $ "postgres" true);
+a workload that never talks to PostgreSQL (the producer) passes "postgres" false and needs no
+PostgreSQL Secret; one with a role of its own passes "postgresUser", "postgresSecret", "postgresKey".
+*/}}
 {{- define "iot-monitor.env" -}}
+{{- $v := .ctx.Values }}
+{{- if .postgres }}
+{{- with .postgresUser }}
+- name: POSTGRES_USER
+  value: {{ . | quote }}
+{{- end }}
 - name: POSTGRES_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.postgresql.existingSecret }}
-      key: {{ .Values.postgresql.passwordKey }}
-{{- if .Values.kafka.sasl.existingSecret }}
+      name: {{ .postgresSecret | default $v.postgresql.existingSecret }}
+      key: {{ .postgresKey | default $v.postgresql.passwordKey }}
+{{- if $v.postgresql.caSecret }}
+# libpq reads the CA for sslmode verify-ca / verify-full from here.
+- name: PGSSLROOTCERT
+  value: {{ printf "/etc/postgres-ca/%s" $v.postgresql.caKey | quote }}
+{{- end }}
+{{- end }}
+{{- if $v.kafka.sasl.existingSecret }}
 - name: KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.kafka.sasl.existingSecret }}
-      key: {{ .Values.kafka.sasl.passwordKey }}
+      name: {{ $v.kafka.sasl.existingSecret }}
+      key: {{ $v.kafka.sasl.passwordKey }}
 {{- end }}
 {{- end }}
 
@@ -84,28 +100,42 @@ app.kubernetes.io/component: {{ .component }}
     name: {{ include "iot-monitor.fullname" . }}
 {{- end }}
 
-{{/* Volumes every pod gets: a writable /tmp (the root file system is read-only), the Kafka CA. */}}
+{{/* Volumes every pod gets: a writable /tmp (the root file system is read-only), the Kafka CA,
+and the PostgreSQL CA where the pod talks to PostgreSQL. Same arguments as iot-monitor.env. */}}
 {{- define "iot-monitor.volumes" -}}
+{{- $v := .ctx.Values }}
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
-{{- if .Values.kafka.caSecret }}
+{{- if $v.kafka.caSecret }}
 - name: kafka-ca
   secret:
-    secretName: {{ .Values.kafka.caSecret }}
+    secretName: {{ $v.kafka.caSecret }}
+{{- end }}
+{{- if and .postgres $v.postgresql.caSecret }}
+- name: postgres-ca
+  secret:
+    secretName: {{ $v.postgresql.caSecret }}
 {{- end }}
 {{- end }}
 
 {{- define "iot-monitor.volumeMounts" -}}
+{{- $v := .ctx.Values }}
 - name: tmp
   mountPath: /tmp
-{{- if .Values.kafka.caSecret }}
+{{- if $v.kafka.caSecret }}
 - name: kafka-ca
   mountPath: /etc/kafka-ca
   readOnly: true
 {{- end }}
+{{- if and .postgres $v.postgresql.caSecret }}
+- name: postgres-ca
+  mountPath: /etc/postgres-ca
+  readOnly: true
+{{- end }}
 {{- end }}
 
+{{/* The probes of our own services: /healthz (the loop turns) and /readyz (it can do its work). */}}
 {{- define "iot-monitor.probes" -}}
 startupProbe:
   httpGet: {path: /healthz, port: metrics}

@@ -1,6 +1,9 @@
 {{/*
-A long-running service (producer or consumer). Call with
-(dict "ctx" $ "component" "consumer" "svc" .Values.consumer "args" (list ...)).
+A long-running service (producer, consumer, dashboard). Call with
+(dict "ctx" $ "component" "consumer" "svc" .Values.consumer "args" (list ...) "postgres" true),
+optionally "env" (extra variables before the user's extraEnv), "ports" (default: metrics),
+"probes" (default: iot-monitor.probes), "postgresUser"/"postgresSecret"/"postgresKey" (a role
+of its own), "extraVolumes"/"extraVolumeMounts".
 */}}
 {{- define "iot-monitor.deployment" -}}
 {{- $ctx := .ctx -}}
@@ -42,31 +45,49 @@ spec:
         - name: {{ .component }}
           image: {{ include "iot-monitor.image" (dict "ctx" $ctx "svc" .svc) | quote }}
           imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+          {{- with .args }}
           args:
-            {{- toYaml .args | nindent 12 }}
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
           envFrom:
             {{- include "iot-monitor.envFrom" $ctx | nindent 12 }}
+          {{- $secrets := include "iot-monitor.env" . | trim }}
+          {{- if or $secrets .env .svc.extraEnv }}
           env:
-            {{- include "iot-monitor.env" $ctx | nindent 12 }}
+            {{- with $secrets }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with .env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
             {{- with .svc.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
+          {{- end }}
           ports:
+            {{- if .ports }}
+            {{- toYaml .ports | nindent 12 }}
+            {{- else }}
             - name: metrics
               containerPort: {{ $ctx.Values.metricsPort }}
               protocol: TCP
+            {{- end }}
+          {{- if .probes }}
+          {{- .probes | nindent 10 }}
+          {{- else }}
           {{- include "iot-monitor.probes" $ctx | nindent 10 }}
+          {{- end }}
           resources:
             {{- toYaml .svc.resources | nindent 12 }}
           securityContext:
             {{- toYaml $ctx.Values.securityContext | nindent 12 }}
           volumeMounts:
-            {{- include "iot-monitor.volumeMounts" $ctx | nindent 12 }}
+            {{- include "iot-monitor.volumeMounts" . | nindent 12 }}
             {{- with .extraVolumeMounts }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
       volumes:
-        {{- include "iot-monitor.volumes" $ctx | nindent 8 }}
+        {{- include "iot-monitor.volumes" . | nindent 8 }}
         {{- with .extraVolumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}

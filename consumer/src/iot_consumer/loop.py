@@ -44,6 +44,8 @@ log = get_logger(__name__)
 WRITE = "write"
 POLL = "poll"
 SYNC = "position sync"
+# How often an idle replica checks that PostgreSQL still answers.
+DATABASE_CHECK_S = 5.0
 
 
 def partition_key(partition: int) -> str:
@@ -102,6 +104,7 @@ class ConsumerService:
             "second": now,
             "progress": now + options.progress_interval_s,
             "day_partitions": now + options.day_partitions_check_interval_s,
+            "database_check": now + DATABASE_CHECK_S,
         }
 
     def _beat(self) -> None:
@@ -221,6 +224,12 @@ class ConsumerService:
     def _database_lost(self, exc: BaseException) -> None:
         self.database.lost(exc)
         self.positions.forget()
+
+    def _check_database(self) -> None:
+        try:
+            self.sink.ping()
+        except CONNECTION_ERRORS as exc:
+            self._database_lost(exc)
 
     def _ensure_day_partitions_ahead(self) -> None:
         try:
@@ -387,6 +396,12 @@ class ConsumerService:
             self._watch_progress(consumer, now)
             self._advance_alert_clocks(consumer)
             self._next["second"] = now + 1.0
+        if now >= self._next["database_check"]:
+            # An idle replica writes nothing, so it would not notice PostgreSQL going away
+            # (and stay "ready"): ask it, at most every few seconds and only while idle.
+            if now - self._last_activity >= DATABASE_CHECK_S:
+                self._check_database()
+            self._next["database_check"] = now + DATABASE_CHECK_S
         if now >= self._next["progress"]:
             self._log_progress()
             self._next["progress"] = now + self.options.progress_interval_s

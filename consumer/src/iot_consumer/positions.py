@@ -71,6 +71,17 @@ class OffsetGap:
         """Records removed before anyone read them (known only for ``behind_log_start``)."""
         return self.log_start - self.position if self.kind is GapKind.BEHIND_LOG_START else None
 
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "kind": self.kind.value,
+            "stored_position": self.position,
+            "log_start": self.log_start,
+            "log_end": self.log_end,
+            "records_lost": self.records_lost,
+            "detail": self.describe(),
+        }
+
     def describe(self) -> str:
         if self.kind is GapKind.TOPIC_RECREATED:
             return (
@@ -226,7 +237,7 @@ class PartitionPositions:
                 start = self._starting_offset(consumer, tp, row.next_offset if row else None, log_start)
                 gap = classify(tp.partition, start, log_start, log_end, row.topic_id if row else None, self.topic_id)
                 if gap is not None:
-                    moved = self._on_gap(consumer, sink, tp, gap, row.next_offset if row else None, halted)
+                    moved = self._on_gap(sink, tp, gap, row.next_offset if row else None, halted)
                     if moved is None:
                         continue
                     start = moved
@@ -291,7 +302,6 @@ class PartitionPositions:
 
     def _on_gap(
         self,
-        consumer: KafkaConsumer,
         sink: PostgresSink,
         tp: TopicPartition,
         gap: OffsetGap,
@@ -311,16 +321,10 @@ class PartitionPositions:
                     m.RECORDS_SKIPPED.labels(gap.kind.value).inc(gap.records_lost)
             log.error(
                 "offset_gap",
-                partition=tp.partition,
-                kind=gap.kind.value,
-                stored_position=gap.position,
-                log_start=gap.log_start,
-                log_end=gap.log_end,
-                records_lost=gap.records_lost,
+                **gap.log_fields(),
                 action="halted",
                 halted_for_s=round(time.monotonic() - entry.since, 1),
                 recheck_in_s=round(delay, 1),
-                detail=gap.describe(),
                 fix="iot-consumer positions reset --partition N --to earliest|latest|OFFSET (docs/RELIABILITY.md)",
             )
             return None
@@ -333,16 +337,10 @@ class PartitionPositions:
             m.RECORDS_SKIPPED.labels(gap.kind.value).inc(skipped)
         log.error(
             "offset_gap",
-            partition=tp.partition,
-            kind=gap.kind.value,
-            stored_position=gap.position,
-            log_start=gap.log_start,
-            log_end=gap.log_end,
-            records_lost=gap.records_lost,
+            **gap.log_fields(),
             action=self.policy.value,
             new_position=target,
             records_skipped=skipped,
-            detail=gap.describe(),
         )
         return target
 
