@@ -51,9 +51,10 @@ dashboard: dev stack-up ## Live dashboard on http://localhost:8501 (read-only ro
 	POSTGRES_USER=iot_dashboard POSTGRES_PASSWORD=iot_dashboard METRICS_PORT=$(DASHBOARD_METRICS_PORT) \
 	  DASHBOARD_PORT=$(DASHBOARD_PORT) $(BIN)/iot-dashboard
 
-lint: dev ## ruff check + format check
+lint: dev ## ruff check + format check + spelling
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/codespell
 
 format: dev ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .

@@ -27,6 +27,10 @@ from iot_common.settings import PostgresSettings
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / ".venv" / "bin"
+# What tests produce for people to look at (the chaos run's figures, the dashboard's screenshot).
+# Ignored by git: tests never rewrite tracked files; copy a result into docs/ or bench/results/
+# deliberately when it should be published.
+ARTIFACTS = REPO / ".artifacts"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A producer spikes one sensor above 30 °C while a consumer stores readings and alerts; the
 dashboard (as the read-only role) must show both charts with every sensor, the open alert in
 its list, and - without a reload - the alert moving to "recently closed" once the sensor cools
-down. The screenshot taken while the alert is open is docs/dashboard.png (shown in the README).
+down. The screenshot taken while the alert is open is .artifacts/dashboard.png (copy it to
+docs/dashboard.png, shown in the README, when the page changes).
 
 Needs /usr/bin/chromium (Debian's package; `.ci/run` installs it). Without it the module is
 skipped, unless IOT_REQUIRE_BROWSER_TESTS=1 (CI), where that is a failure.
@@ -21,8 +22,7 @@ import psycopg2.extensions
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import REPO
-from tests.helpers import Service, Stack, free_port, run_cli, scalar, wait_until
+from tests.helpers import ARTIFACTS, Service, Stack, free_port, run_cli, scalar, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -39,7 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOT = REPO / "docs" / "dashboard.png"
+SCREENSHOT = ARTIFACTS / "dashboard.png"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,6 +57,9 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
     db: psycopg2.extensions.connection,
     tmp_path: Path,
 ) -> None:
+    """In headless Chromium against the live pipeline: both charts list every sensor, the spike's
+    alert appears as open (sensor, rule, severity) and then, without a reload, as recently closed;
+    the page raises no error."""
     pipeline_env = {**env, "ALERTS_TOPIC": alerts_topic}
     consumer = Service(["iot-consumer", "run"], pipeline_env, tmp_path / "consumer.log")
     # 5 sensors, 4 readings/s each; the first reads ~33 °C from its 8th reading for 30 s.
@@ -156,12 +159,14 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
 
 
 def test_bad_dashboard_settings_fail_at_start_with_the_variable_named(env: dict[str, str]) -> None:
+    """A bad setting stops the dashboard at start (exit 2) with the variable and the rule it broke."""
     result = run_cli(["iot-dashboard"], {**env, "DASHBOARD_REFRESH_SECONDS": "0"})
     assert result.returncode == 2
     assert "DASHBOARD_REFRESH_SECONDS='0': Input should be greater than or equal to 1" in result.stderr
 
 
 def test_the_dashboard_refuses_to_start_when_the_database_refuses_the_login(env: dict[str, str]) -> None:
+    """A refused login stops the dashboard at start (exit 1), naming where it connected, never the password."""
     result = run_cli(
         ["iot-dashboard"], {**env, "POSTGRES_USER": "iot_dashboard", "POSTGRES_PASSWORD": f"wrong-{uuid.uuid4().hex}"}
     )

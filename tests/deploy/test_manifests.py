@@ -115,6 +115,7 @@ def validate_object(doc: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------- the chart
 def test_chart_lints_strictly() -> None:
+    """`helm lint --strict` passes with the defaults and with every ci/*-values.yaml."""
     for values in [None, *CI_VALUES]:
         args = ["lint", str(CHART), "--strict", "--kube-version", K8S_VERSION]
         if values:
@@ -202,6 +203,8 @@ def test_services_have_probes_and_metrics_ports() -> None:
 
 
 def test_consumer_replicas_have_a_disruption_budget_and_never_exceed_partitions() -> None:
+    """Two consumer replicas in one group with a PodDisruptionBudget and a grace period for the
+    open transaction; more replicas than partitions is refused at render time."""
     docs = render()
     consumer = by_kind(docs, "Deployment")["iot-monitor-consumer"]
     assert consumer["spec"]["replicas"] == 2
@@ -214,6 +217,8 @@ def test_consumer_replicas_have_a_disruption_budget_and_never_exceed_partitions(
 
 
 def test_exporter_is_a_forbid_cronjob_writing_to_a_kept_claim() -> None:
+    """The exporter is a daily CronJob (UTC, never two at once, history kept for `kubectl logs`)
+    writing to a claim that survives `helm uninstall`."""
     docs = render()
     cron = by_kind(docs, "CronJob")["iot-monitor-exporter"]["spec"]
     assert cron["schedule"] == "15 0 * * *"
@@ -258,12 +263,15 @@ def test_service_monitors_and_managed_kafka_values() -> None:
 
 
 def test_values_schema_rejects_bad_values() -> None:
+    """values.schema.json refuses an unknown export format, dashboard window and topic name."""
     assert "formats" in render_refused("--set", "exporter.formats=pdf")
     assert "window" in render_refused("--set", "dashboard.window=1 week")
     assert "topic" in render_refused("--set", "consumer.alerts.topic=no spaces please")
 
 
 def test_consumer_alerts_by_default_with_the_built_in_rules() -> None:
+    """Alerts are on by default with the built-in rules; `consumer.alerts.enabled=false` turns them
+    off; no PrometheusRule and no dashboard unless asked for."""
     docs = render()
     args = by_kind(docs, "Deployment")["iot-monitor-consumer"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[-3:] == ["--alerts", "--alerts-topic", "iot_alertas"]
@@ -368,6 +376,7 @@ def test_strimzi_resources_match_the_crds() -> None:
 
 
 def test_plain_manifests_are_valid_kubernetes() -> None:
+    """The plain manifests in k8s/ are valid Kubernetes objects (strict schema)."""
     for path in (
         REPO / "k8s" / "namespace.yaml",
         REPO / "k8s" / "tools" / "pvc-reader.yaml",
@@ -389,6 +398,7 @@ def test_bitnami_values_pull_from_the_legacy_repository() -> None:
 
 
 def test_kind_config_names_the_cluster() -> None:
+    """k8s/kind-config.yaml creates the cluster `iot` (kube-context kind-iot, as the README says)."""
     config = yaml.safe_load((REPO / "k8s" / "kind-config.yaml").read_text())
     assert config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     assert config["name"] == "iot"
@@ -396,6 +406,8 @@ def test_kind_config_names_the_cluster() -> None:
 
 # ------------------------------------------------------------------------------- compose and skaffold
 def test_compose_file_matches_the_compose_spec() -> None:
+    """docker-compose.yml is valid against the Compose spec; services start in dependency order,
+    restart by themselves, keep PostgreSQL on a volume and build our four images from their Dockerfiles."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     # The spec names draft-07 by an https URL jsonschema does not map; say which draft it is.
     jsonschema.Draft7Validator(json.loads((REFERENCE / "schemas" / "compose-spec.json").read_text())).validate(compose)

@@ -85,6 +85,7 @@ def test_final_image_has_no_compiler_and_a_shared_library_package(images: dict[s
 
 
 def test_servers_declare_a_healthcheck(images: dict[str, str]) -> None:
+    """Each long-running image declares a HEALTHCHECK on its own health endpoint."""
     for service, path in (("producer", "/healthz"), ("consumer", "/readyz"), ("dashboard", "/_stcore/health")):
         config = json.loads(docker("image", "inspect", images[service]).stdout)[0]["Config"]
         assert path in " ".join(config["Healthcheck"]["Test"])

@@ -91,6 +91,8 @@ def topic_events(stack: Stack, alerts_topic: str) -> list[tuple[str, dict[str, A
 def test_a_spike_opens_exactly_one_alert_and_closes_it_below_the_clear_threshold(
     stack: Stack, alert_env: dict[str, str], alerts_topic: str, db: psycopg2.extensions.connection, tmp_path: Path
 ) -> None:
+    """A scripted spike above 30 °C opens exactly one alert after for_seconds and closes it once
+    below the clear level; the alerts topic carries one `opened` and one `closed` for that alert id."""
     consumer = consume(alert_env, tmp_path, "--exit-when-idle", "4")
     producer = produce_spike(alert_env, tmp_path)
     assert producer.wait(120) == 0
@@ -143,6 +145,8 @@ silent_for_seconds = 3
 def test_sensors_that_stop_sending_raise_a_silence_alert_and_their_next_reading_closes_it(
     stack: Stack, alert_env: dict[str, str], db: psycopg2.extensions.connection, tmp_path: Path
 ) -> None:
+    """Sensors that go quiet open a silence alert on the idle partitions' wall clock; their next
+    readings close it; the metrics count both."""
     rules = tmp_path / "rules.toml"
     rules.write_text(SILENCE_RULES, encoding="utf-8")
     consumer = consume(alert_env, tmp_path, "--alert-rules", str(rules))
@@ -167,6 +171,7 @@ def test_sensors_that_stop_sending_raise_a_silence_alert_and_their_next_reading_
 def test_a_bad_rules_file_stops_the_consumer_at_start_with_the_reason(
     alert_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """An inconsistent rules file stops the consumer at start (exit 2), naming the rule and the field."""
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rule]]\nname = "x"\nmetric = "temperatura"\nabove = 30\nclear_below = 35\n', encoding="utf-8")
     result = run_cli(["iot-consumer", "run", "--alert-rules", str(rules)], alert_env)

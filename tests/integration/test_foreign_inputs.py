@@ -205,7 +205,7 @@ def test_a_batch_that_cannot_be_decoded_stalls_loudly_and_recovers_by_itself(
     assert len(blocked) >= 2
     assert all(e["partition"] == 0 and e["offset"] == 0 for e in blocked)
     assert consumer.metric("iot_consumer_poll_errors_total", error="UnsupportedCodecError") >= 2
-    assert consumer.metric("iot_consumer_stalled_partitions") == 1
+    wait_until(lambda: consumer.metric("iot_consumer_stalled_partitions") == 1, 10, "partition 0 reported stalled")
     cpu_before = consumer.cpu_seconds()
     time.sleep(4)
     assert consumer.cpu_seconds() - cpu_before < 1.0, "the stalled consumer must not spin a core"

@@ -45,6 +45,7 @@ def test_pipeline_over_sasl_ssl_scram(
 def test_wrong_scram_password_fails_at_start_with_a_clear_message(
     stack: Stack, env: dict[str, str], tmp_path: Path
 ) -> None:
+    """A wrong SCRAM password fails at start (exit 2) with a readable message that never shows the password."""
     secure = {**sasl_env(env, stack, password="not-the-password"), "KAFKA_BOOTSTRAP_TIMEOUT_MS": "8000"}
     producer = Service(["iot-producer", "--count", "10"], secure, tmp_path / "p.log")
     assert producer.wait(120) == 2

@@ -77,6 +77,7 @@ def test_real_time_pacing_is_one_reading_per_sensor_per_interval(
 
 
 def test_unreachable_broker_fails_fast_with_a_clear_message(env: dict[str, str], tmp_path: Path) -> None:
+    """No broker at the address: the producer exits 2 within its bootstrap timeout, naming the address."""
     env = {**env, "KAFKA_BOOTSTRAP_SERVERS": "localhost:1"}
     producer = Service(["iot-producer", "--count", "1"], env, tmp_path / "p.log")
     assert producer.wait(60) == 2

@@ -60,6 +60,8 @@ def kinds(events: list[AlertEvent]) -> list[str]:
 
 
 def test_a_spike_opens_one_alert_and_closes_it_once() -> None:
+    """A spike opens one alert once it lasted for_seconds, stamped with when it began, and closes it
+    after clear_for_seconds below the clear level, with the peak value."""
     engine = AlertEngine(TEMPERATURE_ONLY)
     events = run(engine, temps([25.0] * 10 + [35.0] * 20 + [25.0] * 10))
     assert kinds(events) == ["opened", "closed"]
@@ -73,6 +75,7 @@ def test_a_spike_opens_one_alert_and_closes_it_once() -> None:
 
 
 def test_a_value_hovering_at_the_threshold_does_not_flap() -> None:
+    """Hysteresis: four minutes hovering around 30 °C give one alert, not dozens."""
     hovering = [29.6, 30.4, 29.8, 30.6, 29.7, 30.2, 30.3, 29.9] * 30  # four minutes either side of 30
     engine = AlertEngine(TEMPERATURE_ONLY)
     events = run(engine, temps([31.0] * 6 + hovering + [28.0] * 6))
@@ -80,6 +83,7 @@ def test_a_value_hovering_at_the_threshold_does_not_flap() -> None:
 
 
 def test_a_short_excursion_never_opens() -> None:
+    """Excursions shorter than for_seconds never open an alert and leave no state behind."""
     engine = AlertEngine(TEMPERATURE_ONLY)
     # above 30 for 5 readings = 4 s between first and last: shorter than for_seconds
     events = run(engine, temps([25.0, 31, 32, 33, 32, 31, 25.0] * 10))
@@ -88,12 +92,14 @@ def test_a_short_excursion_never_opens() -> None:
 
 
 def test_clearing_needs_clear_for_seconds_and_a_rebound_keeps_the_same_alert() -> None:
+    """A dip shorter than clear_for_seconds does not close the alert: a rebound continues the same one."""
     engine = AlertEngine(TEMPERATURE_ONLY)
     events = run(engine, temps([33.0] * 6 + [29.0] * 3 + [33.0] * 3 + [29.0] * 3 + [33.0] + [28.0] * 6))
     assert kinds(events) == ["opened", "closed"]
 
 
 def test_a_below_rule_mirrors_an_above_rule() -> None:
+    """A `below` rule opens and closes like an `above` rule, and its peak is the lowest value."""
     rules = parse_rules(
         '[[rule]]\nname = "umidade_baixa"\nmetric = "umidade"\nbelow = 30.0\nclear_above = 32.0\nfor_seconds = 2\n',
         "test",
@@ -109,6 +115,7 @@ def test_a_below_rule_mirrors_an_above_rule() -> None:
 
 
 def test_sensors_are_independent() -> None:
+    """One sensor's spike opens an alert for that sensor only."""
     engine = AlertEngine(TEMPERATURE_ONLY)
     mixed = sorted(temps([35.0] * 10) + temps([25.0] * 10, sensor=OTHER), key=lambda r: r[2])
     events = run(engine, mixed)
@@ -131,6 +138,8 @@ SILENCE = parse_rules('[[rule]]\nname = "sensor_silencioso"\nsilent_for_seconds 
 
 
 def test_a_silent_sensor_opens_an_alert_on_the_partitions_clock_and_its_next_reading_closes_it() -> None:
+    """Silence is measured on the partition's event-time clock (other sensors' readings move it);
+    the silent sensor's next reading closes the alert."""
     engine = AlertEngine(SILENCE)
     both = sorted(temps([25.0] * 10) + temps([25.0] * 120, sensor=OTHER), key=lambda r: r[2])
     events = run(engine, both, batch=5)
@@ -141,6 +150,7 @@ def test_a_silent_sensor_opens_an_alert_on_the_partitions_clock_and_its_next_rea
 
 
 def test_silence_on_an_idle_partition_follows_the_clock_it_is_given() -> None:
+    """On an idle partition silence follows the clock the consumer supplies, opening once."""
     engine = AlertEngine(SILENCE)
     run(engine, temps([25.0] * 3))
     last = T0 + timedelta(seconds=2)
@@ -177,6 +187,7 @@ def _reload(engine: AlertEngine) -> AlertEngine:
 def test_resuming_from_stored_state_gives_the_alerts_of_an_uninterrupted_run(
     values: list[float], cuts: list[int], batch: int
 ) -> None:
+    """Restarting from the stored state at any cut points gives exactly the alerts of an uninterrupted run."""
     rules = load_rules(None)
     readings = temps(values)
     straight = run(AlertEngine(rules), readings, batch)
@@ -196,6 +207,7 @@ def test_resuming_from_stored_state_gives_the_alerts_of_an_uninterrupted_run(
 
 
 def test_an_empty_evaluation_writes_nothing() -> None:
+    """Readings that change no state produce nothing to write (no transaction work per batch)."""
     assert not Evaluation().writes_anything
     engine = AlertEngine(TEMPERATURE_ONLY)
     assert not engine.evaluate(temps([25.0] * 50)).writes_anything

@@ -11,6 +11,8 @@ from iot_consumer.alerts.rules import SilenceRule, ThresholdRule, load_rules, pa
 
 
 def test_the_defaults_cover_the_seed_thresholds() -> None:
+    """Without a rules file the built-in rules apply: 30 °C with a 29.5 °C clear level, humidity
+    above 80 / below 30, and silence."""
     rules = load_rules(None)
     temperature = rules.by_name("temperatura_alta")
     assert isinstance(temperature, ThresholdRule)
@@ -24,6 +26,7 @@ def test_the_defaults_cover_the_seed_thresholds() -> None:
 
 
 def test_a_rules_file_is_read(tmp_path: Path) -> None:
+    """A TOML rules file is read; a rule without a clear level clears at its threshold."""
     path = tmp_path / "rules.toml"
     path.write_text('[[rule]]\nname = "quente"\nmetric = "temperatura"\nabove = 26\n', encoding="utf-8")
     rules = load_rules(path)
@@ -57,11 +60,13 @@ def test_a_rules_file_is_read(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_rules_file_fails_with_a_readable_message(text: str, message: str) -> None:
+    """Each kind of mistake in a rules file is refused with a message naming the rule and the field."""
     with pytest.raises(ConfigError, match=r"^alert rules test: ") as caught:
         parse_rules(text, "test")
     assert message in str(caught.value)
 
 
 def test_a_missing_rules_file_names_the_variable(tmp_path: Path) -> None:
+    """A rules file that cannot be read is reported with ALERT_RULES_FILE and the path."""
     with pytest.raises(ConfigError, match=r"ALERT_RULES_FILE=.*nope.toml: cannot read it"):
         load_rules(tmp_path / "nope.toml")

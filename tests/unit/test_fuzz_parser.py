@@ -79,18 +79,21 @@ def _check(raw: bytes | None) -> None:
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_never_crash_the_parser(raw: bytes) -> None:
+    """Any bytes: a valid reading or InvalidReading with a known reason, never another exception."""
     _check(raw)
 
 
 @settings(max_examples=600)
 @given(json_values)
 def test_arbitrary_json_never_crashes_the_parser(value: object) -> None:
+    """Any JSON value: a valid reading or InvalidReading with a known reason, never another exception."""
     _check(dumps(value))
 
 
 @settings(max_examples=800)
 @given(near_valid)
 def test_near_valid_readings_are_accepted_or_rejected_with_a_reason(body: dict[str, object]) -> None:
+    """Readings with one field perturbed are accepted or rejected with a known reason, never crash."""
     _check(dumps(body))
 
 
@@ -104,6 +107,7 @@ def test_near_valid_readings_are_accepted_or_rejected_with_a_reason(body: dict[s
 def test_every_valid_reading_is_accepted_unchanged(
     sensor: object, when: datetime, temperature: float, humidity: float
 ) -> None:
+    """Every valid reading, in any time zone, is accepted with the same instant in UTC and the same values."""
     body = {"sensor_id": str(sensor), "timestamp": when.isoformat(), "temperatura": temperature, "umidade": humidity}
     reading = validate_reading(orjson.dumps(body), DEFAULT_LIMITS, NOW)
     # Same instant as the text says (comparing with `when` itself is False inside a DST gap, PEP 495).
@@ -125,6 +129,7 @@ def test_copy_buffer_holds_only_canonical_values(values: list[bytes]) -> None:
 
 
 def test_sql_looking_content_is_dead_lettered() -> None:
+    """SQL in a field never reaches a COPY line: the message is a dead letter (bad_uuid)."""
     body = {
         "sensor_id": "1'); DROP TABLE sensores; --",
         "timestamp": (NOW - timedelta(hours=1)).isoformat(),

@@ -60,6 +60,7 @@ def test_backoff_grows_to_its_cap_with_bounded_jitter() -> None:
 
 
 def test_backoff_rejects_nonsense() -> None:
+    """A schedule whose first wait exceeds its cap is refused at construction."""
     with pytest.raises(ValueError, match="wait_initial"):
         Backoff(wait_initial=5, wait_max=1)
 

@@ -62,6 +62,7 @@ def test_z_suffix_and_integers_are_accepted() -> None:
 
 
 def test_uppercase_uuid_is_canonicalised() -> None:
+    """Upper-case sensor ids are stored in the canonical lower-case form."""
     assert validate_reading(payload(sensor_id=SENSOR.upper()), now=NOW).sensor_id == SENSOR
 
 

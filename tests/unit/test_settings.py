@@ -8,6 +8,7 @@ from iot_common.settings import ConfigError, KafkaSettings, ObservabilitySetting
 
 
 def test_defaults_point_at_the_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no variables set, every service points at the local stack `make stack-up` starts."""
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "POSTGRES_HOST", "METRICS_PORT"):
         monkeypatch.delenv(name, raising=False)
     kafka = load_settings(KafkaSettings)
@@ -25,6 +26,7 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_non_numeric_port_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-numeric port is refused with the variable and the value given."""
     monkeypatch.setenv("POSTGRES_PORT", "fivefour")
     with pytest.raises(ConfigError, match="POSTGRES_PORT='fivefour'"):
         load_settings(PostgresSettings)
@@ -65,6 +67,7 @@ def test_password_never_appears_in_errors_or_repr(monkeypatch: pytest.MonkeyPatc
 
 
 def test_missing_ca_file_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    """A Kafka CA file that does not exist is refused at start, naming KAFKA_SSL_CAFILE."""
     monkeypatch.setenv("KAFKA_SSL_CAFILE", "/nonexistent/ca.pem")
     with pytest.raises(ConfigError, match="KAFKA_SSL_CAFILE"):
         load_settings(KafkaSettings)

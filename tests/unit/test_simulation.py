@@ -33,6 +33,7 @@ def test_same_seed_gives_same_fleet_and_values() -> None:
 
 
 def test_values_stay_in_range_with_two_decimals() -> None:
+    """Simulated values stay within 20-30 °C and 30-80 %, with two decimals and UTC timestamps."""
     fleet = SensorFleet(3, seed=1)
     for index in range(3):
         for reading in readings(fleet, 3000, index):
@@ -52,6 +53,7 @@ def test_values_evolve_smoothly() -> None:
 
 
 def test_per_sensor_timestamps_strictly_increase_even_when_clock_repeats() -> None:
+    """A sensor's timestamps strictly increase even when the clock returns the same instant."""
     fleet = SensorFleet(1, seed=3)
     sensor = fleet.sensors[0]
     stamps = [fleet.next_reading(sensor, START).timestamp for _ in range(5)]  # type: ignore[union-attr]
@@ -65,22 +67,26 @@ def test_spike_anomaly_goes_above_the_range() -> None:
 
 
 def test_missing_anomaly_skips_readings() -> None:
+    """The `missing` anomaly skips readings (a gap in the sensor's series)."""
     fleet = SensorFleet(1, seed=5, anomaly_rate=1.0, anomaly_kinds=(Anomaly.MISSING,))
     assert len(readings(fleet, 100)) < 100
 
 
 def test_stuck_anomaly_repeats_values() -> None:
+    """The `stuck` anomaly repeats the same values."""
     fleet = SensorFleet(1, seed=5, anomaly_rate=1.0, anomaly_kinds=(Anomaly.STUCK,))
     values = [(r.temperatura, r.umidade) for r in readings(fleet, 30)]
     assert any(a == b for a, b in itertools.pairwise(values))
 
 
 def test_no_anomalies_by_default() -> None:
+    """Without an anomaly rate every reading is produced."""
     fleet = SensorFleet(2, seed=9, ranges=Ranges(20, 30, 30, 80))
     assert len(readings(fleet, 500)) == 500
 
 
 def test_a_scripted_spike_drives_only_the_first_sensor_above_the_range_for_its_readings() -> None:
+    """`--spike 3:4` drives sensor 0 to about the peak for readings 3-6, and no other sensor."""
     spike = ScriptedSpike.parse("3:4", default_peak=35.0)
     fleet = SensorFleet(3, seed=9, spike=spike)
     start = datetime(2026, 11, 28, tzinfo=UTC)
@@ -107,6 +113,7 @@ def test_a_scripted_spike_drives_only_the_first_sensor_above_the_range_for_its_r
     ],
 )
 def test_a_bad_spike_is_refused_with_the_format(text: str, message: str) -> None:
+    """A malformed `--spike` is refused with the expected format in the message."""
     with pytest.raises(ValueError, match=r"^spike ") as caught:
         ScriptedSpike.parse(text, default_peak=35.0)
     assert message in str(caught.value)

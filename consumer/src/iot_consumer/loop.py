@@ -357,8 +357,8 @@ class ConsumerService:
             log.debug("kafka_commit_failed", error=repr(exc))
 
     # ------------------------------------------------------------------ once a second
-    def _watch_progress(self, consumer: KafkaConsumer, now: float) -> None:
-        """Lag per partition, stalls (outages.StallWatch), and a topic re-created under us."""
+    def _watch_progress(self, consumer: KafkaConsumer, now: float) -> dict[int, int]:
+        """Lag per partition (returned), stalls (outages.StallWatch), and a topic re-created under us."""
         lags = self.positions.update_lag(consumer)
         self.stalls.update(self.positions.position, lags, [t.what for t in self.troubles.active.values()], now)
         m.BLOCKED.set(1 if self.troubles.persistent() else 0)
@@ -368,13 +368,14 @@ class ConsumerService:
         if topic_id is not None and self.positions.topic_id is not None and topic_id != self.positions.topic_id:
             log.warning("topic_id_changed", topic=self.topic, old=str(self.positions.topic_id), new=str(topic_id))
             self.positions.invalidate()
+        return lags
 
-    def _advance_alert_clocks(self, consumer: KafkaConsumer) -> None:
+    def _advance_alert_clocks(self, lags: dict[int, int]) -> None:
         """Silence needs a clock that moves without readings (see AlertStage.evaluate_idle)."""
         alerts = self.sink.alerts
         if alerts is None or not self.database.ok:
             return
-        fence = self.positions.caught_up(consumer)
+        fence = self.positions.caught_up(lags)
         evaluation = alerts.evaluate_idle(fence, self.options.alert_clock_grace_s)
         if evaluation is None:
             return
@@ -393,8 +394,8 @@ class ConsumerService:
         """What runs on a clock rather than per batch."""
         now = time.monotonic()
         if now >= self._next["second"]:
-            self._watch_progress(consumer, now)
-            self._advance_alert_clocks(consumer)
+            lags = self._watch_progress(consumer, now)
+            self._advance_alert_clocks(lags)
             self._next["second"] = now + 1.0
         if now >= self._next["database_check"]:
             # An idle replica writes nothing, so it would not notice PostgreSQL going away

@@ -346,30 +346,28 @@ class PartitionPositions:
 
     # ------------------------------------------------------------------ observation
     def update_lag(self, consumer: KafkaConsumer) -> dict[int, int]:
-        """Messages waiting per consumed partition (from the fetcher's high watermarks)."""
+        """Messages waiting per consumed partition (from the fetcher's high watermarks, as of
+        its last fetch); partitions whose high watermark is not known yet are left out."""
+        lags: dict[int, int] = {}
         for partition, next_offset in self.position.items():
             try:
                 highwater = consumer.highwater(TopicPartition(self.topic, partition))
             except KafkaError:
                 continue
             if highwater is not None:
-                lag = max(0, highwater - next_offset)
-                self._lag[partition] = lag
-                m.LAG.labels(str(partition)).set(lag)
-        return dict(self._lag)
+                lags[partition] = max(0, highwater - next_offset)
+                m.LAG.labels(str(partition)).set(lags[partition])
+        self._lag.update(lags)
+        return lags
 
-    def caught_up(self, consumer: KafkaConsumer) -> dict[int, int]:
-        """Consumed partitions with nothing waiting in Kafka → their stored position (a fence)."""
-        fence: dict[int, int] = {}
-        for partition, next_offset in self.position.items():
-            stored = self.stored.get(partition)
-            try:
-                highwater = consumer.highwater(TopicPartition(self.topic, partition))
-            except KafkaError:
-                continue
-            if highwater is not None and next_offset >= highwater and stored is not None:
-                fence[partition] = stored
-        return fence
+    def caught_up(self, lags: dict[int, int]) -> dict[int, int]:
+        """Partitions with nothing waiting (per ``lags`` from update_lag) → their stored
+        position, the fence for writes that concern them."""
+        return {
+            partition: stored
+            for partition, stored in self.stored.items()
+            if stored is not None and partition in self.position and lags.get(partition) == 0
+        }
 
 
 @dataclass(frozen=True)
