@@ -10,7 +10,6 @@ usage: python -m bench.alerts_bench [--readings 200000] [--rounds 3]
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import time
@@ -19,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg2.extensions
 
-from bench.common import RESULTS, Table, consume_once, drop_topic, fmt, fresh_topic, prefill, save
+from bench.common import RESULTS, Table, consume_once, drop_topic, fmt, fresh_topic, prefill, readings_and_rounds, save
 from iot_consumer.alerts.engine import AlertEngine
 from iot_consumer.alerts.rules import load_rules
 
@@ -69,11 +68,7 @@ def consume(topic: str, readings: int, alerts: bool) -> tuple[float, int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readings", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args = readings_and_rounds(__doc__)
     normal_us, spiky_us = engine_cost(args.readings)
     engine_table = Table(
         f"AlertEngine alone (built-in rules, 1,000 sensors, {args.readings:,} readings, median of 5)",

@@ -11,10 +11,20 @@ usage: python -m bench.codec_bench [--readings 200000] [--rounds 3]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
-from bench.common import RESULTS, STACK, Table, consume_once, drop_topic, fmt, fresh_topic, prefill, save
+from bench.common import (
+    RESULTS,
+    STACK,
+    Table,
+    consume_once,
+    drop_topic,
+    fmt,
+    fresh_topic,
+    prefill,
+    readings_and_rounds,
+    save,
+)
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 
@@ -31,11 +41,7 @@ def consume(topic: str, readings: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readings", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args = readings_and_rounds(__doc__)
     measured: dict[str, tuple[float, float, float, float, list[float]]] = {}
     for codec in CODECS:
         topic = fresh_topic(f"codec_{codec}")

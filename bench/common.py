@@ -3,6 +3,7 @@ and result tables printed and saved under bench/results/."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -242,6 +243,16 @@ def save(name: str, tables: list[Table], header: str = "") -> Path:
     (RESULTS / "history" / f"{name}-{stamp}.md").write_text(text)
     (RESULTS / f"{name}.json").write_text(json.dumps([t.__dict__ for t in tables], indent=2))
     return latest
+
+
+def readings_and_rounds(doc: str | None, readings: int = 200_000, rounds: int = 3) -> argparse.Namespace:
+    """The usual benchmark arguments (--readings, --rounds); makes bench/results/."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readings", type=int, default=readings)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return args
 
 
 def fmt(value: float, digits: int = 0) -> str:
