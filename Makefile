@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PACKAGES := common producer consumer exporter dashboard
-PYPROJECTS := pyproject.toml $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
+PYPROJECTS := pyproject.toml $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.lock
 
 # Ports of the pipeline started by `make run` (each process serves /metrics, /healthz, /readyz).
 PRODUCER_METRICS_PORT ?= 8001
@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev stack-up stack-down stack-status run dashboard test test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -28,10 +28,16 @@ $(STAMP): $(PYPROJECTS)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s)" % sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install -q $(foreach p,$(PACKAGES),-e ./$(p)) --group dev
+	# Exactly the locked versions (hashes checked), then our packages on top, editable.
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --no-deps $(foreach p,$(PACKAGES),-e ./$(p))
 	touch $@
 
 dev: $(STAMP) ## Create .venv with every package installed editable, plus pytest, ruff, mypy
+
+lock: ## Regenerate the hashed dependency locks after changing a pyproject.toml (scripts/lock.sh)
+	test -x $(BIN)/uv || $(MAKE) dev
+	scripts/lock.sh
 
 stack-up: ## Start Kafka 4.3.1 (localhost:9092, topic iot_sensores) and PostgreSQL (localhost:5432)
 	stack/stack.sh up

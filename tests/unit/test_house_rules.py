@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
+import tomllib
+from pathlib import Path
 
 from tests.helpers import REPO
 
@@ -52,3 +55,56 @@ def test_git_tracks_no_build_output() -> None:
         p for p in tracked.splitlines() if "/target/" in p or p.startswith(("build/", "dist/")) or ".egg-info/" in p
     ]
     assert offenders == []
+
+
+def _locked(path: Path) -> dict[str, str]:
+    """name → version of a hashed lock; every pin must carry its hashes."""
+    pins: dict[str, str] = {}
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", path.read_text())
+    for block in blocks:
+        match = re.match(r"([A-Za-z0-9_.-]+)==([^ \\;\n]+)", block)
+        if match:
+            assert "--hash=sha256:" in block, f"{path.name}: {match.group(0)} has no hash"
+            pins[match.group(1).lower().replace("_", "-")] = match.group(2)
+    assert pins, path
+    return pins
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[ \[(<>=!;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+SERVICES = ("producer", "consumer", "exporter", "dashboard")
+
+
+def test_each_image_installs_exactly_its_own_locked_dependencies() -> None:
+    """Per service: its Dockerfile installs its own hashed lock (--require-hashes), the lock
+    holds every dependency its pyproject and common's chosen extras declare, and nothing a
+    service does not import (the producer has no PostgreSQL driver, the exporter no Kafka client)."""
+    common = tomllib.loads((REPO / "common" / "pyproject.toml").read_text())["project"]
+    for service in SERVICES:
+        project = tomllib.loads((REPO / service / "pyproject.toml").read_text())["project"]
+        locked = _locked(REPO / service / "requirements.lock")
+        (common_req,) = [r for r in project["dependencies"] if r.startswith("iot-common")]
+        extras = re.findall(r"\[(.*)\]", common_req)[0].split(",")
+        wanted = _requirement_names([r for r in project["dependencies"] if not r.startswith("iot-common")])
+        wanted |= _requirement_names(common["dependencies"])
+        for extra in extras:
+            wanted |= _requirement_names(common["optional-dependencies"][extra])
+        assert wanted <= locked.keys(), (service, wanted - locked.keys())
+        dockerfile = (REPO / service / "Dockerfile").read_text()
+        assert f"COPY {service}/requirements.lock" in dockerfile
+        assert "--require-hashes --no-deps -r /src/requirements.lock" in dockerfile
+        assert f"--no-deps ./common ./{service}" in dockerfile
+    assert "psycopg2-binary" not in _locked(REPO / "producer" / "requirements.lock")
+    assert "kafka-python" not in _locked(REPO / "exporter" / "requirements.lock")
+    assert _locked(REPO / "consumer" / "requirements.lock")["kafka-python"] == "3.0.12"
+
+
+def test_make_dev_installs_the_dev_lock() -> None:
+    """`make dev` installs requirements-dev.lock with hashes checked, then our packages without
+    dependencies: what a developer runs is what was locked."""
+    makefile = (REPO / "Makefile").read_text()
+    assert "--require-hashes --no-deps -r requirements-dev.lock" in makefile
+    locked = _locked(REPO / "requirements-dev.lock")
+    assert {"pytest", "ruff", "mypy", "kafka-python", "psycopg2-binary", "streamlit", "openpyxl"} <= locked.keys()
