@@ -1,11 +1,70 @@
 #!/usr/bin/env bash
-# Tools the offline deployment checks need, installed into .tools/bin (not system-wide):
-#   helm — built from source with `go install` (the Go module proxy is reachable where
-#          helm's release downloads are not).
+# Tools the deployment tests need, built from the Go module proxy into .tools/bin (not
+# system-wide; release downloads and registries are out of reach here):
+#   scripts/install-tools.sh             helm (chart tests)
+#   scripts/install-tools.sh compose     docker-compose v2 (tests/compose)       ~/.cache/iot-monitor/bin
+#   scripts/install-tools.sh prometheus  pushgateway + prometheus for the Compose stand-in images (same)
+# A module whose go.mod has exclude/replace directives cannot be built with `go install
+# pkg@version`; those are built inside a small module of ours that repeats the directives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+COMPOSE_VERSION=${COMPOSE_VERSION:-v2.40.3}
+PUSHGATEWAY_VERSION=${PUSHGATEWAY_VERSION:-v1.11.1}
+PROMETHEUS_MODULE_VERSION=${PROMETHEUS_MODULE_VERSION:-v0.305.0}  # Prometheus v3.5.0
 mkdir -p .tools/bin
+# The big ones are cached per machine, outside the clone, and rebuilt only for a new version.
+TOOLS=${IOT_TOOLS_CACHE:-$HOME/.cache/iot-monitor/bin}
+mkdir -p "$TOOLS"
+
+# build_in_module NAME MODULE VERSION PACKAGE LDFLAGS DIRECTIVES: go build PACKAGE inside a module
+# that requires MODULE@VERSION and repeats its go.mod DIRECTIVES.
+build_in_module() {
+  local name=$1 module=$2 version=$3 package=$4 ldflags=$5 directives=$6 dir
+  dir=$(mktemp -d)
+  printf 'module iot-monitor.local/tools/%s\n\ngo 1.24\n\nrequire %s %s\n\n%s\n' "$name" "$module" "$version" "$directives" >"$dir/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" >"$dir/tools.go"
+  (cd "$dir" && go mod tidy && go build -trimpath -ldflags "$ldflags" -o "$TOOLS/$name" "$package")
+  rm -rf "$dir"
+}
+
+case "${1:-helm}" in
+  compose)
+    if [[ -x $TOOLS/docker-compose ]] && "$TOOLS/docker-compose" version --short 2>/dev/null | grep -q "${COMPOSE_VERSION#v}"; then
+      exit 0
+    fi
+    echo "[tools] building docker-compose $COMPOSE_VERSION from the Go module proxy (minutes the first time)"
+    build_in_module docker-compose github.com/docker/compose/v2 "$COMPOSE_VERSION" github.com/docker/compose/v2/cmd \
+      "-s -w -X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION" \
+      "exclude (
+	github.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc
+	github.com/pmezard/go-difflib v1.0.1-0.20181226105442-5d4384ee4fb2
+)"
+    exit 0
+    ;;
+  prometheus)
+    if ! "$TOOLS/pushgateway" --version 2>&1 | grep -q "${PUSHGATEWAY_VERSION#v}"; then
+      echo "[tools] building pushgateway $PUSHGATEWAY_VERSION"
+      build_in_module pushgateway github.com/prometheus/pushgateway "$PUSHGATEWAY_VERSION" \
+        github.com/prometheus/pushgateway "-s -w -X github.com/prometheus/common/version.Version=${PUSHGATEWAY_VERSION#v}" ""
+    fi
+    if [[ ! -x $TOOLS/prometheus-$PROMETHEUS_MODULE_VERSION ]]; then
+      echo "[tools] building prometheus (module $PROMETHEUS_MODULE_VERSION; many minutes the first time)"
+      build_in_module prometheus github.com/prometheus/prometheus "$PROMETHEUS_MODULE_VERSION" \
+        github.com/prometheus/prometheus/cmd/prometheus "-s -w" \
+        "exclude github.com/linode/linodego v1.0.0
+exclude (
+	github.com/grpc-ecosystem/grpc-gateway v1.14.7
+	google.golang.org/api v0.30.0
+)
+replace github.com/fsnotify/fsnotify v1.8.0 => github.com/fsnotify/fsnotify v1.7.0"
+      mv "$TOOLS/prometheus" "$TOOLS/prometheus-$PROMETHEUS_MODULE_VERSION"
+    fi
+    exit 0
+    ;;
+  helm) ;;
+  *) echo "usage: $0 [helm|compose|prometheus]" >&2; exit 2 ;;
+esac
 if [[ -x .tools/bin/helm ]] && .tools/bin/helm version --short 2>/dev/null | grep -q "${HELM_VERSION%.*}"; then
   exit 0
 fi

@@ -1,0 +1,229 @@
+"""`docker compose up` of our docker-compose.yml, for real.
+
+Needs a Docker daemon and docker-compose v2 (`scripts/install-tools.sh compose` builds it from
+the Go module proxy). The third-party images cannot be pulled here, so the test selects local
+stand-ins that honour the same contract (tests/compose/standins/: Kafka 4.3.1 through Kafka's
+own Docker wrapper, Debian's PostgreSQL with the official entrypoint's contract, Pushgateway and
+Prometheus built from their Go modules) through the variables the file offers (`KAFKA_IMAGE`,
+...), and builds our four images with docker/build-images.sh. Without a daemon the module is
+skipped, unless IOT_REQUIRE_COMPOSE_TESTS=1 (CI), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import openpyxl
+import psycopg2
+import pytest
+
+from tests.helpers import REPO, wait_until
+
+pytestmark = pytest.mark.compose
+
+PROJECT = "iot-compose-test"
+TOOLS = Path(os.environ.get("IOT_TOOLS_CACHE", Path.home() / ".cache" / "iot-monitor" / "bin"))
+POSTGRES_PORT = 15432  # docker-compose.yml publishes PostgreSQL here
+
+
+def _docker_ok() -> bool:
+    return (
+        shutil.which("docker") is not None
+        and subprocess.run(["docker", "info"], check=False, capture_output=True).returncode == 0
+    )
+
+
+@pytest.fixture(scope="module")
+def compose_env() -> dict[str, str]:
+    """Stand-in images built, our images built, the compose binary ready: the environment for it."""
+    if not _docker_ok():
+        if os.environ.get("IOT_REQUIRE_COMPOSE_TESTS") == "1":
+            pytest.fail("IOT_REQUIRE_COMPOSE_TESTS=1 but no Docker daemon answers `docker info`")
+        pytest.skip("no Docker daemon (CI runs these: .ci/run starts one)")
+    subprocess.run([str(REPO / "scripts" / "install-tools.sh"), "compose"], check=True, timeout=3600)
+    out = subprocess.run(
+        [str(REPO / "tests" / "compose" / "standins" / "build.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    ).stdout
+    images = dict(line.split("=", 1) for line in out.split() if "=" in line)
+    env = {
+        **os.environ,
+        **images,
+        "COMPOSE_PROJECT_NAME": PROJECT,
+        "EXPORT_INTERVAL_SECONDS": "15",
+        "PRODUCER_SENSORS": "20",
+    }
+    subprocess.run(
+        [str(REPO / "docker" / "build-images.sh"), "dev"], check=True, env=env, timeout=1800, capture_output=True
+    )
+    return env
+
+
+def compose(
+    env: dict[str, str], *args: str, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TOOLS / "docker-compose"), "-f", str(REPO / "docker-compose.yml"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack_up(compose_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    compose(compose_env, "down", "-v", "--remove-orphans", check=False)
+    try:
+        yield compose_env
+    finally:
+        logs = compose(compose_env, "logs", "--no-color", "--tail", "200", check=False).stdout
+        (REPO / ".artifacts").mkdir(exist_ok=True)
+        (REPO / ".artifacts" / "compose.log").write_text(logs)
+        compose(compose_env, "down", "-v", "--remove-orphans", check=False, timeout=300)
+
+
+def states(env: dict[str, str]) -> dict[str, list[dict[str, str]]]:
+    """service → its containers' state and health, from `docker compose ps`."""
+    out = compose(env, "ps", "--all", "--format", "json").stdout
+    rows = (
+        [json.loads(line) for line in out.splitlines() if line.strip()]
+        if not out.lstrip().startswith("[")
+        else json.loads(out)
+    )
+    by_service: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_service.setdefault(row["Service"], []).append(row)
+    return by_service
+
+
+def all_up(env: dict[str, str]) -> bool:
+    found = states(env)
+    expected = {
+        "kafka",
+        "kafka-init",
+        "postgres",
+        "producer",
+        "consumer",
+        "exporter",
+        "dashboard",
+        "pushgateway",
+        "prometheus",
+    }
+    if not expected <= found.keys():
+        return False
+    for service, rows in found.items():
+        for row in rows:
+            if service == "kafka-init":
+                if not (row["State"] == "exited" and "(0)" in row.get("Status", "")):
+                    return False
+            elif row["State"] != "running" or row.get("Health") not in ("", "healthy"):
+                return False
+    return len(found["consumer"]) == 2
+
+
+def sql(query: str) -> list[tuple[object, ...]]:
+    conn = psycopg2.connect(host="127.0.0.1", port=POSTGRES_PORT, user="iot", password="iot", dbname="iot")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def rows() -> int:
+    try:
+        return int(str(sql("SELECT count(*) FROM sensores")[0][0]))
+    except psycopg2.Error:
+        return 0
+
+
+def test_compose_runs_the_pipeline_and_down_up_keeps_every_reading(stack_up: dict[str, str], tmp_path: Path) -> None:
+    """`docker compose up`: every service healthy (2 consumer replicas), readings arrive, the
+    exporter writes today's CSV and XLSX files, which open. `docker compose down` then `up` keeps the Kafka log and the
+    database: the topic's offsets go on from where they were, the consumers continue exactly at
+    their stored positions (no offset gap, no reading missing or twice: `iot-consumer verify`)."""
+    env = stack_up
+    compose(env, "up", "-d", timeout=900)
+    wait_until(lambda: all_up(env), 300, "every service running and healthy", interval=3)
+    wait_until(lambda: rows() >= 200, 180, "readings in sensores", interval=2)
+    day = datetime.now(UTC).date().isoformat()
+    wait_until(
+        lambda: f"sensores_{day}.xlsx" in compose(env, "exec", "-T", "exporter", "ls", "/exports", check=False).stdout,
+        120,
+        "today's export files",
+        interval=3,
+    )
+    exports = compose(env, "exec", "-T", "exporter", "ls", "/exports").stdout.split()
+    assert f"sensores_{day}.csv" in exports
+    copied = tmp_path / "exports"
+    compose(env, "cp", "exporter:/exports", str(copied))
+    header = (copied / f"sensores_{day}.csv").read_text().splitlines()[0]
+    assert header.split(",")[:4] == ["sensor_id", "timestamp", "temperatura", "umidade"]
+    sheet = openpyxl.load_workbook(copied / f"sensores_{day}.xlsx", read_only=True).worksheets[0]
+    table = list(sheet.iter_rows(values_only=True))
+    assert list(table[0][:4]) == ["sensor_id", "timestamp", "temperatura", "umidade"]
+    assert len(table) > 1
+
+    compose(env, "stop", "producer")  # a quiet topic: every reading written before the restart
+    wait_until(
+        lambda: (
+            compose(
+                env, "exec", "-T", "consumer", "iot-consumer", "verify", "--expect-caught-up", check=False
+            ).returncode
+            == 0
+        ),
+        120,
+        "caught up",
+    )
+    before = {
+        int(str(p)): int(str(o))
+        for p, o in sql("SELECT kafka_partition, next_offset FROM consumer_positions WHERE topic = 'iot_sensores'")
+    }
+    rows_before = rows()
+
+    compose(env, "down", timeout=300)  # no -v: the volumes stay
+    compose(env, "up", "-d", timeout=900)
+    wait_until(lambda: all_up(env), 300, "every service running again", interval=3)
+    wait_until(lambda: rows() >= rows_before + 100, 180, "new readings after down/up", interval=2)
+    compose(env, "stop", "producer")
+    wait_until(
+        lambda: (
+            compose(
+                env, "exec", "-T", "consumer", "iot-consumer", "verify", "--expect-caught-up", check=False
+            ).returncode
+            == 0
+        ),
+        120,
+        "caught up again",
+    )
+
+    # The log kept its offsets: each partition's new rows start exactly at the stored position.
+    for partition, position in before.items():
+        first_new = sql(
+            f"SELECT min(kafka_offset) FROM sensores WHERE kafka_partition = {int(partition)} AND kafka_offset >= {int(position)}"
+        )[0][0]
+        if first_new is not None:
+            assert first_new == position, (partition, position, first_new)
+    assert sql("SELECT count(*) FROM offset_gaps")[0][0] == 0
+    assert (
+        sql('SELECT count(*) FROM (SELECT 1 FROM sensores GROUP BY sensor_id, "timestamp" HAVING count(*) > 1) d')[0][0]
+        == 0
+    )
+    verify = compose(env, "exec", "-T", "consumer", "iot-consumer", "verify", "--json")
+    report = json.loads(verify.stdout)
+    assert (report["missing"], report["duplicates"], report["lag"]) == (0, 0, 0)
+    logs = compose(env, "logs", "--no-color", "consumer").stdout
+    assert '"event":"offset_gap"' not in logs
