@@ -75,7 +75,7 @@ test-unit: dev ## Unit tests only (no servers needed)
 test-integration: dev stack-up ## Integration tests against the local Kafka and PostgreSQL
 	scripts/pytest.sh -m "integration and not chaos" tests
 
-test: dev lint typecheck stack-up ## Lint, types, unit, integration, deployment and image tests
+test: dev lint typecheck stack-up ## Lint, types, unit, integration, deployment, image and Compose tests
 	scripts/pytest.sh -m "not chaos" tests
 
 test-compose: dev stack-up ## docker compose up/down/up of docker-compose.yml for real (Docker daemon; stand-in images)
