@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from iot_common.retry import Backoff
+from iot_consumer.gaps import GapKind, classify
 from iot_consumer.outages import StallWatch, Troubles
-from iot_consumer.positions import GapKind, classify
 
 OLD, NEW = uuid.uuid4(), uuid.uuid4()
 

@@ -26,8 +26,9 @@ from iot_consumer.alerts.outbox import OutboxPublisher
 from iot_consumer.alerts.rules import RuleSet, ThresholdRule, load_rules
 from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.deadletters import DeadLetterFilter, replay, samples, summarize
+from iot_consumer.gaps import classify
 from iot_consumer.loop import ConsumerOptions, ConsumerService
-from iot_consumer.positions import OffsetGapPolicy, classify, reset_positions
+from iot_consumer.positions import OffsetGapPolicy, reset_positions
 from iot_consumer.schema import migrate, transaction
 from iot_consumer.sink import PostgresSink
 from iot_consumer.verify import kafka_log, reconcile

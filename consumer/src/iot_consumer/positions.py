@@ -37,6 +37,7 @@ from kafka.errors import KafkaError
 from iot_common.logging import get_logger
 from iot_common.retry import Backoff
 from iot_consumer import metrics as m
+from iot_consumer.gaps import GapKind, OffsetGap, classify
 from iot_consumer.sink import PostgresSink
 
 log = get_logger(__name__)
@@ -46,77 +47,6 @@ class OffsetGapPolicy(StrEnum):
     FAIL = "fail"
     RESUME_EARLIEST = "resume-earliest"
     RESUME_LATEST = "resume-latest"
-
-
-class GapKind(StrEnum):
-    TOPIC_RECREATED = "topic_recreated"
-    AHEAD_OF_LOG = "ahead_of_log"
-    BEHIND_LOG_START = "behind_log_start"
-
-
-@dataclass(frozen=True)
-class OffsetGap:
-    """Partition ``partition`` should go on at ``position``, which its log does not hold."""
-
-    partition: int
-    kind: GapKind
-    position: int
-    log_start: int
-    log_end: int
-    stored_topic_id: uuid.UUID | None = None
-    topic_id: uuid.UUID | None = None
-
-    @property
-    def records_lost(self) -> int | None:
-        """Records removed before anyone read them (known only for ``behind_log_start``)."""
-        return self.log_start - self.position if self.kind is GapKind.BEHIND_LOG_START else None
-
-    def log_fields(self) -> dict[str, Any]:
-        return {
-            "partition": self.partition,
-            "kind": self.kind.value,
-            "stored_position": self.position,
-            "log_start": self.log_start,
-            "log_end": self.log_end,
-            "records_lost": self.records_lost,
-            "detail": self.describe(),
-        }
-
-    def describe(self) -> str:
-        if self.kind is GapKind.TOPIC_RECREATED:
-            return (
-                f"partition {self.partition}: topic re-created (id {self.stored_topic_id} -> {self.topic_id}); "
-                f"stored position {self.position}, new log {self.log_start}..{self.log_end}"
-            )
-        if self.kind is GapKind.AHEAD_OF_LOG:
-            return (
-                f"partition {self.partition}: stored position {self.position} is beyond the log end {self.log_end} "
-                "(log re-created or truncated)"
-            )
-        return (
-            f"partition {self.partition}: stored position {self.position} is before the log start {self.log_start}: "
-            f"{self.records_lost} records were deleted unread (retention)"
-        )
-
-
-def classify(
-    partition: int,
-    position: int,
-    log_start: int,
-    log_end: int,
-    stored_topic_id: uuid.UUID | None,
-    topic_id: uuid.UUID | None,
-) -> OffsetGap | None:
-    """The gap between a position and the partition's log, or None when the log holds it."""
-    if stored_topic_id is not None and topic_id is not None and stored_topic_id != topic_id:
-        kind = GapKind.TOPIC_RECREATED
-    elif position > log_end:
-        kind = GapKind.AHEAD_OF_LOG
-    elif position < log_start:
-        kind = GapKind.BEHIND_LOG_START
-    else:
-        return None
-    return OffsetGap(partition, kind, position, log_start, log_end, stored_topic_id, topic_id)
 
 
 class AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]

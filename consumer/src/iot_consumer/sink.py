@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import psycopg2
 import psycopg2.extensions
@@ -26,10 +26,8 @@ from iot_common.settings import PostgresSettings
 from iot_consumer.alerts.engine import Evaluation
 from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.batch import MAX_STORED_PAYLOAD, Batch, DeadLetter
+from iot_consumer.gaps import OffsetGap
 from iot_consumer.schema import DailyPartitions
-
-if TYPE_CHECKING:
-    from iot_consumer.positions import OffsetGap
 
 log = get_logger(__name__)
 
