@@ -150,6 +150,13 @@ def rows() -> int:
         return 0
 
 
+def stop_producing_and_catch_up(env: dict[str, str], what: str) -> None:
+    """Stop the producer (a quiet topic) and wait until the consumers wrote every reading."""
+    compose(env, "stop", "producer")
+    verify = ["exec", "-T", "consumer", "iot-consumer", "verify", "--expect-caught-up"]
+    wait_until(lambda: compose(env, *verify, check=False).returncode == 0, 120, what)
+
+
 def test_compose_runs_the_pipeline_and_down_up_keeps_every_reading(stack_up: dict[str, str], tmp_path: Path) -> None:
     """`docker compose up`: every service healthy (2 consumer replicas), readings arrive, the
     exporter writes today's CSV and XLSX files, which open. `docker compose down` then `up` keeps the Kafka log and the
@@ -177,17 +184,7 @@ def test_compose_runs_the_pipeline_and_down_up_keeps_every_reading(stack_up: dic
     assert list(table[0][:4]) == ["sensor_id", "timestamp", "temperatura", "umidade"]
     assert len(table) > 1
 
-    compose(env, "stop", "producer")  # a quiet topic: every reading written before the restart
-    wait_until(
-        lambda: (
-            compose(
-                env, "exec", "-T", "consumer", "iot-consumer", "verify", "--expect-caught-up", check=False
-            ).returncode
-            == 0
-        ),
-        120,
-        "caught up",
-    )
+    stop_producing_and_catch_up(env, "caught up")
     before = {
         int(str(p)): int(str(o))
         for p, o in sql("SELECT kafka_partition, next_offset FROM consumer_positions WHERE topic = 'iot_sensores'")
@@ -198,17 +195,7 @@ def test_compose_runs_the_pipeline_and_down_up_keeps_every_reading(stack_up: dic
     compose(env, "up", "-d", timeout=900)
     wait_until(lambda: all_up(env), 300, "every service running again", interval=3)
     wait_until(lambda: rows() >= rows_before + 100, 180, "new readings after down/up", interval=2)
-    compose(env, "stop", "producer")
-    wait_until(
-        lambda: (
-            compose(
-                env, "exec", "-T", "consumer", "iot-consumer", "verify", "--expect-caught-up", check=False
-            ).returncode
-            == 0
-        ),
-        120,
-        "caught up again",
-    )
+    stop_producing_and_catch_up(env, "caught up again")
 
     # The log kept its offsets: each partition's new rows start exactly at the stored position.
     for partition, position in before.items():
