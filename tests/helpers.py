@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import psycopg2
 import psycopg2.extensions
+import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
@@ -248,6 +249,20 @@ class Service:
         """User + system CPU time the process has used so far (from /proc)."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def require_docker(required_by: str) -> None:
+    """Skip the calling test unless a Docker daemon answers; fail instead where the variable
+    ``required_by`` is 1 (CI sets it: there a missing daemon is an error, not a skip)."""
+    try:
+        ok = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if ok:
+        return
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{required_by}=1 but no Docker daemon answers `docker info`")
+    pytest.skip("no Docker daemon (CI runs these: .ci/run starts one)")
 
 
 def kcat_produce(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ import openpyxl
 import psycopg2
 import pytest
 
-from tests.helpers import REPO, wait_until
+from tests.helpers import REPO, require_docker, wait_until
 
 pytestmark = pytest.mark.compose
 
@@ -32,20 +31,10 @@ TOOLS = Path(os.environ.get("IOT_TOOLS_CACHE", Path.home() / ".cache" / "iot-mon
 POSTGRES_PORT = 15432  # docker-compose.yml publishes PostgreSQL here
 
 
-def _docker_ok() -> bool:
-    return (
-        shutil.which("docker") is not None
-        and subprocess.run(["docker", "info"], check=False, capture_output=True).returncode == 0
-    )
-
-
 @pytest.fixture(scope="module")
 def compose_env() -> dict[str, str]:
     """Stand-in images built, our images built, the compose binary ready: the environment for it."""
-    if not _docker_ok():
-        if os.environ.get("IOT_REQUIRE_COMPOSE_TESTS") == "1":
-            pytest.fail("IOT_REQUIRE_COMPOSE_TESTS=1 but no Docker daemon answers `docker info`")
-        pytest.skip("no Docker daemon (CI runs these: .ci/run starts one)")
+    require_docker("IOT_REQUIRE_COMPOSE_TESTS")
     subprocess.run([str(REPO / "scripts" / "install-tools.sh"), "compose"], check=True, timeout=3600)
     out = subprocess.run(
         [str(REPO / "tests" / "compose" / "standins" / "build.sh")],

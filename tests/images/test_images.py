@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, Stack, free_port, scalar
+from tests.helpers import REPO, Stack, free_port, require_docker, scalar
 
 BASE = os.environ.get("IOT_BASE_IMAGE", "iot-monitor/python-base:bookworm")
 TAG = "test"
@@ -30,19 +30,9 @@ def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.C
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
 
 
-def _docker_available() -> bool:
-    try:
-        return docker("info", check=False, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(scope="module")
 def images() -> dict[str, str]:
-    if not _docker_available():
-        if os.environ.get("IOT_REQUIRE_IMAGE_TESTS") == "1":
-            pytest.fail("IOT_REQUIRE_IMAGE_TESTS=1 but no Docker daemon answers `docker info`")
-        pytest.skip("no Docker daemon (CI runs these: .ci/run starts one)")
+    require_docker("IOT_REQUIRE_IMAGE_TESTS")
     subprocess.run([str(REPO / "docker" / "local-base-image.sh"), BASE], check=True, timeout=900)
     subprocess.run(
         [str(REPO / "docker" / "build-images.sh"), TAG],
