@@ -15,13 +15,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
 import psycopg2.extensions
 import pytest
 from playwright.sync_api import expect, sync_playwright
+from streamlit.testing.v1 import AppTest
 
+import iot_dashboard
 from tests.helpers import ARTIFACTS, Service, Stack, free_port, run_cli, scalar, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -40,6 +44,15 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = ARTIFACTS / "dashboard.png"
+
+
+def http_ok(url: str) -> bool:
+    """True when the URL answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -173,3 +186,45 @@ def test_the_dashboard_refuses_to_start_when_the_database_refuses_the_login(env:
     assert result.returncode == 1
     assert "cannot connect to postgresql://iot_dashboard@" in result.stderr
     assert "wrong-" not in result.stderr
+
+
+def test_metrics_answer_and_the_start_is_logged_before_anyone_opens_the_page(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """As soon as the dashboard serves, /metrics answers with the dashboard's own metrics and the
+    start is logged as JSON - before any browser session has run the page script (a Prometheus
+    scrape must not find it down until someone looks)."""
+    port, metrics_port = free_port(), free_port()
+    dashboard_env = {
+        **env,
+        "POSTGRES_USER": "iot_dashboard",
+        "POSTGRES_PASSWORD": "iot_dashboard",
+        "DASHBOARD_PORT": str(port),
+        "DASHBOARD_HOST": "127.0.0.1",
+        "METRICS_PORT": str(metrics_port),
+    }
+    dashboard = Service(["iot-dashboard"], dashboard_env, tmp_path / "dashboard.log")
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/_stcore/health"), 60, "the page's health check")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        assert "iot_dashboard_query_duration_seconds" in body
+        assert "iot_dashboard_refreshes_total" in body
+        serving = dashboard.event("dashboard_serving")
+        assert serving["address"] == f"http://127.0.0.1:{port}/"
+        assert serving["metrics_port"] == metrics_port
+        assert not [e for e in dashboard.events() if e.get("event") == "dashboard_started"], "no page was opened"
+    finally:
+        dashboard.signal(signal.SIGTERM)
+        assert dashboard.wait(30) in (0, -signal.SIGTERM)
+
+
+def test_the_page_script_runs_again_for_a_second_session(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit executes app.py once per browser session: a second viewer (or a reload) runs it
+    again in the same process, and that must not fail (e.g. by registering a metric twice)."""
+    for name, value in {**env, "POSTGRES_USER": "iot_dashboard", "POSTGRES_PASSWORD": "iot_dashboard"}.items():
+        monkeypatch.setenv(name, value)
+    script = str(Path(iot_dashboard.__file__).with_name("app.py"))
+    for session in (1, 2):
+        app = AppTest.from_file(script, default_timeout=60).run()
+        assert not app.exception, f"session {session}: {[e.value for e in app.exception]}"

@@ -21,18 +21,16 @@ import psycopg2.pool
 import streamlit as st
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from prometheus_client import Counter
 
-from iot_common.http import start_observability_server
 from iot_common.logging import configure_logging, get_logger
 from iot_common.postgres import connect_kwargs
 from iot_common.settings import KafkaSettings, ObservabilitySettings, PostgresSettings, load_settings
 from iot_dashboard import queries as q
+from iot_dashboard.metrics import REFRESHES
 from iot_dashboard.settings import WINDOWS, DashboardSettings
 
 log = get_logger("iot_dashboard")
 
-REFRESHES = Counter("iot_dashboard_refreshes_total", "Dashboard data refreshes by outcome", ["outcome"])
 SEVERITY_MARK = {"critical": "CRITICAL", "warning": "warning", "info": "info"}
 
 
@@ -88,10 +86,10 @@ class Runtime:
 
 @st.cache_resource
 def runtime() -> Runtime:
-    """Settings were validated by the CLI before Streamlit started; read them again here."""
+    """Settings were validated by the CLI before Streamlit started (in this process, with the
+    metrics server already up); read them again here."""
     observability = load_settings(ObservabilitySettings)
     configure_logging(observability.log_level, observability.log_format, service="iot-dashboard")
-    start_observability_server(observability.metrics_host, observability.metrics_port)
     rt = Runtime(load_settings(DashboardSettings), load_settings(PostgresSettings), load_settings(KafkaSettings))
     log.info("dashboard_started", database=rt.postgres.describe(), refresh_seconds=rt.dashboard.refresh_seconds)
     return rt

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import psycopg2
 import typer
+from streamlit.web import bootstrap
 
 from iot_common.cli import fail, setup_service
+from iot_common.http import start_observability_server
+from iot_common.logging import get_logger
 from iot_common.postgres import connect
 from iot_common.settings import ConfigError, KafkaSettings, PostgresSettings, load_settings
+from iot_dashboard import metrics as _metrics  # noqa: F401 - registered before the first page view
 from iot_dashboard.settings import DashboardSettings
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 APP = Path(__file__).with_name("app.py")
+log = get_logger(__name__)
 
 
 @app.command()
@@ -25,12 +28,17 @@ def serve(
         True, "--check-database/--no-check-database", help="Fail at start if PostgreSQL refuses the login."
     ),
 ) -> None:
-    """Validate the settings, then hand the process over to Streamlit (SIGTERM stops it).
+    """Validate the settings, start /metrics, /healthz and /readyz, then run Streamlit in this
+    process (SIGTERM stops it).
+
+    The observability server starts here rather than in the page script: Streamlit runs the
+    script only when a browser opens the page, and a scraper must not see "connection refused"
+    until someone does.
 
     Settings: DASHBOARD_PORT (8501), DASHBOARD_REFRESH_SECONDS (5), DASHBOARD_WINDOW,
     DASHBOARD_CONSUMER_GROUP, POSTGRES_* (use the read-only role iot_dashboard), KAFKA_* (lag).
     """
-    setup_service("iot-dashboard")
+    observability = setup_service("iot-dashboard")
     try:
         dashboard = load_settings(DashboardSettings)
         postgres = load_settings(PostgresSettings)
@@ -42,28 +50,25 @@ def serve(
             connect(postgres, application_name="iot-dashboard:check").close()
         except psycopg2.OperationalError as exc:
             fail(f"cannot connect to {postgres.describe()}: {str(exc).strip()}", code=1)
-    args = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP),
-        "--server.address",
-        dashboard.host,
-        "--server.port",
-        str(dashboard.port),
-        "--server.headless",
-        "true",
-        "--server.fileWatcherType",
-        "none",
-        "--browser.gatherUsageStats",
-        "false",
-        "--theme.base",
-        "light",
-        "--client.toolbarMode",
-        "viewer",
-    ]
-    os.execv(sys.executable, args)  # noqa: S606 - same interpreter, fixed arguments
+    start_observability_server(observability.metrics_host, observability.metrics_port)
+    # Streamlit's command-line flags, as `streamlit run` passes them (dots written as underscores).
+    flags: dict[str, object] = {
+        "server_address": dashboard.host,
+        "server_port": dashboard.port,
+        "server_headless": True,
+        "server_fileWatcherType": "none",
+        "browser_gatherUsageStats": False,
+        "theme_base": "light",
+        "client_toolbarMode": "viewer",
+    }
+    bootstrap.load_config_options(flags)
+    log.info(
+        "dashboard_serving",
+        address=f"http://{dashboard.host}:{dashboard.port}/",
+        metrics_port=observability.metrics_port,
+        database=postgres.describe(),
+    )
+    bootstrap.run(str(APP), False, [], flags)
 
 
 def main() -> None:

@@ -10,14 +10,8 @@ from typing import Any
 
 import pandas as pd
 import psycopg2.extensions
-from prometheus_client import Histogram
 
-QUERY_SECONDS = Histogram(
-    "iot_dashboard_query_duration_seconds",
-    "Time of one dashboard query",
-    ["panel"],
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
+from iot_dashboard.metrics import QUERY_SECONDS
 
 
 def _frame(conn: psycopg2.extensions.connection, panel: str, query: str, params: dict[str, Any]) -> pd.DataFrame:
