@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-compose test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-compose test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ test: dev lint typecheck stack-up ## Lint, types, unit, integration, deployment,
 
 test-compose: dev stack-up ## docker compose up/down/up of docker-compose.yml for real (Docker daemon; stand-in images)
 	scripts/pytest.sh -m compose tests/compose
+
+test-k8s: dev stack-up ## helm install on a real single-node Kubernetes in its own network namespace (root; builds k8s once, ~20 min)
+	scripts/pytest.sh -m k8s tests/k8s
 
 test-chaos: dev stack-up ## Faults for minutes: kill -9, SIGTERM, PostgreSQL and Kafka restarts (bench/results/chaos.md)
 	scripts/pytest.sh -m chaos tests/chaos

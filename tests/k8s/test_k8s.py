@@ -1,0 +1,367 @@
+"""`helm install iot-monitor` on a real Kubernetes cluster, for real.
+
+tests/k8s/cluster.sh starts a single-node Kubernetes v1.37 (built from the Go module proxy by
+tests/k8s/build-binaries.sh, cached in ~/.cache/iot-monitor) inside a network and mount namespace
+of its own. Our four images (docker/build-images.sh) and the test-only Kafka and PostgreSQL
+stand-ins (tests/compose/standins) are imported into the node's containerd; tests/k8s/platform.yaml
+runs Kafka 4.3.1 and PostgreSQL as StatefulSets under the names Strimzi and Bitnami would give
+them, so the chart is installed with its defaults plus tests/k8s/values.yaml (image tag,
+dashboard on). The tests run in file order against one release and end with the teardown.
+
+Needs root, a Docker daemon, containerd, runc, the CNI plugins and Go. Without them the module
+is skipped, unless IOT_REQUIRE_K8S_TESTS=1 (CI), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+
+from tests.helpers import REPO, require_docker, wait_until
+
+# The first test also builds the images (and, once per machine, Kubernetes itself: ~20 min).
+pytestmark = [pytest.mark.k8s, pytest.mark.timeout(3600)]
+
+CLUSTER = REPO / "tests" / "k8s" / "cluster.sh"
+NAMESPACE = "iot"
+RELEASE = "iot-monitor"
+TAG = "dev"
+UPGRADE_TAG = "dev-upgrade"
+SERVICES = ("producer", "consumer", "exporter", "dashboard")
+STANDINS = ("iot-monitor/standin-kafka:4.3.1", "iot-monitor/standin-postgres:17")
+TOPICS = {"iot_sensores": 6, "iot_alertas": 3}
+SENSORS = 20  # tests/k8s/values.yaml
+BACKFILLED = 120  # readings a "gateway" sends for yesterday, for the exporter's daily file
+
+
+def cluster(*args: str, timeout: float = 600, check: bool = True, stdin: str | None = None) -> str:
+    """Run tests/k8s/cluster.sh; its stdout, or the failure with both streams."""
+    env = {**os.environ, "HELM": str(REPO / ".tools" / "bin" / "helm")}
+    result = subprocess.run(
+        [str(CLUSTER), *args], capture_output=True, text=True, timeout=timeout, input=stdin, env=env, check=False
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"cluster.sh {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def kubectl(*args: str, timeout: float = 300, check: bool = True, stdin: str | None = None) -> str:
+    """kubectl in the test namespace, run inside the cluster's network namespace."""
+    return cluster("kubectl", "-n", NAMESPACE, *args, timeout=timeout, check=check, stdin=stdin)
+
+
+def helm(*args: str, timeout: float = 600) -> str:
+    """helm (scripts/install-tools.sh) against the cluster, in the test namespace."""
+    return cluster("helm", "--namespace", NAMESPACE, *args, timeout=timeout)
+
+
+def psql(sql: str) -> str:
+    """One SQL statement through psql in the PostgreSQL pod; unaligned, tuples only."""
+    return kubectl("exec", "postgresql-0", "--", "psql", "-U", "iot", "-d", "iot", "-Atc", sql).strip()
+
+
+def pods(component: str) -> list[dict[str, Any]]:
+    """The release's running pods of one component."""
+    out = kubectl(
+        "get",
+        "pods",
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component={component}",
+        "-o",
+        "json",
+    )
+    return [p for p in json.loads(out)["items"] if p["metadata"].get("deletionTimestamp") is None]
+
+
+def verify() -> dict[str, Any]:
+    """`iot-consumer verify --json` inside a consumer pod: Kafka's offsets against the rows."""
+    out = kubectl("exec", f"deploy/{RELEASE}-consumer", "--", "iot-consumer", "verify", "--json", check=False)
+    return dict(json.loads(out[out.index("{") :]))
+
+
+def http_get_from_pod(url: str) -> str:
+    """GET a URL from inside a consumer pod: cluster DNS, the Service's ClusterIP, kube-proxy."""
+    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    return kubectl("exec", f"deploy/{RELEASE}-consumer", "--", "python3", "-c", code)
+
+
+def require_cluster_tools() -> None:
+    """Skip (or fail under IOT_REQUIRE_K8S_TESTS=1) where a real node cannot run."""
+    missing = [tool for tool in ("containerd", "runc", "nsenter", "unshare", "gcc") if shutil.which(tool) is None]
+    problems = [f"missing: {', '.join(missing)}"] if missing else []
+    if os.geteuid() != 0:
+        problems.append("not root")
+    if not Path("/usr/lib/cni/bridge").exists():
+        problems.append("no CNI plugins (containernetworking-plugins)")
+    if shutil.which("go") is None and not (Path.home() / ".cache" / "iot-monitor").exists():
+        problems.append("no Go to build Kubernetes")
+    if not problems:
+        return
+    if os.environ.get("IOT_REQUIRE_K8S_TESTS") == "1":
+        pytest.fail(f"IOT_REQUIRE_K8S_TESTS=1 but the cluster cannot run: {'; '.join(problems)}")
+    pytest.skip(f"cannot run a Kubernetes node here: {'; '.join(problems)} (CI runs these)")
+
+
+@pytest.fixture(scope="module")
+def images() -> list[str]:
+    """Our four images and the two stand-ins, built by the project's own scripts."""
+    require_docker("IOT_REQUIRE_K8S_TESTS")
+    require_cluster_tools()
+    subprocess.run([str(REPO / "scripts" / "install-tools.sh"), "helm"], check=True, timeout=3600, capture_output=True)
+    out = subprocess.run(
+        [str(REPO / "tests" / "compose" / "standins" / "build.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    ).stdout
+    env = {**os.environ, **dict(line.split("=", 1) for line in out.split() if "=" in line)}
+    subprocess.run(
+        [str(REPO / "docker" / "build-images.sh"), TAG], check=True, env=env, timeout=1800, capture_output=True
+    )
+    return [*STANDINS, *(f"iot-{service}:{TAG}" for service in SERVICES)]
+
+
+@pytest.fixture(scope="module")
+def node(images: list[str]) -> Iterator[None]:
+    """A Ready node with the images imported; torn down completely afterwards."""
+    cluster("down", timeout=120)  # a previous run killed half-way
+    cluster("up", timeout=3600)
+    try:
+        cluster("import", *images, timeout=1200)
+        yield
+    finally:
+        cluster("down", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def platform(node: None) -> None:
+    """Kafka and PostgreSQL Ready, the topics created (Strimzi's KafkaTopics on the user's path)."""
+    cluster("kubectl", "create", "namespace", NAMESPACE)
+    kubectl("apply", "-f", str(REPO / "tests" / "k8s" / "platform.yaml"))
+    for statefulset in ("iot-kafka", "postgresql"):
+        kubectl("rollout", "status", f"statefulset/{statefulset}", "--timeout=240s", timeout=300)
+    for topic, partitions in TOPICS.items():
+        kubectl(
+            "exec",
+            "iot-kafka-0",
+            "--",
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            "localhost:9092",
+            "--create",
+            "--if-not-exists",
+            "--topic",
+            topic,
+            "--partitions",
+            str(partitions),
+            "--replication-factor",
+            "1",
+            timeout=120,
+        )
+
+
+@pytest.fixture(scope="module")
+def release(platform: None) -> None:
+    """`helm install iot-monitor charts/iot-monitor` with the test values, waited for."""
+    helm(
+        "install",
+        RELEASE,
+        str(REPO / "charts" / "iot-monitor"),
+        "-f",
+        str(REPO / "tests" / "k8s" / "values.yaml"),
+        "--wait",
+        "--timeout",
+        "5m",
+    )
+
+
+def test_every_pod_becomes_ready_through_its_probes(release: None) -> None:
+    """Each Deployment of the release reaches its replica count Ready, judged by the kubelet
+    running the chart's own readiness probes (/readyz, Streamlit's health)."""
+    deployments = json.loads(kubectl("get", "deployments", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json"))
+    names = {d["metadata"]["name"]: d for d in deployments["items"]}
+    assert set(names) == {f"{RELEASE}-{s}" for s in ("producer", "consumer", "dashboard")}
+    for name, deployment in names.items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert "readinessProbe" in container, name
+        assert "livenessProbe" in container, name
+        assert deployment["status"].get("readyReplicas") == deployment["spec"]["replicas"], name
+    assert len(pods("consumer")) == 2
+    for pod in pods("consumer") + pods("producer") + pods("dashboard"):
+        ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"]
+        assert ready == "True", pod["metadata"]["name"]
+
+
+def test_readings_arrive_in_postgres(release: None) -> None:
+    """The simulated sensors' readings travel producer → Kafka → consumers → `sensores`."""
+    wait_until(
+        lambda: int(psql("SELECT count(*) FROM sensores")) >= 200, timeout=120, what="200 rows in sensores", interval=2
+    )
+    assert int(psql("SELECT count(DISTINCT sensor_id) FROM sensores")) == SENSORS
+
+
+def test_two_consumer_replicas_share_the_partitions_without_duplicates(release: None) -> None:
+    """The two replicas of one group own disjoint halves of the six partitions, and every
+    Kafka message is stored exactly once (`iot-consumer verify`, and by (partition, offset))."""
+    owned: list[set[int]] = []
+    for pod in pods("consumer"):
+        logs = kubectl("logs", pod["metadata"]["name"])
+        synced = [json.loads(line) for line in logs.splitlines() if '"partitions_synced"' in line]
+        assert synced, f"{pod['metadata']['name']} logged no partitions_synced"
+        owned.append(set(synced[-1]["partitions"]))
+    assert all(owned)
+    assert owned[0].isdisjoint(owned[1])
+    assert owned[0] | owned[1] == set(range(TOPICS["iot_sensores"]))
+    result = verify()
+    assert result["consistent"], result
+    assert (result["missing"], result["duplicates"]) == (0, 0)
+    assert psql("SELECT count(*) - count(DISTINCT (kafka_partition, kafka_offset)) FROM sensores") == "0"
+
+
+def test_kubectl_logs_show_json_lines(release: None) -> None:
+    """`kubectl logs` of every service prints one JSON object per line, with event, level,
+    service and a UTC timestamp."""
+    for component in ("producer", "consumer", "dashboard"):
+        lines = [line for line in kubectl("logs", f"deploy/{RELEASE}-{component}", "--tail=40").splitlines() if line]
+        assert lines, component
+        structured = [json.loads(line) for line in lines if line.startswith("{")]
+        assert structured, f"no JSON line in {component}'s logs"
+        for entry in structured:
+            assert {"event", "level", "service", "timestamp"} <= entry.keys(), entry
+            assert entry["timestamp"].endswith("Z")
+        if component != "dashboard":  # Streamlit prints its own banner lines before ours
+            assert len(structured) == len(lines), f"{component} logged lines that are not JSON"
+
+
+def test_metrics_answer_through_the_services(release: None) -> None:
+    """/metrics of the producer and consumer, and the dashboard's page and metrics, answer by
+    Service name from inside the cluster (cluster DNS, ClusterIP, kube-proxy)."""
+    producer = http_get_from_pod(f"http://{RELEASE}-producer-metrics:8000/metrics")
+    assert "iot_producer_" in producer
+    consumer = http_get_from_pod(f"http://{RELEASE}-consumer-metrics:8000/metrics")
+    assert "iot_consumer_rows_inserted_total" in consumer
+    assert http_get_from_pod(f"http://{RELEASE}-dashboard:8501/_stcore/health").strip() == "ok"
+    assert "<html" in http_get_from_pod(f"http://{RELEASE}-dashboard:8501/").lower()
+    assert "iot_dashboard_" in http_get_from_pod(f"http://{RELEASE}-dashboard:8000/metrics")
+
+
+def exports_dir() -> Path:
+    """The host directory behind the exporter's claim (the harness's hostPath volumes)."""
+    volume = kubectl("get", "pvc", f"{RELEASE}-exporter-files", "-o", "jsonpath={.spec.volumeName}")
+    path = cluster("kubectl", "get", "pv", volume, "-o", "jsonpath={.spec.hostPath.path}")
+    return Path(path)
+
+
+def test_exporter_job_from_the_cronjob_writes_csv_and_xlsx_on_the_claim(release: None) -> None:
+    """`kubectl create job --from=cronjob/iot-monitor-exporter` exports yesterday (UTC) to the
+    claim: sensores_<day>.csv and .xlsx with every reading of that day, both readable."""
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date()
+    start = datetime(yesterday.year, yesterday.month, yesterday.day, 12, tzinfo=UTC)
+    # A gateway that was offline sends yesterday's readings late (kafka-python in the producer pod).
+    send = (
+        "import json, uuid, datetime as d; from kafka import KafkaProducer\n"
+        "p = KafkaProducer(bootstrap_servers='iot-kafka-kafka-bootstrap:9092', acks='all')\n"
+        f"start = d.datetime.fromisoformat({start.isoformat()!r}); sensor = str(uuid.UUID(int=7))\n"
+        f"for i in range({BACKFILLED}):\n"
+        "    reading = {'sensor_id': sensor, 'timestamp': (start + d.timedelta(seconds=i)).isoformat(),"
+        " 'temperatura': 25.0, 'umidade': 50.0}\n"
+        "    p.send('iot_sensores', json.dumps(reading).encode())\n"
+        "p.flush()\n"
+    )
+    kubectl("exec", f"deploy/{RELEASE}-producer", "--", "python3", "-c", send)
+    day_rows = f"SELECT count(*) FROM sensores WHERE timestamp >= '{yesterday}' AND timestamp < '{yesterday}'::date + 1"
+    wait_until(lambda: int(psql(day_rows)) == BACKFILLED, timeout=60, what="yesterday's readings stored", interval=2)
+
+    kubectl("create", "job", "--from=cronjob/iot-monitor-exporter", "export-now")
+    kubectl("wait", "--for=condition=complete", "job/export-now", "--timeout=180s", timeout=200)
+    assert '"daily_finished"' in kubectl("logs", "job/export-now")
+    directory = exports_dir()
+    with (directory / f"sensores_{yesterday}.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == BACKFILLED
+    assert rows[0]["timestamp"].startswith(f"{yesterday}T12:00:00")
+    book = openpyxl.load_workbook(directory / f"sensores_{yesterday}.xlsx", read_only=True)
+    assert book.active is not None
+    sheet_rows = list(book.active.iter_rows(values_only=True))
+    assert len(sheet_rows) == BACKFILLED + 1  # header + readings
+    assert "temperatura" in sheet_rows[0]
+
+
+def _image_of(pod: dict[str, Any]) -> str:
+    return str(pod["spec"]["containers"][0]["image"])
+
+
+def test_helm_upgrade_to_a_new_image_tag_rolls_the_consumers_with_nothing_lost_or_duplicated(
+    release: None, images: list[str]
+) -> None:
+    """`helm upgrade --set image.tag=<new>` replaces both consumer pods (and the others) while
+    readings keep flowing; afterwards `iot-consumer verify` finds 0 missing and 0 duplicated."""
+    for service in SERVICES:
+        subprocess.run(["docker", "tag", f"iot-{service}:{TAG}", f"iot-{service}:{UPGRADE_TAG}"], check=True)
+    cluster("import", *(f"iot-{service}:{UPGRADE_TAG}" for service in SERVICES), timeout=1200)
+    before = {p["metadata"]["name"] for p in pods("consumer")}
+    rows_before = int(psql("SELECT count(*) FROM sensores"))
+
+    helm(
+        "upgrade",
+        RELEASE,
+        str(REPO / "charts" / "iot-monitor"),
+        "--reuse-values",
+        "--set",
+        f"image.tag={UPGRADE_TAG}",
+        "--wait",
+        "--timeout",
+        "5m",
+    )
+    kubectl("rollout", "status", f"deployment/{RELEASE}-consumer", "--timeout=180s", timeout=200)
+
+    after = pods("consumer")
+    assert len(after) == 2
+    assert before.isdisjoint(p["metadata"]["name"] for p in after), "the consumers were not replaced"
+    assert all(_image_of(p).endswith(f":{UPGRADE_TAG}") for p in after + pods("producer"))
+    wait_until(
+        lambda: int(psql("SELECT count(*) FROM sensores")) > rows_before + 200,
+        timeout=120,
+        what="readings stored after the upgrade",
+        interval=2,
+    )
+    result = verify()
+    assert result["consistent"], result
+    assert (result["missing"], result["duplicates"]) == (0, 0)
+    assert psql("SELECT count(*) - count(DISTINCT (kafka_partition, kafka_offset)) FROM sensores") == "0"
+
+
+def test_helm_uninstall_keeps_the_exports_claim(release: None) -> None:
+    """`helm uninstall` removes the workloads but keeps the exports claim and its files
+    (helm.sh/resource-policy: keep): a re-install finds last month's exports."""
+    directory = exports_dir()
+    files = sorted(p.name for p in directory.iterdir())
+    assert any(name.endswith(".csv") for name in files)
+    helm("uninstall", RELEASE, "--wait", "--timeout", "3m")
+    assert kubectl("get", "deployments", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name").strip() == ""
+    claim = json.loads(kubectl("get", "pvc", f"{RELEASE}-exporter-files", "-o", "json"))
+    assert claim["status"]["phase"] == "Bound"
+    assert sorted(p.name for p in directory.iterdir()) == files
+
+
+def test_teardown_leaves_nothing_behind_and_the_next_cluster_starts(node: None) -> None:
+    """`cluster.sh down` leaves no process, cgroup, mount, interface, iptables rule or state
+    directory; a second cluster started right after becomes Ready and goes away as cleanly."""
+    cluster("down", timeout=120)
+    assert cluster("leftovers", check=False) == ""
+    cluster("up", timeout=600)
+    assert "Ready" in cluster("kubectl", "get", "node", "iot-node")
+    cluster("down", timeout=120)
+    leftovers = subprocess.run([str(CLUSTER), "leftovers"], capture_output=True, text=True, check=False)
+    assert leftovers.returncode == 0, leftovers.stdout
