@@ -9,6 +9,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from tests.helpers import BIN, Stack, create_topic, delete_topic, end_offsets
+from tests.helpers import BIN, MEASURE, Stack, create_topic, delete_topic, end_offsets
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -66,23 +67,35 @@ class Measured:
 
 
 class Process:
+    """A child process measured by tests/measure.py: its own CPU and peak RSS, not this
+    benchmark's (a wait4() here would count this process's memory as the child's)."""
+
     def __init__(self, args: Sequence[str], env: dict[str, str], log: Path) -> None:
         self.args = list(args)
         self.log = log
+        self._report = log.with_name(f".{log.name}.{uuid.uuid4().hex[:8]}.usage.json")
         self._log_handle = open(log, "ab")  # noqa: SIM115 - closed in wait()
         self.started_at = time.time()
         self._t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.args, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(MEASURE), str(self._report), "--", *self.args],
+            env=env,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+        )
         self._result: Measured | None = None
 
     def _reaped(self, status: int, usage: resource.struct_rusage) -> Measured:
+        del usage  # the launcher's, not the command's
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         self._log_handle.close()
+        figures = json.loads(self._report.read_text()) if self._report.exists() else {}
+        self._report.unlink(missing_ok=True)
         self._result = Measured(
             self.proc.returncode,
             time.perf_counter() - self._t0,
-            usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss / 1024,
+            float(figures.get("cpu_s", float("nan"))),
+            float(figures.get("peak_rss_kb", float("nan"))) / 1024,
             self.started_at,
         )
         return self._result

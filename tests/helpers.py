@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -343,3 +344,53 @@ def row_count(conn: psycopg2.extensions.connection) -> int:
     if scalar(conn, "SELECT to_regclass('sensores')") is None:
         return 0
     return int(scalar(conn, "SELECT count(*) FROM sensores"))
+
+
+def rollup_mismatches(conn: psycopg2.extensions.connection, where: str = "") -> list[tuple[Any, ...]]:
+    """Buckets where sensores_minuto / sensores_hora differ from a GROUP BY over ``sensores``
+    (counts, minima and maxima exactly; sums to 1e-9 relative): [] when the rollups are exact.
+    ``where`` narrows both sides by bucket, e.g. ``WHERE bucket >= '2026-11-01'``."""
+    found: list[tuple[Any, ...]] = []
+    for table, unit in (("sensores_minuto", "minute"), ("sensores_hora", "hour")):
+        with conn.cursor() as cur:
+            cur.execute(
+                f"""WITH g AS (
+                        SELECT sensor_id, date_trunc('{unit}', "timestamp", 'UTC') AS bucket, count(*) AS n,
+                               sum(temperatura) AS ts, min(temperatura) AS tmin, max(temperatura) AS tmax,
+                               sum(umidade) AS us, min(umidade) AS umin, max(umidade) AS umax
+                        FROM sensores GROUP BY 1, 2),
+                    r AS (SELECT * FROM {table} {where}),
+                    gw AS (SELECT * FROM g {where})
+                    SELECT '{table}', sensor_id, bucket, gw.n, r.leituras
+                    FROM gw FULL JOIN r USING (sensor_id, bucket)
+                    WHERE gw.n IS DISTINCT FROM r.leituras
+                       OR gw.tmin IS DISTINCT FROM r.temperatura_min OR gw.tmax IS DISTINCT FROM r.temperatura_max
+                       OR gw.umin IS DISTINCT FROM r.umidade_min OR gw.umax IS DISTINCT FROM r.umidade_max
+                       OR abs(gw.ts - r.temperatura_soma) > 1e-9 * greatest(1, abs(gw.ts))
+                       OR abs(gw.us - r.umidade_soma) > 1e-9 * greatest(1, abs(gw.us))
+                    ORDER BY 3, 2 LIMIT 20"""
+            )
+            found += cur.fetchall()
+    return found
+
+
+MEASURE = REPO / "tests" / "measure.py"
+
+
+def run_measured(
+    args: list[str], env: dict[str, str], timeout: float, report: Path
+) -> tuple[int, float, subprocess.CompletedProcess[str]]:
+    """Run a command through tests/measure.py: (exit code, its own peak RSS in MB, the run).
+
+    Measuring with wait4() here would report this test process's own peak for the child
+    (see tests/measure.py)."""
+    result = subprocess.run(
+        [sys.executable, str(MEASURE), str(report), "--", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    figures = json.loads(report.read_text())
+    return int(figures["returncode"]), figures["peak_rss_kb"] / 1024, result

@@ -3,7 +3,6 @@ atomic daily files, CronJob-friendly exit codes and Pushgateway reports."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -21,9 +20,12 @@ import pandas as pd
 import psycopg2.extensions
 import pytest
 from openpyxl import load_workbook
+from openpyxl.worksheet.worksheet import Worksheet
 
+from iot_consumer.rollups import REBUILD_SQL
 from iot_consumer.schema import DailyPartitions, migrate
-from tests.helpers import BIN, scalar
+from iot_exporter.export import COLUMNS
+from tests.helpers import BIN, run_measured, scalar
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -77,13 +79,77 @@ def test_ten_thousand_rows_round_trip_through_csv_and_xlsx(
     pd.testing.assert_frame_equal(csv, expected)
     assert csv["timestamp"].str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00").all()
 
-    workbook = load_workbook(tmp_path / "sensores_exportado.xlsx", read_only=True)
+    workbook = load_workbook(tmp_path / "sensores_exportado.xlsx")
     assert workbook.sheetnames == ["sensores"]
-    rows = list(workbook["sensores"].iter_rows(values_only=True))
-    assert rows[0] == ("sensor_id", "timestamp", "temperatura", "umidade")
-    xlsx = pd.DataFrame(rows[1:], columns=list(rows[0]))
-    pd.testing.assert_frame_equal(xlsx, expected)
+    sheet = workbook["sensores"]
+    rows = list(sheet.iter_rows(values_only=True))
+    assert rows[0] == ("sensor_id", "timestamp (UTC)", "temperatura (°C)", "umidade (%)")
+    xlsx = pd.DataFrame(rows[1:], columns=list(COLUMNS))
+    # Real date-time cells (UTC, as the header says): a spreadsheet sorts and charts them as dates.
+    assert all(isinstance(v, datetime) for v in xlsx["timestamp"])
+    drift = [
+        abs(cell.replace(tzinfo=UTC) - datetime.fromisoformat(text))
+        for cell, text in zip(xlsx["timestamp"], expected["timestamp"], strict=True)
+    ]
+    assert max(drift) <= timedelta(milliseconds=1)  # Excel keeps times to the millisecond
+    pd.testing.assert_frame_equal(xlsx.drop(columns="timestamp"), expected.drop(columns="timestamp"))
     assert all(isinstance(v, float) for v in xlsx["temperatura"])
+    assert_spreadsheet_ready(sheet, rows=10_000, columns="D")
+    assert sheet["B2"].is_date
+    assert sheet["B2"].number_format == "yyyy-mm-dd hh:mm:ss.000"
+    assert sheet["C2"].number_format == "General"  # numbers at full precision
+
+
+def assert_spreadsheet_ready(sheet: Worksheet, rows: int, columns: str) -> None:
+    """Header frozen and bold, filters over every row, the sensor id column wide enough."""
+    assert sheet.freeze_panes == "A2"
+    assert sheet.auto_filter.ref == f"A1:{columns}{rows + 1}"
+    assert sheet["A1"].font.b
+    assert sheet.column_dimensions["A"].width >= 36
+
+
+def test_rollup_exports_hold_the_per_sensor_aggregates_of_each_minute_and_hour(
+    env: dict[str, str], db: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """`export --rollup minute|hour` writes one row per sensor and bucket - count, mean, min,
+    max - equal to a GROUP BY over the readings; XLSX with date-time buckets."""
+    seed_rows(db, 20_000)
+    with db.cursor() as cur:  # the rollups as the consumer keeps them: what migration 5 computes
+        cur.execute(REBUILD_SQL)
+    for rollup, unit in (("minute", "minute"), ("hour", "hour")):
+        result = exporter(env, "export", "--out", str(tmp_path), "--rollup", rollup)
+        assert result.returncode == 0, result.stderr
+        table = f"sensores_{'minuto' if rollup == 'minute' else 'hora'}"
+        got = pd.read_csv(tmp_path / f"{table}_exportado.csv", dtype={"sensor_id": str, "bucket": str})
+        with db.cursor() as cur:
+            cur.execute(
+                f"""SELECT sensor_id::text, date_trunc('{unit}', "timestamp", 'UTC') AS bucket, count(*),
+                           avg(temperatura), min(temperatura), max(temperatura),
+                           avg(umidade), min(umidade), max(umidade)
+                    FROM sensores GROUP BY 1, 2 ORDER BY 2, 1"""
+            )
+            expected = cur.fetchall()
+        assert len(got) == len(expected) > 0
+        assert list(got.columns) == [
+            "sensor_id",
+            "bucket",
+            "leituras",
+            "temperatura_media",
+            "temperatura_min",
+            "temperatura_max",
+            "umidade_media",
+            "umidade_min",
+            "umidade_max",
+        ]
+        for row, want in zip(got.itertuples(index=False), expected, strict=True):
+            assert row.sensor_id == want[0]
+            assert datetime.fromisoformat(str(row.bucket)) == want[1]
+            assert row.leituras == want[2]
+            assert row[3:] == pytest.approx(want[3:], rel=1e-9)
+        sheet = load_workbook(tmp_path / f"{table}_exportado.xlsx")[table]
+        assert sheet["B1"].value == "bucket (UTC)"
+        assert sheet["B2"].is_date
+        assert_spreadsheet_ready(sheet, rows=len(expected), columns="I")
 
 
 def test_filters_select_time_range_and_sensors(
@@ -149,15 +215,13 @@ def test_two_million_rows_bounded_memory_and_sheet_split(
     """2,000,000 rows: the CSV export stays under 300 MB peak RSS; the XLSX export splits into
     two sheets of 1,048,575 + 951,425 data rows (each with its header)."""
     seed_rows(db, 2_000_000)
-    proc = subprocess.Popen(
+    code, peak_mb, run = run_measured(
         [str(BIN / "iot-exporter"), "export", "--out", str(tmp_path), "--format", "csv"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        env,
+        600,
+        tmp_path / "csv-export-usage.json",
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read() if proc.stderr else ""
-    peak_mb = usage.ru_maxrss / 1024
+    assert code == 0, run.stderr
     assert peak_mb < 300, f"CSV export peak RSS {peak_mb:.0f} MB"
     with open(tmp_path / "sensores_exportado.csv", "rb") as handle:
         assert sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) == 2_000_001
