@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-compose test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-compose test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -95,6 +95,9 @@ bench-consumer: dev stack-up ## Consumer only: 1 vs 2 processes vs seed baseline
 
 bench-codecs: dev stack-up ## What each compression codec costs end to end (bench/results/codec_bench.md)
 	$(BIN)/python -m bench.codec_bench
+
+bench-dashboard: dev stack-up ## Every dashboard panel's query on 100M readings of 1,000 sensors (first run loads ~15 GB, ~25 min)
+	$(BIN)/python -m bench.dashboard_bench
 
 bench-alerts: dev stack-up ## What alert evaluation costs the consumer: alerts on vs --no-alerts (bench/results/alerts_bench.md)
 	$(BIN)/python -m bench.alerts_bench

@@ -24,7 +24,18 @@ import orjson
 import psycopg2.extensions
 import pytest
 
-from tests.helpers import ARTIFACTS, BIN, Service, Stack, end_offsets, row_count, scalar, send_raw, wait_until
+from tests.helpers import (
+    ARTIFACTS,
+    BIN,
+    Service,
+    Stack,
+    end_offsets,
+    rollup_mismatches,
+    row_count,
+    scalar,
+    send_raw,
+    wait_until,
+)
 
 KILLS = 20
 
@@ -117,6 +128,7 @@ def test_no_loss_no_duplicate_under_faults(
         check=False,
     )
     report = orjson.loads(verify.stdout)
+    rollups_off = rollup_mismatches(db)
     db.close()
 
     summary = [
@@ -130,6 +142,7 @@ def test_no_loss_no_duplicate_under_faults(
         f"| duplicate readings (sensor_id, timestamp) | {duplicate_readings} |",
         f"| duplicate Kafka offsets | {duplicate_offsets} |",
         f"| `iot-consumer verify`: missing / duplicates / lag | {report['missing']} / {report['duplicates']} / {report['lag']} |",
+        f"| rollup buckets differing from a GROUP BY over sensores | {len(rollups_off)} |",
         f"| consumer SIGKILLs | {KILLS} |",
         f"| run time | {elapsed:.0f} s |",
         "",
@@ -145,6 +158,7 @@ def test_no_loss_no_duplicate_under_faults(
     assert duplicate_offsets == 0
     assert verify.returncode == 0, verify.stdout
     assert report["consistent"] is True
+    assert rollups_off == []
 
 
 pytestmark = pytest.mark.chaos

@@ -18,15 +18,17 @@ import signal
 import urllib.error
 import urllib.request
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import psycopg2.extensions
 import pytest
 from playwright.sync_api import expect, sync_playwright
 from streamlit.testing.v1 import AppTest
 
 import iot_dashboard
-from tests.helpers import ARTIFACTS, Service, Stack, free_port, run_cli, scalar, wait_until
+from tests.helpers import ARTIFACTS, Service, Stack, free_port, run_cli, scalar, send_raw, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -72,7 +74,7 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
 ) -> None:
     """In headless Chromium against the live pipeline: both charts list every sensor, the spike's
     alert appears as open (sensor, rule, severity) and then, without a reload, as recently closed;
-    the page raises no error."""
+    a week of backlog shows in the 7-day window (hourly rollups); the page raises no error."""
     pipeline_env = {**env, "ALERTS_TOPIC": alerts_topic}
     consumer = Service(["iot-consumer", "run"], pipeline_env, tmp_path / "consumer.log")
     # 5 sensors, 4 readings/s each; the first reads ~33 °C from its 8th reading for 30 s.
@@ -159,6 +161,35 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
             closed_list = page.locator('[data-testid="stTable"]', has_text="closed (UTC)")
             expect(closed_list).to_contain_text(short)
             expect(closed_list).to_contain_text("temperatura_alta")
+
+            # A week of history (a gateway's backlog: one reading per sensor per hour). The 7-day
+            # window draws it from the hourly rollups: every sensor, with the fleet's band.
+            now = datetime.now(UTC)
+            backlog = [
+                (
+                    sensor_id.encode(),
+                    orjson.dumps(
+                        {
+                            "sensor_id": sensor_id,
+                            "timestamp": (now - timedelta(hours=hours)).isoformat(),
+                            "temperatura": 24.0 + index,
+                            "umidade": 50.0,
+                        }
+                    ),
+                )
+                for index, sensor_id in enumerate([sensor, *others])
+                for hours in range(25, 7 * 24)
+            ]
+            send_raw(stack.bootstrap, env["KAFKA_TOPIC"], backlog)
+            week_old = "SELECT count(*) FROM sensores_hora WHERE bucket < now() - interval '1 day'"
+            wait_until(lambda: scalar(db, week_old) == len(backlog), 60, "the week's backlog in the hourly rollup")
+            page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').click()
+            page.get_by_role("option", name="7 d").click()
+            expect(page.get_by_text("from hourly rollups")).to_be_visible(timeout=30_000)
+            expect(charts).to_have_count(2, timeout=30_000)
+            for sensor_id in [sensor, *others]:
+                expect(charts.nth(0)).to_contain_text(sensor_id[:8])
+            page.screenshot(path=str(ARTIFACTS / "dashboard-7d.png"), full_page=True)
             assert page.locator('[data-testid="stException"]').count() == 0
             assert errors == []
             browser.close()

@@ -216,6 +216,21 @@ def test_consumer_replicas_have_a_disruption_budget_and_never_exceed_partitions(
     assert "larger than kafka.partitions" in render_refused("--set", "consumer.replicaCount=7")
 
 
+def test_consumer_applies_retention_and_the_chart_refuses_rollups_kept_shorter_than_data() -> None:
+    """By default the consumer keeps 30 days of readings, 90 of minute rollups and 730 of hour
+    rollups (dropping expired partitions hourly); rollups kept shorter than the data below them
+    are refused at render time, naming both values."""
+    args = by_kind(render(), "Deployment")["iot-monitor-consumer"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--retention-days") + 1] == "30"
+    assert args[args.index("--minute-rollup-retention-days") + 1] == "90"
+    assert args[args.index("--hour-rollup-retention-days") + 1] == "730"
+    assert args[args.index("--housekeeping-interval") + 1] == "3600"
+    refused = render_refused("--set", "consumer.retention.minuteRollupDays=7")
+    assert "minuteRollupDays (7) keeps less than rawDays (30" in refused
+    refused = render_refused("--set", "consumer.retention.hourRollupDays=60")
+    assert "hourRollupDays (60) keeps less than minuteRollupDays (90" in refused
+
+
 def test_exporter_is_a_forbid_cronjob_writing_to_a_kept_claim() -> None:
     """The exporter is a daily CronJob (UTC, never two at once, history kept for `kubectl logs`)
     writing to a claim that survives `helm uninstall`."""

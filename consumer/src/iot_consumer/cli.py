@@ -27,6 +27,13 @@ from iot_consumer.alerts.rules import RuleSet, ThresholdRule, load_rules
 from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.deadletters import DeadLetterFilter, replay, samples, summarize
 from iot_consumer.gaps import classify
+from iot_consumer.housekeeping import (
+    Retention,
+    RetentionConfigError,
+    RetentionPostponedError,
+    drop_expired,
+    storage,
+)
 from iot_consumer.loop import ConsumerOptions, ConsumerService
 from iot_consumer.positions import OffsetGapPolicy, reset_positions
 from iot_consumer.schema import migrate, transaction
@@ -80,6 +87,19 @@ MaxPayloadOption = Annotated[
     int, typer.Option(min=64, envvar="READING_MAX_PAYLOAD_BYTES", help="Larger messages are dead-lettered unparsed.")
 ]
 GroupOption = Annotated[str, typer.Option(envvar="CONSUMER_GROUP", help="Kafka consumer group (replicas share it).")]
+RawRetentionOption = Annotated[
+    int,
+    typer.Option(
+        min=0, envvar="RETENTION_DAYS", help="Days of raw readings kept; older daily partitions are dropped (0 = all)."
+    ),
+]
+MinuteRetentionOption = Annotated[
+    int,
+    typer.Option(min=0, envvar="MINUTE_ROLLUP_RETENTION_DAYS", help="Days of sensores_minuto kept (0 = all)."),
+]
+HourRetentionOption = Annotated[
+    int, typer.Option(min=0, envvar="HOUR_ROLLUP_RETENTION_DAYS", help="Days of sensores_hora kept (0 = all).")
+]
 
 
 def _limits(t_min: float, t_max: float, h_min: float, h_max: float, max_payload: int) -> ReadingLimits:
@@ -101,6 +121,13 @@ def _migrate(postgres: PostgresSettings) -> int:
         return migrate(conn)
     finally:
         conn.close()
+
+
+def _retention(raw_days: int, minute_days: int, hour_days: int) -> Retention:
+    try:
+        return Retention(raw_days, minute_days, hour_days)
+    except RetentionConfigError as exc:
+        fail(str(exc))
 
 
 @app.command()
@@ -154,6 +181,17 @@ def run(
             help="Messages waiting without progress (or an error repeating) this long turns /readyz to 503.",
         ),
     ] = 30.0,
+    retention_days: RawRetentionOption = 0,
+    minute_rollup_retention_days: MinuteRetentionOption = 0,
+    hour_rollup_retention_days: HourRetentionOption = 0,
+    housekeeping_interval: Annotated[
+        float,
+        typer.Option(
+            min=10.0,
+            envvar="HOUSEKEEPING_INTERVAL_S",
+            help="Seconds between two retention rounds (the first at start).",
+        ),
+    ] = 3600.0,
 ) -> None:
     """Consume readings into PostgreSQL until SIGTERM/SIGINT (or idle, with --exit-when-idle).
 
@@ -167,6 +205,7 @@ def run(
     if not re.match(TOPIC_NAME_PATTERN, alerts_topic):
         fail(f"ALERTS_TOPIC={alerts_topic!r}: not a valid Kafka topic name")
     rules = _rules(alert_rules) if alerts else None
+    retention = _retention(retention_days, minute_rollup_retention_days, hour_rollup_retention_days)
     stop = StopFlag().install(force_exit_after=obs.shutdown_timeout_s)
     version = _migrate(postgres)
     log.info("schema_ready", version=version, database=postgres.describe())
@@ -185,6 +224,8 @@ def run(
             limits=limits,
             on_offset_gap=on_offset_gap,
             stall_after_s=stall_after,
+            retention=retention,
+            housekeeping_interval_s=housekeeping_interval,
         ),
         stop,
     )
@@ -283,6 +324,40 @@ def verify(
         )
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command("retention")
+def retention_command(
+    retention_days: RawRetentionOption = 0,
+    minute_rollup_retention_days: MinuteRetentionOption = 0,
+    hour_rollup_retention_days: HourRetentionOption = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be dropped; drop nothing.")] = False,
+) -> None:
+    """Drop the partitions of sensores and its rollups older than their retention, now (the
+    running consumer does this on its own clock), then show each table's size on disk."""
+    setup_service("iot-consumer")
+    _kafka, postgres = _settings()
+    retention = _retention(retention_days, minute_rollup_retention_days, hour_rollup_retention_days)
+    _migrate(postgres)
+    conn = _connect(postgres, "retention")
+    try:
+        try:
+            dropped = drop_expired(conn, retention, datetime.now(UTC), dry_run=dry_run)
+        except RetentionPostponedError as exc:
+            fail(f"a table stayed locked too long, nothing dropped (try again): {exc}", code=1)
+        if dropped is None:
+            fail("another consumer is applying retention right now; nothing done", code=1)
+        verb = "would drop" if dry_run else "dropped"
+        for part in dropped:
+            typer.echo(
+                f"{verb} {part.partition:<26} {part.table:<16} ends {part.upper_bound:%Y-%m-%d %H:%M}Z  {part.bytes:>14,} bytes"
+            )
+        if not dropped:
+            typer.echo("nothing has expired" if retention.enabled else "no retention set: every partition is kept")
+        for table in storage(conn):
+            typer.echo(f"{table.table:<16} {table.partitions:>5} partitions {table.bytes:>16,} bytes")
+    finally:
+        conn.close()
 
 
 positions_app = typer.Typer(no_args_is_help=True, help="Stored positions: show them, move them by hand.")

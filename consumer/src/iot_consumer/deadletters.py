@@ -20,6 +20,8 @@ import orjson
 import psycopg2.extensions
 
 from iot_common.schema import InvalidReading, ReadingLimits, validate_reading
+from iot_consumer import rollups
+from iot_consumer.alerts.engine import Reading
 from iot_consumer.batch import copy_line
 from iot_consumer.schema import PARTITION_LOCK_KEY
 from iot_consumer.sink import COPY_SQL
@@ -104,6 +106,16 @@ class ReplayResult:
     still_invalid_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+def _store(cur: psycopg2.extensions.cursor, lines: list[str], readings: list[Reading], days: set[date]) -> None:
+    """Write replayed readings and their rollups, as a consumer batch would."""
+    # Same lock as the consumers' partition creators (see schema.DailyPartitions).
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+    for day in sorted(days):
+        cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
+    cur.copy_expert(COPY_SQL, io.BytesIO("".join(lines).encode()))
+    rollups.upsert(cur, readings)
+
+
 def replay(
     conn: psycopg2.extensions.connection,
     which: DeadLetterFilter,
@@ -142,6 +154,7 @@ def replay(
                     break
                 last_id = int(chunk[-1][0])
                 lines: list[str] = []
+                readings: list[Reading] = []
                 replayed_ids: list[int] = []
                 days: set[date] = set()
                 for letter_id, partition, offset, payload, truncated in chunk:
@@ -157,14 +170,13 @@ def replay(
                         result.still_invalid_by_reason[reason] = result.still_invalid_by_reason.get(reason, 0) + 1
                         continue
                     lines.append(copy_line(reading, int(partition), int(offset)))
+                    readings.append(
+                        (int(partition), reading.sensor_id, reading.timestamp, reading.temperatura, reading.umidade)
+                    )
                     replayed_ids.append(int(letter_id))
                     days.add(reading.timestamp.date())
                 if lines:
-                    # Same lock as the consumers' partition creators (see schema.DailyPartitions).
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
-                    for day in sorted(days):
-                        cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
-                    cur.copy_expert(COPY_SQL, io.BytesIO("".join(lines).encode()))
+                    _store(cur, lines, readings, days)
                     cur.execute(
                         "UPDATE dead_letters SET replayed_at = now(), replay_id = %s WHERE id = ANY(%s)",
                         (result.replay_id, replayed_ids),

@@ -15,11 +15,13 @@ stage each live in their own module.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
@@ -34,6 +36,7 @@ from iot_common.settings import KafkaSettings
 from iot_consumer import metrics as m
 from iot_consumer.batch import build_batch
 from iot_consumer.decoding import PartitionDecodeError, install_decode_guard
+from iot_consumer.housekeeping import Housekeeper, Retention
 from iot_consumer.metrics import Totals
 from iot_consumer.outages import DatabaseOutage, StallWatch, Troubles, pause_partition, resume_partition
 from iot_consumer.positions import OffsetGapPolicy, PartitionPositions, group_caught_up, topic_id_of
@@ -72,6 +75,9 @@ class ConsumerOptions:
     stall_after_s: float = 30.0
     # The loop not turning for this long = not alive (Kubernetes restarts the pod).
     liveness_timeout_s: float = 120.0
+    retention: Retention = field(default_factory=Retention)
+    housekeeping_interval_s: float = 3600.0
+    storage_interval_s: float = 60.0
 
 
 class ConsumerService:
@@ -93,6 +99,7 @@ class ConsumerService:
         self.troubles = Troubles(options.stall_after_s, options.backoff_initial_s, options.backoff_max_s)
         self.database = DatabaseOutage(sink, stop, self._beat, options.backoff_initial_s, options.backoff_max_s)
         self.totals = Totals()
+        self.housekeeper = Housekeeper(options.retention, retry_in_s=options.housekeeping_interval_s)
         self._consumer: KafkaConsumer | None = None
         self._started = time.monotonic()
         self._heartbeat = time.monotonic()
@@ -105,6 +112,8 @@ class ConsumerService:
             "progress": now + options.progress_interval_s,
             "day_partitions": now + options.day_partitions_check_interval_s,
             "database_check": now + DATABASE_CHECK_S,
+            "housekeeping": now + 5.0,
+            "storage": now + 5.0,
         }
 
     def _beat(self) -> None:
@@ -237,6 +246,14 @@ class ConsumerService:
         except CONNECTION_ERRORS as exc:
             self._database_lost(exc)
 
+    def _housekeeping(self, job: Callable[[psycopg2.extensions.connection], bool]) -> bool:
+        """Run a housekeeping job on the sink's connection (between batches); False if the database went away."""
+        try:
+            return job(self.sink.connection())
+        except CONNECTION_ERRORS as exc:
+            self._database_lost(exc)
+            return False
+
     # ------------------------------------------------------------------ positions and polling
     def _sync(self, consumer: KafkaConsumer) -> bool:
         try:
@@ -343,7 +360,7 @@ class ConsumerService:
         committed_at = datetime.now(UTC)
         seconds = time.perf_counter() - started
         self.totals.add(batch)
-        m.record_batch(batch, committed_at, seconds, self.sink.last_copy_seconds)
+        m.record_batch(batch, committed_at, seconds, self.sink.last_copy_seconds, self.sink.last_rollup_seconds)
         self.troubles.recovered(WRITE)
         offsets = {}
         for update in batch.positions:
@@ -409,6 +426,13 @@ class ConsumerService:
         if now >= self._next["day_partitions"] and self.database.ok:
             self._ensure_day_partitions_ahead()
             self._next["day_partitions"] = now + self.options.day_partitions_check_interval_s
+        if now >= self._next["housekeeping"] and self.database.ok:
+            if self.options.retention.enabled and self._housekeeping(self.housekeeper.apply_retention):
+                self.sink.day_partitions.forget()  # a late reading may need a dropped day again
+            self._next["housekeeping"] = now + self.options.housekeeping_interval_s
+        if now >= self._next["storage"] and self.database.ok:
+            self._housekeeping(self.housekeeper.measure_storage)
+            self._next["storage"] = now + self.options.storage_interval_s
 
     def _log_progress(self) -> None:
         consumed, since = self._progress_mark

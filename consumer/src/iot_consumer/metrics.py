@@ -90,6 +90,28 @@ READINGS_WITH_EXTRAS = Counter(
     "Readings stored with fields beyond the four known ones (kept in sensores.extras)",
 )
 
+ROLLUP_SECONDS = Histogram(
+    "iot_consumer_rollup_duration_seconds",
+    "Time of one batch's rollup upserts (sensores_minuto and sensores_hora)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+# Retention and storage (iot_consumer.housekeeping).
+TABLE_BYTES = Gauge(
+    "iot_consumer_table_bytes", "Bytes on disk of a table's partitions (indexes and TOAST included)", ["table"]
+)
+TABLE_PARTITIONS = Gauge("iot_consumer_table_partitions", "Partitions a table has", ["table"])
+PARTITIONS_DROPPED = Counter(
+    "iot_consumer_retention_partitions_dropped_total", "Expired partitions detached and dropped", ["table"]
+)
+BYTES_FREED = Counter("iot_consumer_retention_bytes_freed_total", "Bytes the dropped partitions held", ["table"])
+RETENTION_ERRORS = Counter(
+    "iot_consumer_retention_errors_total", "Retention rounds that failed or were postponed", ["error"]
+)
+RETENTION_LAST_RUN = Gauge(
+    "iot_consumer_retention_last_run_timestamp_seconds", "Unix time of the last retention round that completed"
+)
+
 
 @dataclass
 class Totals:
@@ -108,7 +130,9 @@ class Totals:
         self.dead_lettered += len(batch.dead_letters)
 
 
-def record_batch(batch: Batch, committed_at: datetime, seconds: float, copy_seconds: float) -> None:
+def record_batch(
+    batch: Batch, committed_at: datetime, seconds: float, copy_seconds: float, rollup_seconds: float
+) -> None:
     """Account one committed batch."""
     BATCHES.labels("committed").inc()
     MESSAGES_CONSUMED.inc(batch.consumed)
@@ -118,6 +142,7 @@ def record_batch(batch: Batch, committed_at: datetime, seconds: float, copy_seco
     LAST_COMMIT.set(committed_at.timestamp())
     if batch.rows:
         COPY_SECONDS.observe(copy_seconds)
+        ROLLUP_SECONDS.observe(rollup_seconds)
     if batch.with_extras:
         READINGS_WITH_EXTRAS.inc(batch.with_extras)
     for stamp in batch.last_by_offset.values():

@@ -16,6 +16,7 @@ import psycopg2.extensions
 
 from iot_common.logging import get_logger
 from iot_consumer.alerts.store import MIGRATION_SQL as ALERTS_MIGRATION_SQL
+from iot_consumer.rollups import REBUILD_SQL
 
 log = get_logger(__name__)
 
@@ -35,6 +36,9 @@ BEGIN
         GRANT USAGE ON SEQUENCE dead_letters_id_seq TO iot_consumer;
         GRANT SELECT, INSERT, UPDATE ON consumer_positions TO iot_consumer;
         GRANT EXECUTE ON FUNCTION iot_ensure_sensores_partition(date) TO iot_consumer;
+        -- rollups, updated with the rows; retention drops expired partitions through a function
+        GRANT SELECT, INSERT, UPDATE ON sensores_minuto, sensores_hora TO iot_consumer;
+        GRANT EXECUTE ON FUNCTION iot_drop_expired_partitions(regclass, timestamptz) TO iot_consumer;
         -- alerts: the silence rule reads each sensor's newest reading time after a restart
         -- (those columns only: the consumer never reads the values back)
         GRANT SELECT (sensor_id, "timestamp", kafka_partition) ON sensores TO iot_consumer;
@@ -47,10 +51,11 @@ BEGIN
         GRANT USAGE ON SEQUENCE offset_gaps_id_seq TO iot_consumer;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter') THEN
-        GRANT SELECT ON sensores TO iot_exporter;
+        GRANT SELECT ON sensores, sensores_minuto, sensores_hora TO iot_exporter;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard') THEN
-        GRANT SELECT ON sensores, alertas, dead_letters, consumer_positions, offset_gaps TO iot_dashboard;
+        GRANT SELECT ON sensores, sensores_minuto, sensores_hora, alertas, dead_letters, consumer_positions,
+            offset_gaps TO iot_dashboard;
     END IF;
 END
 $grants$;
@@ -178,6 +183,107 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX dead_letters_reason_idx ON dead_letters (reason, dead_lettered_at) WHERE replayed_at IS NULL;
         """,
     ),
+    (
+        5,
+        "rollups by minute and hour; retention by dropping expired partitions",
+        """
+        -- Per sensor and bucket: count, sum, min, max (mean = sum / count, generated). Updated in
+        -- the consumer's batch transaction (iot_consumer.rollups), so they never drift from sensores.
+        CREATE TABLE sensores_minuto (
+            sensor_id          uuid             NOT NULL,
+            bucket             timestamptz      NOT NULL,
+            leituras           integer          NOT NULL,
+            temperatura_soma   double precision NOT NULL,
+            temperatura_min    double precision NOT NULL,
+            temperatura_max    double precision NOT NULL,
+            umidade_soma       double precision NOT NULL,
+            umidade_min        double precision NOT NULL,
+            umidade_max        double precision NOT NULL,
+            temperatura_media  double precision GENERATED ALWAYS AS (temperatura_soma / leituras) STORED,
+            umidade_media      double precision GENERATED ALWAYS AS (umidade_soma / leituras) STORED,
+            PRIMARY KEY (sensor_id, bucket)
+        ) PARTITION BY RANGE (bucket);
+        COMMENT ON TABLE sensores_minuto IS 'Readings per sensor and UTC minute (count, sum, min, max, mean); daily partitions';
+        CREATE TABLE sensores_hora (LIKE sensores_minuto INCLUDING GENERATED INCLUDING DEFAULTS,
+                                    PRIMARY KEY (sensor_id, bucket)) PARTITION BY RANGE (bucket);
+        COMMENT ON TABLE sensores_hora IS 'Readings per sensor and UTC hour (count, sum, min, max, mean); monthly partitions';
+        CREATE INDEX sensores_minuto_bucket_idx ON sensores_minuto (bucket);
+        CREATE INDEX sensores_hora_bucket_idx ON sensores_hora (bucket);
+
+        -- One function creates a day's partition of sensores and of both rollups (the hour rollup
+        -- has monthly partitions), so rows and their rollups can always be written together.
+        CREATE OR REPLACE FUNCTION iot_ensure_sensores_partition(day date) RETURNS void
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            month date := date_trunc('month', day)::date;
+        BEGIN
+            EXECUTE format(
+                'CREATE TABLE IF NOT EXISTS %I PARTITION OF sensores FOR VALUES FROM (%L) TO (%L)',
+                'sensores_' || to_char(day, 'YYYYMMDD'),
+                (day::timestamp AT TIME ZONE 'UTC'), ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+            EXECUTE format(
+                'CREATE TABLE IF NOT EXISTS %I PARTITION OF sensores_minuto FOR VALUES FROM (%L) TO (%L)',
+                'sensores_minuto_' || to_char(day, 'YYYYMMDD'),
+                (day::timestamp AT TIME ZONE 'UTC'), ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+            EXECUTE format(
+                'CREATE TABLE IF NOT EXISTS %I PARTITION OF sensores_hora FOR VALUES FROM (%L) TO (%L)',
+                'sensores_hora_' || to_char(month, 'YYYYMM'),
+                (month::timestamp AT TIME ZONE 'UTC'), ((month + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
+        END
+        $fn$;
+        REVOKE ALL ON FUNCTION iot_ensure_sensores_partition(date) FROM PUBLIC;
+
+        -- Rollups of the readings already stored (one pass; the consumer keeps them from now on).
+        DO $backfill$
+        DECLARE
+            day date;
+        BEGIN
+            FOR day IN
+                SELECT to_date(right(c.relname, 8), 'YYYYMMDD')
+                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = 'sensores'::regclass AND c.relname ~ '^sensores_[0-9]{8}$'
+            LOOP
+                PERFORM iot_ensure_sensores_partition(day);
+            END LOOP;
+        END
+        $backfill$;
+        """
+        + REBUILD_SQL
+        + """
+
+        -- Retention: detach and drop every partition of one of the three tables that ends at or
+        -- before keep_from (never row-by-row deletes). SECURITY DEFINER: the consumer's role has no
+        -- DDL rights. Gives up after lock_timeout rather than stall the writers behind it.
+        CREATE FUNCTION iot_drop_expired_partitions(parent regclass, keep_from timestamptz)
+        RETURNS TABLE (partition_name text, upper_bound timestamptz, bytes bigint)
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            part record;
+        BEGIN
+            IF parent NOT IN ('sensores'::regclass, 'sensores_minuto'::regclass, 'sensores_hora'::regclass) THEN
+                RAISE EXCEPTION 'retention only drops partitions of sensores, sensores_minuto, sensores_hora, not %', parent;
+            END IF;
+            PERFORM set_config('lock_timeout', '5s', true);
+            FOR part IN
+                SELECT c.oid::regclass AS child, c.relname::text AS name,
+                       substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz AS upper
+                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = parent
+                ORDER BY 3
+            LOOP
+                CONTINUE WHEN part.upper IS NULL OR part.upper > keep_from;
+                partition_name := part.name;
+                upper_bound := part.upper;
+                bytes := pg_total_relation_size(part.child);
+                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part.child);
+                EXECUTE format('DROP TABLE %s', part.child);
+                RETURN NEXT;
+            END LOOP;
+        END
+        $fn$;
+        REVOKE ALL ON FUNCTION iot_drop_expired_partitions(regclass, timestamptz) FROM PUBLIC;
+        """,
+    ),
 ]
 
 
@@ -253,6 +359,12 @@ def _grant_service_roles(conn: psycopg2.extensions.connection) -> None:
                          AND NOT has_table_privilege('iot_dashboard', 'alertas', 'SELECT'))
                    OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard')
                          AND NOT has_table_privilege('iot_dashboard', 'offset_gaps', 'SELECT'))
+                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
+                         AND NOT has_table_privilege('iot_consumer', 'sensores_hora', 'UPDATE'))
+                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter')
+                         AND NOT has_table_privilege('iot_exporter', 'sensores_hora', 'SELECT'))
+                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard')
+                         AND NOT has_table_privilege('iot_dashboard', 'sensores_hora', 'SELECT'))
                FROM pg_class c WHERE c.oid = 'sensores'::regclass"""
         )
         row = cur.fetchone()

@@ -1,4 +1,5 @@
-"""PostgreSQL side of the consumer: one transaction per batch (rows + dead letters + positions).
+"""PostgreSQL side of the consumer: one transaction per batch (rows + their rollups + dead
+letters + positions).
 
 The stored positions are the source of truth for where consumption stands. A batch commits
 only if every partition's stored position is still the one this process started from; a
@@ -23,6 +24,7 @@ from iot_common.errors import summary
 from iot_common.logging import get_logger
 from iot_common.postgres import connect
 from iot_common.settings import PostgresSettings
+from iot_consumer import rollups
 from iot_consumer.alerts.engine import Evaluation
 from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.batch import MAX_STORED_PAYLOAD, Batch, DeadLetter
@@ -65,6 +67,7 @@ class PostgresSink:
         self.day_partitions = DailyPartitions(days_ahead)  # PostgreSQL's daily partitions of sensores
         self._conn: psycopg2.extensions.connection | None = None
         self.last_copy_seconds = 0.0
+        self.last_rollup_seconds = 0.0
         # The topic's id as Kafka reports it, stored with every position (detects a re-created topic).
         self.topic_id: uuid.UUID | None = None
 
@@ -205,6 +208,9 @@ class PostgresSink:
             with conn.cursor() as cur:
                 if batch.copy_lines:
                     self._copy(cur, batch.copy_payload())
+                    started = time.perf_counter()
+                    rollups.upsert(cur, batch.readings)
+                    self.last_rollup_seconds = time.perf_counter() - started
                 if batch.dead_letters:
                     self._insert_dead_letters(cur, batch.dead_letters)
                 if alerts is not None and evaluation is not None:

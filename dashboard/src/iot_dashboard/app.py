@@ -116,22 +116,37 @@ def clock(stamp: Any) -> str:
     return pd.Timestamp(stamp).tz_convert("UTC").strftime("%H:%M:%S")
 
 
-def line_chart(data: pd.DataFrame, metric: str, title: str, limits: list[float]) -> alt.LayerChart:
-    """One line per sensor, with the alert thresholds as dashed red lines."""
-    lines = (
+AXIS_FORMATS = {"raw": "%H:%M:%S", "minute": "%H:%M", "hour": "%d %b %H:%M"}
+
+
+def line_chart(
+    data: pd.DataFrame, band: pd.DataFrame, metric: str, title: str, limits: list[float], axis_format: str
+) -> alt.LayerChart:
+    """One line per chosen sensor over the whole fleet's band (lowest to highest, dashed mean),
+    with the alert thresholds as dashed red lines."""
+    x = alt.X("t:T", title="UTC", axis=alt.Axis(format=axis_format))
+    layers: list[alt.Chart] = []
+    if not band.empty:
+        layers.append(
+            alt.Chart(band)
+            .mark_area(opacity=0.18, color="#7f7f7f")
+            .encode(x=x, y=alt.Y(f"{metric}_min:Q", title=title, scale=alt.Scale(zero=False)), y2=f"{metric}_max:Q")
+        )
+        layers.append(alt.Chart(band).mark_line(color="#7f7f7f", strokeDash=[2, 2]).encode(x=x, y=alt.Y(f"{metric}:Q")))
+    layers.append(
         alt.Chart(data)
         .mark_line(interpolate="monotone")
         .encode(
-            x=alt.X("t:T", title="UTC", axis=alt.Axis(format="%H:%M:%S")),
+            x=x,
             y=alt.Y(f"{metric}:Q", title=title, scale=alt.Scale(zero=False)),
             color=alt.Color("sensor:N", title="sensor"),
-            tooltip=["sensor:N", alt.Tooltip("t:T", format="%H:%M:%S"), alt.Tooltip(f"{metric}:Q", format=".2f")],
+            tooltip=["sensor:N", alt.Tooltip("t:T", format=axis_format), alt.Tooltip(f"{metric}:Q", format=".2f")],
         )
     )
-    thresholds = (
+    layers.append(
         alt.Chart(pd.DataFrame({"limit": limits})).mark_rule(color="#d62728", strokeDash=[6, 4]).encode(y="limit:Q")
     )
-    return alt.LayerChart(layer=[lines, thresholds])
+    return alt.LayerChart(layer=layers)
 
 
 def alert_table(alerts: pd.DataFrame, extra: dict[str, pd.Series]) -> pd.DataFrame:
@@ -167,12 +182,14 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
         alerting = set(opened["sensor_id"]) if not opened.empty else set()
         if chosen:
             sensors = chosen
-        else:  # sensors with open alerts first, then the rest, up to max_sensors
-            known = list(latest.sort_values("sensor_id")["sensor_id"]) if not latest.empty else []
-            sensors = ([s for s in known if s in alerting] + [s for s in known if s not in alerting])[
-                : settings.max_sensors
-            ]
-        data = q.series(conn, window, sensors, q.bucket_for(window))
+        else:  # open alerts first, then the sensors furthest from the fleet's mean, up to max_sensors
+            known = set(latest["sensor_id"]) if not latest.empty else set()
+            ranked = [*sorted(alerting & known), *q.most_deviating(conn, timedelta(hours=1), settings.max_sensors)]
+            sensors = list(dict.fromkeys(ranked))[: settings.max_sensors]
+        source = q.source_for(window)
+        bucket = q.bucket_for(window, source=source)
+        data = q.series(conn, window, sensors, bucket)
+        band = q.fleet_band(conn, window, bucket)
     except psycopg2.Error as exc:
         broken = True
         REFRESHES.labels("query_failed").inc()
@@ -213,17 +230,27 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
     )
 
     # ------------------------------------------------------------------ charts
-    st.subheader(f"Live readings · last {window_name}")
+    st.subheader(f"Readings · last {window_name}")
+    fleet = int(band["sensors"].max()) if not band.empty else 0
+    st.caption(
+        f"{len(sensors)} sensors drawn ({'chosen' if chosen else 'open alerts first, then furthest from the mean'})"
+        f" from {q.SOURCE_NAMES[source]}, one point per {q.bucket_for(window, source=source)}"
+        f" · grey band: all {fleet} sensors, lowest to highest, dashed mean"
+    )
     if data.empty:
         st.info("No readings in this window yet.")
     else:
         data = data.assign(sensor=data["sensor_id"].map(short), t=pd.to_datetime(data["t"], utc=True))
+        band = band.assign(t=pd.to_datetime(band["t"], utc=True))
+        axis = AXIS_FORMATS[source]
         left, right = st.columns(2)
         left.altair_chart(
-            line_chart(data, "temperatura", "Temperatura (°C)", [settings.temperature_limit]), width="stretch"
+            line_chart(data, band, "temperatura", "Temperatura (°C)", [settings.temperature_limit], axis),
+            width="stretch",
         )
         right.altair_chart(
-            line_chart(data, "umidade", "Umidade (%)", [settings.humidity_min, settings.humidity_max]), width="stretch"
+            line_chart(data, band, "umidade", "Umidade (%)", [settings.humidity_min, settings.humidity_max], axis),
+            width="stretch",
         )
 
     # ------------------------------------------------------------------ alerts

@@ -1,12 +1,18 @@
 """What the dashboard reads, one function per panel. Plain SQL over the read-only role;
-every query is bounded by a time window so the page stays fast on a large ``sensores``."""
+every query is bounded by a time window so the page stays fast on a large ``sensores``.
+
+Charts read raw readings only for windows up to an hour; longer windows read the rollups the
+consumer keeps (``sensores_minuto`` up to a day, ``sensores_hora`` beyond), so a 30-day chart
+of 1,000 sensors reads ~720k hourly rows instead of ~2.6 billion readings (docs/BENCHMARKS.md,
+"Dashboard at scale").
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import psycopg2.extensions
@@ -24,19 +30,45 @@ def _frame(conn: psycopg2.extensions.connection, panel: str, query: str, params:
     return pd.DataFrame.from_records(rows, columns=columns)
 
 
-def bucket_for(window: timedelta, points: int = 240) -> timedelta:
-    """Chart resolution: about ``points`` per series, never finer than one second."""
-    return max(timedelta(seconds=1), timedelta(seconds=round(window.total_seconds() / points)))
+Source = Literal["raw", "minute", "hour"]
+ROLLUP_TABLES: dict[Source, str] = {"minute": "sensores_minuto", "hour": "sensores_hora"}
+SOURCE_NAMES: dict[Source, str] = {"raw": "raw readings", "minute": "per-minute rollups", "hour": "hourly rollups"}
+_GRAIN: dict[Source, timedelta] = {
+    "raw": timedelta(seconds=1),
+    "minute": timedelta(minutes=1),
+    "hour": timedelta(hours=1),
+}
+_ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+
+
+def source_for(window: timedelta) -> Source:
+    """Raw readings up to an hour, minute rollups up to a day, hour rollups beyond."""
+    if window <= timedelta(hours=1):
+        return "raw"
+    return "minute" if window <= timedelta(days=1) else "hour"
+
+
+def bucket_for(window: timedelta, points: int = 240, source: Source = "raw") -> timedelta:
+    """Chart resolution: about ``points`` per series, never finer than the source holds."""
+    return max(_GRAIN[source], timedelta(seconds=round(window.total_seconds() / points)))
 
 
 def latest_per_sensor(conn: psycopg2.extensions.connection, within: timedelta = timedelta(hours=1)) -> pd.DataFrame:
-    """Newest reading of every sensor heard from within ``within``, newest sensors first."""
+    """Newest reading of every sensor heard from within ``within``, newest sensors first.
+
+    The sensors come from the minute rollup (one row per sensor-minute), then one index probe
+    per sensor finds its newest reading: no sort of every reading in the window."""
     return _frame(
         conn,
         "latest",
-        """SELECT DISTINCT ON (sensor_id) sensor_id::text AS sensor_id, "timestamp", temperatura, umidade
-             FROM sensores WHERE "timestamp" >= now() - %(within)s
-            ORDER BY sensor_id, "timestamp" DESC""",
+        """SELECT s.sensor_id::text AS sensor_id, r."timestamp", r.temperatura, r.umidade
+             FROM (SELECT DISTINCT sensor_id FROM sensores_minuto
+                    WHERE bucket >= date_trunc('minute', now() - %(within)s)) s
+             CROSS JOIN LATERAL (
+                   SELECT "timestamp", temperatura, umidade FROM sensores x
+                    WHERE x.sensor_id = s.sensor_id AND x."timestamp" >= now() - %(within)s
+                    ORDER BY x."timestamp" DESC LIMIT 1) r
+            ORDER BY r."timestamp" DESC""",
         {"within": within},
     )
 
@@ -44,19 +76,60 @@ def latest_per_sensor(conn: psycopg2.extensions.connection, within: timedelta = 
 def series(
     conn: psycopg2.extensions.connection, window: timedelta, sensors: list[str], bucket: timedelta
 ) -> pd.DataFrame:
-    """Average temperature and humidity per sensor per ``bucket`` over the last ``window``."""
+    """Mean temperature and humidity per sensor per ``bucket`` over the last ``window``."""
     if not sensors:
         return pd.DataFrame(columns=["t", "sensor_id", "temperatura", "umidade"])
+    source = source_for(window)
+    params = {"bucket": max(bucket, _GRAIN[source]), "window": window, "sensors": sensors}
+    if source == "raw":
+        query = f"""SELECT date_bin(%(bucket)s, "timestamp", {_ORIGIN}) AS t,
+                           sensor_id::text AS sensor_id, avg(temperatura) AS temperatura, avg(umidade) AS umidade
+                      FROM sensores
+                     WHERE "timestamp" >= now() - %(window)s AND sensor_id = ANY(%(sensors)s::uuid[])
+                     GROUP BY 1, 2 ORDER BY 1"""
+    else:
+        query = f"""SELECT date_bin(%(bucket)s, bucket, {_ORIGIN}) AS t, sensor_id::text AS sensor_id,
+                           sum(temperatura_soma) / sum(leituras) AS temperatura,
+                           sum(umidade_soma) / sum(leituras) AS umidade
+                      FROM {ROLLUP_TABLES[source]}
+                     WHERE bucket >= now() - %(window)s AND sensor_id = ANY(%(sensors)s::uuid[])
+                     GROUP BY 1, 2 ORDER BY 1"""
+    return _frame(conn, f"series_{source}", query, params)
+
+
+def fleet_band(conn: psycopg2.extensions.connection, window: timedelta, bucket: timedelta) -> pd.DataFrame:
+    """Every sensor at once, per ``bucket``: the lowest, mean and highest temperature and
+    humidity (the band the chosen sensors are drawn against), from the rollups."""
+    source: Source = "minute" if window <= timedelta(days=1) else "hour"
     return _frame(
         conn,
-        "series",
-        """SELECT date_bin(%(bucket)s, "timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t,
-                  sensor_id::text AS sensor_id, avg(temperatura) AS temperatura, avg(umidade) AS umidade
-             FROM sensores
-            WHERE "timestamp" >= now() - %(window)s AND sensor_id = ANY(%(sensors)s::uuid[])
-            GROUP BY 1, 2 ORDER BY 1""",
-        {"bucket": bucket, "window": window, "sensors": sensors},
+        f"band_{source}",
+        f"""SELECT date_bin(%(bucket)s, bucket, {_ORIGIN}) AS t,
+                   min(temperatura_min) AS temperatura_min, sum(temperatura_soma) / sum(leituras) AS temperatura,
+                   max(temperatura_max) AS temperatura_max,
+                   min(umidade_min) AS umidade_min, sum(umidade_soma) / sum(leituras) AS umidade,
+                   max(umidade_max) AS umidade_max, count(DISTINCT sensor_id) AS sensors
+              FROM {ROLLUP_TABLES[source]}
+             WHERE bucket >= now() - %(window)s
+             GROUP BY 1 ORDER BY 1""",
+        {"bucket": max(bucket, _GRAIN[source]), "window": window},
     )
+
+
+def most_deviating(conn: psycopg2.extensions.connection, within: timedelta, limit: int) -> list[str]:
+    """Sensors whose mean temperature over ``within`` is furthest from the fleet's, first."""
+    frame = _frame(
+        conn,
+        "deviation",
+        """WITH per_sensor AS (
+                SELECT sensor_id, sum(temperatura_soma) / sum(leituras) AS mean
+                  FROM sensores_minuto WHERE bucket >= date_trunc('minute', now() - %(within)s)
+                 GROUP BY sensor_id)
+           SELECT sensor_id::text AS sensor_id FROM per_sensor
+            ORDER BY abs(mean - (SELECT avg(mean) FROM per_sensor)) DESC, sensor_id LIMIT %(limit)s""",
+        {"within": within, "limit": limit},
+    )
+    return list(frame["sensor_id"]) if not frame.empty else []
 
 
 def open_alerts(conn: psycopg2.extensions.connection) -> pd.DataFrame:

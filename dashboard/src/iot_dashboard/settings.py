@@ -7,8 +7,16 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Window = Literal["5 min", "15 min", "1 h", "6 h", "24 h"]
-WINDOWS: dict[str, int] = {"5 min": 300, "15 min": 900, "1 h": 3600, "6 h": 21_600, "24 h": 86_400}
+Window = Literal["5 min", "15 min", "1 h", "6 h", "24 h", "7 d", "30 d"]
+WINDOWS: dict[str, int] = {
+    "5 min": 300,
+    "15 min": 900,
+    "1 h": 3600,
+    "6 h": 21_600,
+    "24 h": 86_400,
+    "7 d": 604_800,
+    "30 d": 2_592_000,
+}
 
 
 class DashboardSettings(BaseSettings):

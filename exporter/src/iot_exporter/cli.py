@@ -18,10 +18,13 @@ from iot_common.logging import get_logger
 from iot_common.postgres import connect
 from iot_common.settings import ConfigError, PostgresSettings, load_settings
 from iot_exporter.export import (
+    READINGS,
+    ROLLUPS,
     Engine,
     ExportFilter,
     ExportResult,
     Format,
+    Source,
     count_rows,
     parse_utc,
     remove_stale_temporaries,
@@ -126,11 +129,15 @@ def _export_files(
     stem: str,
     formats: tuple[Format, ...],
     engine: Engine,
+    source: Source = READINGS,
 ) -> list[ExportResult]:
     results = []
     for fmt in formats:
         path = out / f"{stem}.{fmt}"
-        result = write_csv(conn, flt, path, engine) if fmt == "csv" else write_xlsx(conn, flt, path)
+        if fmt == "csv":
+            result = write_csv(conn, flt, path, engine, source)
+        else:
+            result = write_xlsx(conn, flt, path, source=source)
         log.info(
             "file_written",
             path=str(path),
@@ -161,13 +168,28 @@ def export(
     sensor: Annotated[list[str] | None, typer.Option(help="Only this sensor id (repeatable).")] = None,
     out: OutOption = Path("."),
     fmt: FormatOption = "csv,xlsx",
-    name: Annotated[str, typer.Option(help="File name without extension.")] = "sensores_exportado",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="File name without extension (default: sensores_exportado, or sensores_minuto/hora_exportado)."
+        ),
+    ] = None,
     engine: EngineOption = "copy",
+    rollup: Annotated[
+        str | None,
+        typer.Option(
+            help="Export the per-sensor aggregates by minute or hour (count, mean, min, max) instead of readings."
+        ),
+    ] = None,
     pushgateway_url: PushOption = None,
 ) -> None:
-    """Export readings to NAME.csv and NAME.xlsx (default: sensores_exportado.*)."""
+    """Export readings (or their rollups) to NAME.csv and NAME.xlsx (default: sensores_exportado.*)."""
     setup_service("iot-exporter")
     formats = _formats(fmt)
+    if rollup is not None and rollup not in ROLLUPS:
+        raise typer.BadParameter(f"unknown rollup {rollup!r}; use minute or hour", param_hint="--rollup")
+    source = ROLLUPS[rollup] if rollup is not None else READINGS
+    name = name or f"{source.table}_exportado"
     if engine not in ("copy", "pandas"):
         raise typer.BadParameter(f"unknown engine {engine!r}; use copy or pandas", param_hint="--engine")
     try:
@@ -187,7 +209,7 @@ def export(
     conn = _connect(report)
     try:
         remove_stale_temporaries(out)
-        results = _export_files(conn, flt, out, name, formats, engine)  # type: ignore[arg-type]
+        results = _export_files(conn, flt, out, name, formats, engine, source)  # type: ignore[arg-type]
     except (psycopg2.Error, OSError) as exc:
         report.failure()
         fail(f"export failed: {str(exc).strip()}", code=EXIT_FAILED)

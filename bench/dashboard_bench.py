@@ -1,0 +1,288 @@
+"""Dashboard at scale: every panel's query on 100M readings of 1,000 sensors over 30 days.
+
+Loads the readings with COPY into a database of its own (kept between runs as
+`iot_bench_dashboard` and topped up to the present, so a re-run takes minutes, not the load's
+~20), builds the rollups the consumer keeps (the same SQL as migration 5), then times each panel
+query of the dashboard (iot_dashboard.queries, the code the page runs) --rounds times per
+window: p50 and p95 in ms. Side by side, for the windows the rollups serve, the same chart
+computed from raw readings (the dashboard before rollups), to show what they save.
+
+usage: python -m bench.dashboard_bench [--readings 100000000] [--sensors 1000] [--days 30] [--rounds 20] [--reload]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg2.extensions
+
+from bench.common import STACK, Table, connect, fmt, save
+from iot_consumer.rollups import REBUILD_SQL
+from iot_consumer.schema import DailyPartitions, migrate
+from iot_dashboard import queries as q
+
+DATABASE = "iot_bench_dashboard"
+WINDOWS = {"5 min": 300, "1 h": 3600, "24 h": 86_400, "7 d": 604_800, "30 d": 2_592_000}
+CHOSEN = 12  # series drawn by default (DASHBOARD_MAX_SENSORS)
+# Raw-reading versions of the rollup-served charts are slow by design: time them fewer times.
+RAW_ROUNDS = 3
+
+
+def ensure_database() -> None:
+    admin = STACK.admin_connection()
+    with admin.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        if cur.fetchone() is None:
+            cur.execute(f"CREATE DATABASE {DATABASE} OWNER {STACK.pg_user}")
+    admin.close()
+
+
+def drop_database() -> None:
+    admin = STACK.admin_connection()
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    admin.close()
+
+
+def lines(sensors: list[str], start: datetime, end: datetime, step_s: float, first_offset: int) -> Iterator[str]:
+    """COPY text lines: every sensor at every step in [start, end), values cycling through a
+    realistic range; chunks of one step (one line per sensor)."""
+    temperatures = [f"{20 + (i % 1000) / 100:.2f}" for i in range(997)]
+    humidities = [f"{30 + (i % 5000) / 100:.2f}" for i in range(991)]
+    offset = first_offset
+    steps = int((end - start).total_seconds() // step_s)
+    for step in range(steps):
+        stamp = (start + timedelta(seconds=step * step_s)).isoformat()
+        chunk = []
+        for index, sensor in enumerate(sensors):
+            n = step * len(sensors) + index
+            chunk.append(
+                f"{sensor}\t{stamp}\t{temperatures[n % 997]}\t{humidities[n % 991]}\t{index % 6}\t{offset}\t\\N\n"
+            )
+            offset += 1
+        yield "".join(chunk)
+
+
+class LineStream(io.RawIOBase):
+    """A file-like view of the generator for COPY FROM STDIN."""
+
+    def __init__(self, source: Iterator[str]) -> None:
+        self._source = source
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = size if size and size > 0 else 1 << 20
+        while len(self._buffer) < wanted:
+            piece = next(self._source, None)
+            if piece is None:
+                break
+            self._buffer += piece.encode()
+        out, self._buffer = self._buffer[:wanted], self._buffer[wanted:]
+        return out
+
+
+def load(
+    conn: psycopg2.extensions.connection, sensors: list[str], start: datetime, end: datetime, step_s: float
+) -> int:
+    """COPY the readings of [start, end) day by day; returns rows written."""
+    conn.autocommit = False
+    DailyPartitions().ensure(conn, {(start + timedelta(days=d)).date() for d in range((end - start).days + 2)})
+    rows = 0
+    day = start
+    while day < end:
+        until = min(end, datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1))
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.copy_expert(
+                'COPY sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset, extras) '
+                "FROM STDIN",
+                LineStream(lines(sensors, day, until, step_s, rows)),
+                size=1 << 20,
+            )
+            added = cur.rowcount
+        conn.commit()
+        rows += added
+        print(f"[dashboard_bench] {day:%Y-%m-%d}: {added:,} rows in {time.perf_counter() - started:.0f} s", flush=True)
+        day = until
+    return rows
+
+
+def rebuild_rollups(conn: psycopg2.extensions.connection) -> float:
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE sensores_minuto, sensores_hora")
+        cur.execute(REBUILD_SQL)
+    conn.commit()
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("VACUUM ANALYZE sensores")
+        cur.execute("VACUUM ANALYZE sensores_minuto")
+        cur.execute("VACUUM ANALYZE sensores_hora")
+    conn.autocommit = False
+    return time.perf_counter() - started
+
+
+def prepare(args: argparse.Namespace) -> tuple[int, str]:
+    """The database with ~--readings rows ending now; (rows, how it was prepared)."""
+    if args.reload:
+        drop_database()
+    ensure_database()
+    conn = connect(DATABASE)
+    conn.autocommit = True
+    migrate(conn)
+    conn.autocommit = False
+    sensors = [str(uuid.UUID(int=0x4000_8000_0000_0000_0000 + i)) for i in range(args.sensors)]
+    step_s = args.days * 86_400 * args.sensors / args.readings
+    now = datetime.now(UTC).replace(microsecond=0)
+    with conn.cursor() as cur:
+        cur.execute('SELECT max("timestamp"), count(*) FROM sensores')
+        newest, existing = cur.fetchone() or (None, 0)
+    conn.rollback()
+    if newest is None:
+        started = time.perf_counter()
+        # Indexes are built once after the load (as a restore would), not row by row.
+        with conn.cursor() as cur:
+            cur.execute("DROP INDEX IF EXISTS sensores_sensor_time_idx")
+        conn.commit()
+        rows = load(conn, sensors, now - timedelta(days=args.days), now, step_s)
+        with conn.cursor() as cur:
+            cur.execute('CREATE INDEX sensores_sensor_time_idx ON sensores (sensor_id, "timestamp" DESC)')
+        conn.commit()
+        loaded = time.perf_counter() - started
+        rollup_s = rebuild_rollups(conn)
+        how = f"loaded {rows:,} rows with COPY in {loaded:.0f} s (index built after), rollups built in {rollup_s:.0f} s"
+    else:
+        start = newest + timedelta(seconds=step_s)
+        rows = load(conn, sensors, start, now, step_s) if start < now else 0
+        rollup_s = rebuild_rollups(conn) if rows else 0.0
+        how = f"reused {existing:,} rows, topped up {rows:,} to now (rollups rebuilt in {rollup_s:.0f} s)"
+        rows += existing
+    conn.close()
+    return rows, how
+
+
+def timed(run: Callable[[], object], rounds: int) -> tuple[float, float]:
+    """(p50, p95) in ms of ``rounds`` runs after one warm-up."""
+    run()
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]
+
+
+def raw_series(conn: psycopg2.extensions.connection, window: timedelta, sensors: list[str], bucket: timedelta) -> None:
+    """The chart as the dashboard computed it before rollups: from every raw reading."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT date_bin(%(bucket)s, "timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t,
+                      sensor_id, avg(temperatura), avg(umidade)
+                 FROM sensores WHERE "timestamp" >= now() - %(window)s AND sensor_id = ANY(%(sensors)s::uuid[])
+                GROUP BY 1, 2""",
+            {"bucket": bucket, "window": window, "sensors": sensors},
+        )
+        cur.fetchall()
+
+
+def raw_latest(conn: psycopg2.extensions.connection) -> None:
+    """The latest-per-sensor panel before rollups: DISTINCT ON over the last hour's readings."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT DISTINCT ON (sensor_id) sensor_id, "timestamp", temperatura, umidade
+                 FROM sensores WHERE "timestamp" >= now() - interval '1 hour' ORDER BY sensor_id, "timestamp" DESC"""
+        )
+        cur.fetchall()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readings", type=int, default=100_000_000)
+    parser.add_argument("--sensors", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--reload", action="store_true", help="Drop the kept database and load again.")
+    args = parser.parse_args()
+    rows, how = prepare(args)
+    conn = connect(DATABASE)
+    conn.autocommit = True
+    chosen = q.most_deviating(conn, timedelta(hours=1), CHOSEN)
+    panels: list[list[str]] = []
+    compared: list[list[str]] = []
+    fixed: dict[str, Callable[[], object]] = {
+        "latest reading per sensor (1 h)": lambda: q.latest_per_sensor(conn, timedelta(hours=1)),
+        "sensors furthest from the mean (1 h)": lambda: q.most_deviating(conn, timedelta(hours=1), CHOSEN),
+        "headline: readings/s, sensors reporting": lambda: q.throughput(conn, "iot-consumer"),
+        "open alerts": lambda: q.open_alerts(conn),
+        "recently closed alerts (24 h)": lambda: q.recent_alerts(conn, timedelta(hours=24)),
+        "dead letters by reason (24 h)": lambda: q.dead_letters_by_reason(conn, timedelta(hours=24)),
+        "stored positions": lambda: q.stored_positions(conn, "iot-consumer"),
+    }
+    for name, run in fixed.items():
+        p50, p95 = timed(run, args.rounds)
+        panels.append([name, "-", fmt(p50, 1), fmt(p95, 1)])
+    for label, seconds in WINDOWS.items():
+        window = timedelta(seconds=seconds)
+        source = q.source_for(window)
+        bucket = q.bucket_for(window, source=source)
+        p50, p95 = timed(functools.partial(q.series, conn, window, chosen, bucket), args.rounds)
+        panels.append([f"chart: {CHOSEN} sensors ({label})", q.SOURCE_NAMES[source], fmt(p50, 1), fmt(p95, 1)])
+        p50, p95 = timed(functools.partial(q.fleet_band, conn, window, bucket), args.rounds)
+        panels.append([f"chart: band of all sensors ({label})", "rollups", fmt(p50, 1), fmt(p95, 1)])
+        if source != "raw":
+            raw50, _ = timed(functools.partial(raw_series, conn, window, chosen, bucket), RAW_ROUNDS)
+            new50, _ = timed(functools.partial(q.series, conn, window, chosen, bucket), RAW_ROUNDS)
+            compared.append([label, fmt(raw50, 1), fmt(new50, 1), f"{raw50 / new50:,.0f}×"])
+        print(f"[dashboard_bench] {label} done", flush=True)
+    raw50, _ = timed(lambda: raw_latest(conn), RAW_ROUNDS)
+    new50, _ = timed(lambda: q.latest_per_sensor(conn, timedelta(hours=1)), RAW_ROUNDS)
+    compared.append(["latest reading per sensor (1 h)", fmt(raw50, 1), fmt(new50, 1), f"{raw50 / new50:,.0f}×"])
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT (SELECT count(*) FROM sensores_minuto), (SELECT count(*) FROM sensores_hora),
+                      pg_size_pretty((SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i
+                                       WHERE i.inhparent = 'sensores'::regclass)),
+                      pg_size_pretty((SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i
+                                       WHERE i.inhparent = 'sensores_minuto'::regclass)),
+                      pg_size_pretty((SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i
+                                       WHERE i.inhparent = 'sensores_hora'::regclass))"""
+        )
+        minute_rows, hour_rows, raw_size, minute_size, hour_size = cur.fetchone() or (0, 0, "?", "?", "?")
+    conn.close()
+    slowest = max(float(r[3].replace(",", "")) for r in panels)
+    tables = [
+        Table(
+            f"Every panel's query, {rows:,} readings of {args.sensors:,} sensors over {args.days} days",
+            ["panel", "reads", "p50 ms", "p95 ms"],
+            panels,
+            [
+                how,
+                f"sensores {raw_size}; sensores_minuto {minute_rows:,} rows, {minute_size}; "
+                f"sensores_hora {hour_rows:,} rows, {hour_size}",
+                f"slowest p95: {slowest:,.1f} ms (goal ≤ 300 ms); {args.rounds} rounds after a warm-up, "
+                "the code the page runs (iot_dashboard.queries), one connection",
+            ],
+        ),
+        Table(
+            "The same panels from raw readings (before rollups) vs now, p50 ms",
+            ["panel / window", "raw readings", "now", "ratio"],
+            compared,
+            [f"{RAW_ROUNDS} rounds each; raw = GROUP BY over every reading of the window (12 sensors)"],
+        ),
+    ]
+    save("dashboard_bench", tables)
+
+
+if __name__ == "__main__":
+    main()
