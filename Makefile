@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-compose test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-compose test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-rollups bench-exporter clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -98,6 +98,12 @@ bench-codecs: dev stack-up ## What each compression codec costs end to end (benc
 
 bench-dashboard: dev stack-up ## Every dashboard panel's query on 100M readings of 1,000 sensors (first run loads ~15 GB, ~25 min)
 	$(BIN)/python -m bench.dashboard_bench
+
+bench-rollups: dev stack-up ## What the rollups cost the consumer per row, beside the COPY (bench/results/rollup_bench.md)
+	$(BIN)/python -m bench.rollup_bench
+
+bench-exporter: dev stack-up ## CSV/XLSX export speed beside the naive pandas way and the COPY limit (bench/results/exporter_bench.md)
+	$(BIN)/python -m bench.exporter_bench
 
 bench-alerts: dev stack-up ## What alert evaluation costs the consumer: alerts on vs --no-alerts (bench/results/alerts_bench.md)
 	$(BIN)/python -m bench.alerts_bench
