@@ -266,6 +266,28 @@ def require_docker(required_by: str) -> None:
     pytest.skip("no Docker daemon (CI runs these: .ci/run starts one)")
 
 
+def standin_images() -> dict[str, str]:
+    """Build the stand-ins for the third-party images (tests/compose/standins/build.sh) and our
+    four images (docker/build-images.sh, tag dev, on the same base); the variables selecting
+    the stand-ins (KAFKA_IMAGE=..., PYTHON_IMAGE=...)."""
+    out = subprocess.run(
+        [str(REPO / "tests" / "compose" / "standins" / "build.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    ).stdout
+    images = dict(line.split("=", 1) for line in out.split() if "=" in line)
+    subprocess.run(
+        [str(REPO / "docker" / "build-images.sh"), "dev"],
+        check=True,
+        env={**os.environ, **images},
+        timeout=1800,
+        capture_output=True,
+    )
+    return images
+
+
 def kcat_produce(
     bootstrap: str,
     topic: str,

@@ -22,7 +22,7 @@ import openpyxl
 import psycopg2
 import pytest
 
-from tests.helpers import REPO, require_docker, wait_until
+from tests.helpers import REPO, require_docker, standin_images, wait_until
 
 pytestmark = pytest.mark.compose
 
@@ -36,14 +36,7 @@ def compose_env() -> dict[str, str]:
     """Stand-in images built, our images built, the compose binary ready: the environment for it."""
     require_docker("IOT_REQUIRE_COMPOSE_TESTS")
     subprocess.run([str(REPO / "scripts" / "install-tools.sh"), "compose"], check=True, timeout=3600)
-    out = subprocess.run(
-        [str(REPO / "tests" / "compose" / "standins" / "build.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    ).stdout
-    images = dict(line.split("=", 1) for line in out.split() if "=" in line)
+    images = standin_images()
     env = {
         **os.environ,
         **images,
@@ -51,9 +44,6 @@ def compose_env() -> dict[str, str]:
         "EXPORT_INTERVAL_SECONDS": "15",
         "PRODUCER_SENSORS": "20",
     }
-    subprocess.run(
-        [str(REPO / "docker" / "build-images.sh"), "dev"], check=True, env=env, timeout=1800, capture_output=True
-    )
     return env
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import openpyxl
 import pytest
 
-from tests.helpers import REPO, require_docker, wait_until
+from tests.helpers import REPO, require_docker, standin_images, wait_until
 
 # The first test also builds the images (and, once per machine, Kubernetes itself: ~20 min).
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(3600)]
@@ -118,17 +118,7 @@ def images() -> list[str]:
     require_docker("IOT_REQUIRE_K8S_TESTS")
     require_cluster_tools()
     subprocess.run([str(REPO / "scripts" / "install-tools.sh"), "helm"], check=True, timeout=3600, capture_output=True)
-    out = subprocess.run(
-        [str(REPO / "tests" / "compose" / "standins" / "build.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    ).stdout
-    env = {**os.environ, **dict(line.split("=", 1) for line in out.split() if "=" in line)}
-    subprocess.run(
-        [str(REPO / "docker" / "build-images.sh"), TAG], check=True, env=env, timeout=1800, capture_output=True
-    )
+    standin_images()
     return [*STANDINS, *(f"iot-{service}:{TAG}" for service in SERVICES)]
 
 

@@ -337,6 +337,24 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
     return current
 
 
+# One privilege per grant group of GRANTS, newest first: when a role lacks any, GRANTS runs again.
+REQUIRED_PRIVILEGES = (
+    ("iot_consumer", "sensores_hora", "UPDATE"),
+    ("iot_exporter", "sensores_hora", "SELECT"),
+    ("iot_dashboard", "sensores_hora", "SELECT"),
+    ("iot_consumer", "offset_gaps", "INSERT"),
+    ("iot_dashboard", "offset_gaps", "SELECT"),
+    ("iot_consumer", "alert_outbox", "DELETE"),
+    ("iot_dashboard", "alertas", "SELECT"),
+    ("iot_consumer", "consumer_positions", "UPDATE"),
+    ("iot_exporter", "sensores", "SELECT"),
+)
+_ANY_PRIVILEGE_MISSING = " OR ".join(
+    f"(EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') AND NOT has_table_privilege('{role}', '{table}', '{privilege}'))"
+    for role, table, privilege in REQUIRED_PRIVILEGES
+)
+
+
 def _grant_service_roles(conn: psycopg2.extensions.connection) -> None:
     """As the owner, grant the service roles what they lack (nothing once done).
 
@@ -346,25 +364,7 @@ def _grant_service_roles(conn: psycopg2.extensions.connection) -> None:
     """
     with conn.cursor() as cur:
         cur.execute(
-            """SELECT pg_get_userbyid(c.relowner) = current_user,
-                      (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
-                         AND NOT has_table_privilege('iot_consumer', 'consumer_positions', 'UPDATE'))
-                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
-                         AND NOT has_table_privilege('iot_consumer', 'alert_outbox', 'DELETE'))
-                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
-                         AND NOT has_table_privilege('iot_consumer', 'offset_gaps', 'INSERT'))
-                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter')
-                         AND NOT has_table_privilege('iot_exporter', 'sensores', 'SELECT'))
-                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard')
-                         AND NOT has_table_privilege('iot_dashboard', 'alertas', 'SELECT'))
-                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard')
-                         AND NOT has_table_privilege('iot_dashboard', 'offset_gaps', 'SELECT'))
-                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_consumer')
-                         AND NOT has_table_privilege('iot_consumer', 'sensores_hora', 'UPDATE'))
-                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter')
-                         AND NOT has_table_privilege('iot_exporter', 'sensores_hora', 'SELECT'))
-                   OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard')
-                         AND NOT has_table_privilege('iot_dashboard', 'sensores_hora', 'SELECT'))
+            f"""SELECT pg_get_userbyid(c.relowner) = current_user, {_ANY_PRIVILEGE_MISSING}
                FROM pg_class c WHERE c.oid = 'sensores'::regclass"""
         )
         row = cur.fetchone()
