@@ -7,7 +7,7 @@ replay - so a reading is counted exactly as often as it is stored: once, across 
 rebalances and replays, because the stored Kafka positions commit with it. A late reading (a
 gateway back online) updates its past bucket like any other.
 
-Upserts go in (sensor, bucket) order: two replicas touching the same buckets (a producer
+Upserts go in (sensor, bucket) order (``ORDER BY`` in the INSERT … SELECT): two replicas touching the same buckets (a producer
 without keys spreads one sensor over partitions) then lock rows in one order and cannot
 deadlock. The aggregation is per batch in Python (a dict update per reading, ~1 µs) so that the
 database receives one row per sensor-minute instead of re-reading the batch's rows.
@@ -15,11 +15,11 @@ database receives one row per sensor-minute instead of re-reading the batch's ro
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from datetime import datetime
 
 import psycopg2.extensions
-from psycopg2.extras import execute_values
 
 from iot_consumer.alerts.engine import Reading
 
@@ -31,8 +31,14 @@ COLUMNS = (
     "sensor_id, bucket, leituras, temperatura_soma, temperatura_min, temperatura_max, "
     "umidade_soma, umidade_min, umidade_max"
 )
+# The batch's buckets go to a temporary table by COPY, then into the rollup in one statement:
+# measured 6.5 µs per reading against 11 µs with a VALUES list built in Python (bench/rollup_bench.py).
+_STAGE = """CREATE TEMP TABLE IF NOT EXISTS rollup_stage (
+    sensor_id uuid, bucket timestamptz, leituras integer, temperatura_soma double precision,
+    temperatura_min double precision, temperatura_max double precision, umidade_soma double precision,
+    umidade_min double precision, umidade_max double precision) ON COMMIT DELETE ROWS"""
 _UPSERT = """
-    INSERT INTO {table} AS r ({columns}) VALUES %s
+    INSERT INTO {table} AS r ({columns}) SELECT * FROM rollup_stage ORDER BY sensor_id, bucket
     ON CONFLICT (sensor_id, bucket) DO UPDATE SET
         leituras = r.leituras + EXCLUDED.leituras,
         temperatura_soma = r.temperatura_soma + EXCLUDED.temperatura_soma,
@@ -42,7 +48,6 @@ _UPSERT = """
         umidade_min = least(r.umidade_min, EXCLUDED.umidade_min),
         umidade_max = greatest(r.umidade_max, EXCLUDED.umidade_max)
 """
-_TEMPLATE = "(%s::uuid, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 # Both rollups computed from the readings in sensores (into empty tables): migration 5 fills
 # them for the data stored before rollups existed; tests use it as the reference.
@@ -101,8 +106,13 @@ def coarser(minutes: Buckets) -> Buckets:
     return hours
 
 
-def _rows(buckets: Buckets) -> list[tuple[object, ...]]:
-    return [(sensor, bucket, int(agg[0]), *agg[1:]) for (sensor, bucket), agg in sorted(buckets.items())]
+def _copy_text(buckets: Buckets) -> io.BytesIO:
+    """The buckets as COPY text rows of rollup_stage."""
+    lines = [
+        f"{sensor}\t{bucket.isoformat()}\t{int(a[0])}\t{a[1]!r}\t{a[2]!r}\t{a[3]!r}\t{a[4]!r}\t{a[5]!r}\t{a[6]!r}\n"
+        for (sensor, bucket), a in buckets.items()
+    ]
+    return io.BytesIO("".join(lines).encode())
 
 
 def upsert(cur: psycopg2.extensions.cursor, readings: Iterable[Reading]) -> int:
@@ -114,8 +124,9 @@ def upsert(cur: psycopg2.extensions.cursor, readings: Iterable[Reading]) -> int:
     minutes = by_minute(readings)
     if not minutes:
         return 0
+    cur.execute(_STAGE)
     for table, buckets in zip(TABLES, (minutes, coarser(minutes)), strict=True):
-        execute_values(
-            cur, _UPSERT.format(table=table, columns=COLUMNS), _rows(buckets), template=_TEMPLATE, page_size=5000
-        )
+        cur.copy_expert("COPY rollup_stage FROM STDIN", _copy_text(buckets), size=1 << 20)
+        cur.execute(_UPSERT.format(table=table, columns=COLUMNS))
+        cur.execute("DELETE FROM rollup_stage")
     return len(minutes)

@@ -173,7 +173,7 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
         return
     broken = False
     try:
-        latest = q.latest_per_sensor(conn, max(window, timedelta(hours=1)))
+        latest = q.latest_per_sensor(conn, timedelta(hours=1))
         opened = q.open_alerts(conn)
         recent = q.recent_alerts(conn, timedelta(hours=24))
         flow = q.throughput(conn, settings.consumer_group)
@@ -231,11 +231,11 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
 
     # ------------------------------------------------------------------ charts
     st.subheader(f"Readings · last {window_name}")
-    fleet = int(band["sensors"].max()) if not band.empty else 0
+    fleet = len(latest)
     st.caption(
         f"{len(sensors)} sensors drawn ({'chosen' if chosen else 'open alerts first, then furthest from the mean'})"
         f" from {q.SOURCE_NAMES[source]}, one point per {q.bucket_for(window, source=source)}"
-        f" · grey band: all {fleet} sensors, lowest to highest, dashed mean"
+        f" · grey band: all {fleet} sensors heard from, lowest to highest, dashed mean"
     )
     if data.empty:
         st.info("No readings in this window yet.")
