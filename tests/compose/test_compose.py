@@ -160,8 +160,9 @@ def test_compose_runs_the_pipeline_and_down_up_keeps_every_reading(stack_up: dic
     assert header.split(",")[:4] == ["sensor_id", "timestamp", "temperatura", "umidade"]
     sheet = openpyxl.load_workbook(copied / f"sensores_{day}.xlsx", read_only=True).worksheets[0]
     table = list(sheet.iter_rows(values_only=True))
-    assert list(table[0][:4]) == ["sensor_id", "timestamp", "temperatura", "umidade"]
+    assert list(table[0][:4]) == ["sensor_id", "timestamp (UTC)", "temperatura (°C)", "umidade (%)"]
     assert len(table) > 1
+    assert isinstance(table[1][1], datetime)  # a date-time cell, not text
 
     stop_producing_and_catch_up(env, "caught up")
     before = {

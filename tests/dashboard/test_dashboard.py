@@ -74,7 +74,8 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
 ) -> None:
     """In headless Chromium against the live pipeline: both charts list every sensor, the spike's
     alert appears as open (sensor, rule, severity) and then, without a reload, as recently closed;
-    a week of backlog shows in the 7-day window (hourly rollups); the page raises no error."""
+    a week of backlog shows in the 7-day window (hourly rollups); with 1,000 sensors it draws
+    twelve against the fleet's band; the page raises no error."""
     pipeline_env = {**env, "ALERTS_TOPIC": alerts_topic}
     consumer = Service(["iot-consumer", "run"], pipeline_env, tmp_path / "consumer.log")
     # 5 sensors, 4 readings/s each; the first reads ~33 °C from its 8th reading for 30 s.
@@ -190,6 +191,37 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
             for sensor_id in [sensor, *others]:
                 expect(charts.nth(0)).to_contain_text(sensor_id[:8])
             page.screenshot(path=str(ARTIFACTS / "dashboard-7d.png"), full_page=True)
+
+            # A fleet of 1,000: 995 more sensors report once. The page stays readable: twelve
+            # lines at most (open alerts first, then furthest from the mean), the whole fleet as
+            # the band, and "latest reading" capped at 50 with the rest counted.
+            fleet = [str(uuid.UUID(int=0x4000_8000_0000_0000_0000 + i)) for i in range(995)]
+            send_raw(
+                stack.bootstrap,
+                env["KAFKA_TOPIC"],
+                [
+                    (
+                        sensor_id.encode(),
+                        orjson.dumps(
+                            {
+                                "sensor_id": sensor_id,
+                                "timestamp": datetime.now(UTC).isoformat(),
+                                "temperatura": 24.0 + (i % 10) / 10,
+                                "umidade": 50.0,
+                            }
+                        ),
+                    )
+                    for i, sensor_id in enumerate(fleet)
+                ],
+            )
+            recent = "SELECT count(DISTINCT sensor_id) FROM sensores WHERE timestamp > now() - interval '10 minutes'"
+            wait_until(lambda: scalar(db, recent) == 1000, 60, "1,000 sensors reporting")
+            page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').click()
+            page.get_by_role("option", name="1 h").click()
+            expect(page.get_by_text("all 1000 sensors heard from")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("12 sensors drawn")).to_be_visible()
+            expect(page.get_by_text("950 more sensors not shown.")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "dashboard-1000-sensors.png"), full_page=True)
             assert page.locator('[data-testid="stException"]').count() == 0
             assert errors == []
             browser.close()

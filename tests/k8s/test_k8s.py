@@ -285,7 +285,8 @@ def test_exporter_job_from_the_cronjob_writes_csv_and_xlsx_on_the_claim(release:
     assert book.active is not None
     sheet_rows = list(book.active.iter_rows(values_only=True))
     assert len(sheet_rows) == BACKFILLED + 1  # header + readings
-    assert "temperatura" in sheet_rows[0]
+    assert sheet_rows[0][:3] == ("sensor_id", "timestamp (UTC)", "temperatura (°C)")
+    assert isinstance(sheet_rows[1][1], datetime)  # a date-time cell, not text
 
 
 def _image_of(pod: dict[str, Any]) -> str:
