@@ -195,7 +195,7 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
             # A fleet of 1,000: 995 more sensors report once. The page stays readable: twelve
             # lines at most (open alerts first, then furthest from the mean), the whole fleet as
             # the band, and "latest reading" capped at 50 with the rest counted.
-            fleet = [str(uuid.UUID(int=0x4000_8000_0000_0000_0000 + i)) for i in range(995)]
+            fleet = [str(uuid.uuid4()) for _ in range(995)]
             send_raw(
                 stack.bootstrap,
                 env["KAFKA_TOPIC"],
