@@ -12,8 +12,16 @@ from importlib.metadata import version
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
+from kafka.record.memory_records import MemoryRecords
 
-from iot_consumer.decoding import GuardedPartitionRecords, PartitionDecodeError, install_decode_guard
+from iot_common.schema import DEFAULT_LIMITS
+from iot_consumer.decoding import (
+    GuardedPartitionRecords,
+    NativePartitionRecords,
+    PartitionDecodeError,
+    install_decode_guard,
+    install_native_decoder,
+)
 
 
 def test_kafka_python_is_the_pinned_version() -> None:
@@ -55,3 +63,43 @@ def test_a_batch_that_cannot_be_decoded_is_drained_and_named() -> None:
         records.take(10)
     assert (caught.value.partition.partition, caught.value.offset, caught.value.error) == (3, 42, "RuntimeError")
     assert not records  # drained: kafka-python no longer counts it as pending
+
+
+def test_native_decoder_hook_points_are_where_it_expects_them() -> None:
+    """NativePartitionRecords reads MemoryRecords' raw buffer, hands the rest of a fetch to
+    ``_unpack_records`` and relies on ``take``'s result being counted with ``len()``."""
+    assert "_buffer" in MemoryRecords.__slots__
+    params = list(inspect.signature(Fetcher.PartitionRecords.__init__).parameters)
+    assert params[:9] == [
+        "self",
+        "fetch_offset",
+        "tp",
+        "records",
+        "key_deserializer",
+        "value_deserializer",
+        "check_crcs",
+        "isolation_level",
+        "aborted_transactions",
+    ]
+    assert list(inspect.signature(Fetcher.PartitionRecords._unpack_records).parameters) == [
+        "self",
+        "tp",
+        "records",
+        "key_deserializer",
+        "value_deserializer",
+    ]
+    append = inspect.getsource(Fetcher._append)
+    assert "part_records = part.take(max_records)" in append
+    assert "return len(part_records)" in append
+    assert "drained[tp].extend(part_records)" in append
+
+
+def test_native_decoder_is_installed_on_a_real_consumer() -> None:
+    consumer = KafkaConsumer(bootstrap_servers="127.0.0.1:1", api_version=(2, 8, 0))
+    try:
+        install_native_decoder(consumer, DEFAULT_LIMITS)
+        assert issubclass(consumer._fetcher.PartitionRecords, NativePartitionRecords)
+        assert consumer._fetcher.PartitionRecords.decoding.limits is DEFAULT_LIMITS
+        assert Fetcher.PartitionRecords is not consumer._fetcher.PartitionRecords
+    finally:
+        consumer.close()

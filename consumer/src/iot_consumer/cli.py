@@ -26,6 +26,7 @@ from iot_consumer.alerts.outbox import OutboxPublisher
 from iot_consumer.alerts.rules import RuleSet, ThresholdRule, load_rules
 from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.deadletters import DeadLetterFilter, replay, samples, summarize
+from iot_consumer.decoding import Decoder, decoder_available
 from iot_consumer.gaps import classify
 from iot_consumer.housekeeping import (
     Retention,
@@ -181,6 +182,15 @@ def run(
             help="Messages waiting without progress (or an error repeating) this long turns /readyz to 503.",
         ),
     ] = 30.0,
+    decoder: Annotated[
+        Decoder,
+        typer.Option(
+            envvar="CONSUMER_DECODER",
+            help="How fetched records are decoded: native = the C decoder (iot_fastpath; fails at start if "
+            "it is not installed), python = kafka-python + the Python validator, auto = native when "
+            "installed (docs/PERFORMANCE.md).",
+        ),
+    ] = Decoder.AUTO,
     retention_days: RawRetentionOption = 0,
     minute_rollup_retention_days: MinuteRetentionOption = 0,
     hour_rollup_retention_days: HourRetentionOption = 0,
@@ -206,6 +216,11 @@ def run(
         fail(f"ALERTS_TOPIC={alerts_topic!r}: not a valid Kafka topic name")
     rules = _rules(alert_rules) if alerts else None
     retention = _retention(retention_days, minute_rollup_retention_days, hour_rollup_retention_days)
+    if decoder is Decoder.NATIVE and not decoder_available():
+        fail(
+            "CONSUMER_DECODER=native but the native decoder (iot_fastpath) is not installed: "
+            "pip install ./consumer/fastpath (needs a C compiler), or use auto/python"
+        )
     stop = StopFlag().install(force_exit_after=obs.shutdown_timeout_s)
     version = _migrate(postgres)
     log.info("schema_ready", version=version, database=postgres.describe())
@@ -223,6 +238,7 @@ def run(
             exit_when_idle_s=exit_when_idle,
             limits=limits,
             on_offset_gap=on_offset_gap,
+            native_decoder=decoder is not Decoder.PYTHON and decoder_available(),
             stall_after_s=stall_after,
             retention=retention,
             housekeeping_interval_s=housekeeping_interval,

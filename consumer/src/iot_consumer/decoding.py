@@ -1,5 +1,15 @@
-"""How the consumer takes records out of kafka-python's fetcher, and what it does when a
-fetched batch cannot be decoded.
+"""How the consumer takes records out of kafka-python's fetcher: natively when it can, and what
+it does when a fetched batch cannot be decoded.
+
+**Native decoding.** kafka-python keeps group membership, fetching and positions; what it fetched
+for a partition (the raw record batches) is handed to ``iot_fastpath`` (a C extension,
+consumer/fastpath), which checks CRCs, validates the strict common form of a reading and writes
+its COPY row in one pass. A take then returns a :class:`NativeRows` (all those rows at once)
+followed by ordinary ``ConsumerRecord`` objects for the records outside the strict form, which
+the Python validator - the reference - judges as before. Batches the extension does not read
+(compressed, older message formats) continue on kafka-python's own decoder, as do fetches with
+aborted transactions or a consumer with deserializers. Without the extension everything runs on
+the Python path (``decoder_available()``).
 
 kafka-python (3.0.12) decodes a fetched partition lazily in ``Fetcher.PartitionRecords``: a
 generator over the record batches. When that generator raises (a codec whose library is
@@ -18,11 +28,50 @@ and tests/unit/test_kafka_hooks.py fails loudly if the hook point moves.
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from types import ModuleType
+from typing import Any, ClassVar
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.fetcher import Fetcher
-from kafka.errors import KafkaError
+from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
+from kafka.errors import CorruptRecordError, KafkaError
+from kafka.record.memory_records import MemoryRecords
+
+from iot_common.schema import ReadingLimits
+
+try:
+    import iot_fastpath
+except ImportError:  # not built (a platform without a C compiler): the Python path does everything
+    iot_fastpath = None  # type: ignore[assignment]
+fastpath: ModuleType | None = iot_fastpath
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+class Decoder(StrEnum):
+    """The consumer's choice of decoder (CONSUMER_DECODER)."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    PYTHON = "python"
+
+
+def decoder_available() -> bool:
+    """True when the native decoder (iot_fastpath) is importable."""
+    return fastpath is not None
+
+
+def to_micros(stamp: datetime) -> int:
+    return (stamp - EPOCH) // MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
 
 
 class PartitionDecodeError(KafkaError):  # type: ignore[misc]
@@ -59,3 +108,212 @@ def install_decode_guard(consumer: KafkaConsumer) -> None:
     """Make ``consumer``'s fetcher build :class:`GuardedPartitionRecords` (this consumer only)."""
     fetcher = consumer._fetcher
     fetcher.PartitionRecords = GuardedPartitionRecords
+
+
+@dataclass(frozen=True, slots=True)
+class NativeRows:
+    """The valid readings one take decoded natively: ``rows`` (an ``iot_fastpath.Rows``) holds
+    their COPY text and compact values; ``buffer[start:end]`` the record batches they came from,
+    so the Python path can decode them again (:meth:`records`) when it must judge them itself."""
+
+    rows: Any
+    topic: str
+    partition: int
+    buffer: Any
+    start: int
+    end: int
+
+    def records(self) -> list[Any]:
+        """These rows' records as kafka-python decodes them (ConsumerRecord, offset order)."""
+        wanted = set(self.rows.offsets())
+        found: list[Any] = []
+        memory = MemoryRecords(bytes(self.buffer[self.start : self.end]))
+        batch = memory.next_batch()
+        while batch is not None:
+            for record in batch:
+                if record.offset in wanted:
+                    found.append(_consumer_record(self.topic, self.partition, batch.leader_epoch, record))
+            batch = memory.next_batch()
+        return found
+
+
+def _consumer_record(topic: str, partition: int, leader_epoch: int, record: Any) -> Any:
+    key, value, headers = record.key, record.value, record.headers
+    return ConsumerRecord(
+        topic,
+        partition,
+        leader_epoch,
+        record.offset,
+        record.timestamp,
+        record.timestamp_type,
+        key,
+        value,
+        headers,
+        None,
+        len(key) if key is not None else -1,
+        len(value) if value is not None else -1,
+        _header_size(headers),
+    )
+
+
+def _header_size(headers: list[tuple[str, bytes | None]]) -> int:
+    return sum(len(k.encode()) + (len(v) if v is not None else 0) for k, v in headers) if headers else -1
+
+
+class NativeTake(list[Any]):
+    """What a native take returns to kafka-python's fetcher: a :class:`NativeRows` and the
+    fallback records (the item holding the take's last record comes last); ``len()`` is the number of *records* taken (the fetcher counts it against
+    ``max_poll_records``), while iteration yields the items (``list.extend`` copies those)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = 0
+
+    def __len__(self) -> int:
+        return self.taken
+
+
+def expand(records_by_partition: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+    """The same poll with every :class:`NativeRows` decoded again by kafka-python: the Python path's input."""
+    expanded: dict[Any, list[Any]] = {}
+    for tp, records in records_by_partition.items():
+        out: list[Any] = []
+        for record in records:
+            if type(record) is NativeRows:
+                out.extend(record.records())
+            else:
+                out.append(record)
+        out.sort(key=lambda r: r.offset)
+        expanded[tp] = out
+    return expanded
+
+
+class NativeDecoding:
+    """The validation limits in the form ``iot_fastpath.Cursor.take`` wants them (per take: "now" moves)."""
+
+    def __init__(self, limits: ReadingLimits) -> None:
+        self.limits = limits
+        self._earliest_us = to_micros(limits.earliest)
+
+    def take_bounds(self, now: datetime | None = None) -> tuple[float, float, float, float, int, int, int]:
+        lim = self.limits
+        latest = to_micros((now or datetime.now(UTC)) + lim.max_clock_skew)
+        return (
+            lim.temperature_min,
+            lim.temperature_max,
+            lim.humidity_min,
+            lim.humidity_max,
+            lim.max_payload_bytes,
+            self._earliest_us,
+            latest,
+        )
+
+
+class NativePartitionRecords(GuardedPartitionRecords):
+    """``PartitionRecords`` that hands the fetched bytes to ``iot_fastpath`` (see the module doc)."""
+
+    decoding: ClassVar[NativeDecoding]
+
+    def __init__(
+        self,
+        fetch_offset: int,
+        tp: TopicPartition,
+        records: Any,
+        key_deserializer: Any = None,
+        value_deserializer: Any = None,
+        check_crcs: bool = True,
+        isolation_level: Any = IsolationLevel.READ_UNCOMMITTED,
+        aborted_transactions: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            fetch_offset,
+            tp,
+            records,
+            key_deserializer,
+            value_deserializer,
+            check_crcs,
+            isolation_level,
+            aborted_transactions,
+            **kwargs,
+        )
+        self._cursor: Any = None
+        self._buffer: Any = None
+        native = (
+            fastpath is not None
+            and isinstance(records, MemoryRecords)
+            and key_deserializer is None
+            and value_deserializer is None
+            and check_crcs
+            # kafka-python filters aborted transactions with what the fetch response lists
+            and (isolation_level == IsolationLevel.READ_UNCOMMITTED or not aborted_transactions)
+        )
+        if native:
+            assert fastpath is not None
+            self._buffer = records._buffer
+            self._cursor = fastpath.Cursor(self._buffer, fetch_offset)
+
+    def take(self, n: int | None = None) -> list[Any]:
+        cursor = self._cursor
+        if cursor is None:
+            return super().take(n)
+        assert fastpath is not None
+        limit = n if n is not None else sys.maxsize
+        tp = self.topic_partition
+        start = cursor.batch_start
+        try:
+            rows, fallbacks, status, taken, last_is_row = cursor.take(limit, tp.partition, *self.decoding.take_bounds())
+        except fastpath.CorruptBatch as exc:
+            offset: int = cursor.next_fetch_offset
+            self.drain()
+            raise PartitionDecodeError(tp, offset, CorruptRecordError(str(exc))) from exc
+        self.next_fetch_offset = cursor.next_fetch_offset
+        self.leader_epoch = cursor.leader_epoch
+        self.records_read = cursor.records_read
+        self.bytes_read = cursor.bytes_read
+        result = NativeTake()
+        native = NativeRows(rows, tp.topic, tp.partition, self._buffer, start, cursor.position) if rows else None
+        if native is not None and not last_is_row:
+            result.append(native)
+        for offset, stamp, stamp_type, key, value, headers, _size in fallbacks:
+            result.append(
+                ConsumerRecord(
+                    tp.topic,
+                    tp.partition,
+                    self.leader_epoch,
+                    offset,
+                    stamp,
+                    stamp_type,
+                    key,
+                    value,
+                    headers,
+                    None,
+                    len(key) if key is not None else -1,
+                    len(value) if value is not None else -1,
+                    _header_size(headers),
+                )
+            )
+        if native is not None and last_is_row:
+            # the take's last record is last in the list: the new position follows it (batch.py)
+            result.append(native)
+        result.taken = taken
+        if status == "done":
+            self.drain()
+        elif status == "python":
+            # A batch the extension does not read (compressed, older format): kafka-python's
+            # decoder takes over from there for the rest of this fetch.
+            self._cursor = None
+            rest = MemoryRecords(bytes(self._buffer[cursor.position :]))
+            self.record_iterator = itertools.dropwhile(
+                self._maybe_skip_record, self._unpack_records(tp, rest, None, None)
+            )
+            if not taken:
+                return super().take(n)
+        return result
+
+
+def install_native_decoder(consumer: KafkaConsumer, limits: ReadingLimits) -> None:
+    """Make ``consumer``'s fetcher decode natively (this consumer only); also guards like
+    :func:`install_decode_guard`."""
+    records_class = type("ConsumerPartitionRecords", (NativePartitionRecords,), {"decoding": NativeDecoding(limits)})
+    consumer._fetcher.PartitionRecords = records_class

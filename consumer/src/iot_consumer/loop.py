@@ -35,7 +35,12 @@ from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
 from iot_common.settings import KafkaSettings
 from iot_consumer import metrics as m
 from iot_consumer.batch import build_batch
-from iot_consumer.decoding import PartitionDecodeError, install_decode_guard
+from iot_consumer.decoding import (
+    PartitionDecodeError,
+    decoder_available,
+    install_decode_guard,
+    install_native_decoder,
+)
 from iot_consumer.housekeeping import Housekeeper, Retention
 from iot_consumer.metrics import Totals
 from iot_consumer.outages import DatabaseOutage, StallWatch, Troubles, pause_partition, resume_partition
@@ -71,6 +76,8 @@ class ConsumerOptions:
     # Idle partitions' silence clock trails the wall clock by this much (producer-to-us latency).
     alert_clock_grace_s: float = 2.0
     on_offset_gap: OffsetGapPolicy = OffsetGapPolicy.FAIL
+    # Decode fetched records with iot_fastpath (when installed); False = the Python path only.
+    native_decoder: bool = True
     # Messages waiting and no progress this long (or an error repeating this long) = not ready.
     stall_after_s: float = 30.0
     # The loop not turning for this long = not alive (Kubernetes restarts the pod).
@@ -101,6 +108,7 @@ class ConsumerService:
         self.totals = Totals()
         self.housekeeper = Housekeeper(options.retention, retry_in_s=options.housekeeping_interval_s)
         self._consumer: KafkaConsumer | None = None
+        self.native = options.native_decoder and decoder_available()
         self._started = time.monotonic()
         self._heartbeat = time.monotonic()
         self._last_activity = time.monotonic()
@@ -170,7 +178,10 @@ class ConsumerService:
             metrics_enabled=False,  # client-side metrics cost CPU per record; ours are enough
             **options,
         )
-        install_decode_guard(consumer)
+        if self.native:
+            install_native_decoder(consumer, self.options.limits)
+        else:
+            install_decode_guard(consumer)
         consumer.subscribe([self.topic], listener=self.positions.tracker)
         return consumer
 
@@ -187,7 +198,14 @@ class ConsumerService:
             max_batch=self.options.max_batch,
             exit_when_idle_s=self.options.exit_when_idle_s,
             on_offset_gap=self.options.on_offset_gap.value,
+            decoder="native" if self.native else "python",
         )
+        m.NATIVE_DECODER.set(1 if self.native else 0)
+        if not self.native and self.options.native_decoder:
+            log.warning(
+                "native_decoder_missing",
+                detail="iot_fastpath is not installed: every record takes the Python path (slower)",
+            )
         self._last_activity = time.monotonic()
         try:
             while not self.stop.is_set():
@@ -332,7 +350,7 @@ class ConsumerService:
         if not batch.positions:
             return
         try:
-            self.sink.write_with_rejects(batch)
+            batch = self.sink.write_with_rejects(batch)
         except FencedError as exc:
             m.BATCHES.labels("fenced").inc()
             self.totals.failed_batches += 1

@@ -13,6 +13,14 @@ if TYPE_CHECKING:
 
 MESSAGES_CONSUMED = Counter("iot_consumer_messages_consumed_total", "Kafka messages taken into a batch")
 ROWS_INSERTED = Counter("iot_consumer_rows_inserted_total", "Rows committed into sensores")
+ROWS_DECODED = Counter(
+    "iot_consumer_rows_decoded_total",
+    "Rows committed, by the path that decoded them (native = iot_fastpath in one pass, python = validator)",
+    ["path"],
+)
+NATIVE_DECODER = Gauge(
+    "iot_consumer_native_decoder", "1 when records are decoded by iot_fastpath, 0 on the Python path"
+)
 DEAD_LETTERS = Counter("iot_consumer_dead_letters_total", "Messages committed to dead_letters", ["reason"])
 BATCHES = Counter("iot_consumer_batches_total", "Batches by outcome", ["outcome"])
 BATCH_SIZE = Histogram(
@@ -137,6 +145,10 @@ def record_batch(
     BATCHES.labels("committed").inc()
     MESSAGES_CONSUMED.inc(batch.consumed)
     ROWS_INSERTED.inc(batch.rows)
+    if batch.native_rows:
+        ROWS_DECODED.labels("native").inc(batch.native_rows)
+    if batch.copy_lines:
+        ROWS_DECODED.labels("python").inc(len(batch.copy_lines))
     BATCH_SIZE.observe(batch.consumed)
     BATCH_SECONDS.observe(seconds)
     LAST_COMMIT.set(committed_at.timestamp())

@@ -124,9 +124,17 @@ def upsert(cur: psycopg2.extensions.cursor, readings: Iterable[Reading]) -> int:
     minutes = by_minute(readings)
     if not minutes:
         return 0
+    upsert_staged(cur, _copy_text(minutes).getvalue(), _copy_text(coarser(minutes)).getvalue())
+    return len(minutes)
+
+
+def upsert_staged(cur: psycopg2.extensions.cursor, minute_rows: bytes, hour_rows: bytes) -> None:
+    """Add buckets already in rollup_stage's COPY text form (the native path's
+    ``Summary.rollup_copy``) to both rollups inside the caller's transaction."""
+    if not minute_rows:
+        return
     cur.execute(_STAGE)
-    for table, buckets in zip(TABLES, (minutes, coarser(minutes)), strict=True):
-        cur.copy_expert("COPY rollup_stage FROM STDIN", _copy_text(buckets), size=1 << 20)
+    for table, rows in zip(TABLES, (minute_rows, hour_rows), strict=True):
+        cur.copy_expert("COPY rollup_stage FROM STDIN", io.BytesIO(rows), size=1 << 20)
         cur.execute(_UPSERT.format(table=table, columns=COLUMNS))
         cur.execute("DELETE FROM rollup_stage")
-    return len(minutes)

@@ -202,14 +202,22 @@ class PostgresSink:
         if batch.days:
             self.day_partitions.ensure(conn, batch.days)
         alerts = self.alerts
-        evaluation = alerts.evaluate(batch.readings) if alerts is not None else None
+        evaluation = None
+        if alerts is not None:
+            evaluation = (
+                alerts.evaluate(batch.readings) if batch.summary is None else alerts.evaluate_summary(batch.summary)
+            )
         alerts_written = False
         try:
             with conn.cursor() as cur:
-                if batch.copy_lines:
+                if batch.rows:
                     self._copy(cur, batch.copy_payload())
                     started = time.perf_counter()
-                    rollups.upsert(cur, batch.readings)
+                    summary = batch.summary
+                    if summary is None:
+                        rollups.upsert(cur, batch.readings)
+                    else:
+                        rollups.upsert_staged(cur, summary.rollup_copy(60), summary.rollup_copy(3600))
                     self.last_rollup_seconds = time.perf_counter() - started
                 if batch.dead_letters:
                     self._insert_dead_letters(cur, batch.dead_letters)
@@ -223,18 +231,22 @@ class PostgresSink:
         if alerts is not None and evaluation is not None and alerts_written:
             alerts.committed(evaluation)
 
-    def write_with_rejects(self, batch: Batch) -> None:
+    def write_with_rejects(self, batch: Batch) -> Batch:
         """Write the batch; if PostgreSQL refuses a row the validator let through, dead-letter
-        that row and write the rest (one bad row never stops the pipeline)."""
+        that row and write the rest (one bad row never stops the pipeline). Returns what was
+        written (a natively decoded batch is rebuilt on the Python path to find the row)."""
         try:
             self.write(batch)
         except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
             log.warning("batch_rejected_rows", error=summary(exc), rows=batch.rows)
+            if batch.rebuild is not None:
+                batch = batch.rebuild()
             rejected = self.find_rejected_lines(batch.copy_lines)
             if not rejected:
                 raise
             batch.reject_rows(rejected)
             self.write(batch)
+        return batch
 
     def _copy(self, cur: psycopg2.extensions.cursor, payload: bytes) -> None:
         started = time.perf_counter()

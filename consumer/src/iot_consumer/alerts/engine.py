@@ -25,8 +25,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from iot_consumer.alerts.rules import RuleSet, Severity, SilenceRule, ThresholdRule
 
@@ -34,6 +34,7 @@ Phase = Literal["pending", "firing", "clearing"]
 StateKey = tuple[str, str]  # (sensor_id, rule name)
 # (kafka partition, sensor_id text, timestamp UTC, temperatura, umidade)
 Reading = tuple[int, str, datetime, float, float]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +135,57 @@ class AlertEngine:
     def evaluate(self, readings: Iterable[Reading]) -> Evaluation:
         """Run the readings (in partition order) through every rule, then check for silence."""
         ev = Evaluation()
-        work = ev.states
-        base = self.states
         seen = ev.seen
         clocks = ev.clocks
+        listed = readings if isinstance(readings, list) else list(readings)
+        for partition, sensor, stamp, _, _ in listed:
+            # a sensor's newest reading by (timestamp, partition): independent of arrival order
+            newest = seen.get(sensor)
+            if newest is None or stamp > newest[1] or (stamp == newest[1] and partition > newest[0]):
+                seen[sensor] = (partition, stamp)
+            clock = clocks.get(partition)
+            if clock is None or stamp > clock:
+                clocks[partition] = stamp
+        self._run(ev, listed)
+        return ev
+
+    def evaluate_summary(self, summary: Any) -> Evaluation:
+        """:meth:`evaluate` for a natively decoded batch (an ``iot_fastpath.Summary``).
+
+        Only sensors that can change state are run through the rules: those with a state now,
+        and those whose batch minimum or maximum violates a threshold (rules compare one way, so
+        the extremes decide). Every other reading would leave its sensor normal; the newest
+        readings and the partition clocks come from the summary for all of them.
+        """
+        ev = Evaluation()
+        interesting = {sensor for sensor, _rule in self.states}
+        threshold = self._threshold
+        for sensor, t_min, t_max, h_min, h_max, newest_us, newest_partition in summary.sensors():
+            ev.seen[sensor] = (newest_partition, _EPOCH + timedelta(microseconds=newest_us))
+            if sensor in interesting:
+                continue
+            for rule, index in threshold:
+                low, high = (t_min, t_max) if index == 3 else (h_min, h_max)
+                if rule.violates(low) or rule.violates(high):
+                    interesting.add(sensor)
+                    break
+        for partition, newest_us in summary.clocks():
+            ev.clocks[partition] = _EPOCH + timedelta(microseconds=newest_us)
+        readings = [
+            (partition, sensor, _EPOCH + timedelta(microseconds=stamp_us), t, h)
+            for partition, sensor, stamp_us, t, h in (summary.readings_of(interesting) if interesting else ())
+        ]
+        self._run(ev, readings)
+        return ev
+
+    def _run(self, ev: Evaluation, readings: list[Reading]) -> None:
+        """The rules over ``readings`` (in partition order), then silence against ``ev.clocks``."""
+        work = ev.states
+        base = self.states
         silence = self.rules.silence
         threshold = self._threshold
         for reading in readings:
             partition, sensor, stamp, _, _ = reading
-            seen[sensor] = (partition, stamp)
-            clock = clocks.get(partition)
-            if clock is None or stamp > clock:
-                clocks[partition] = stamp
             for silence_rule in silence:
                 key = (sensor, silence_rule.name)
                 state = work[key] if key in work else base.get(key)
@@ -159,8 +199,8 @@ class AlertEngine:
                     continue  # the common case: normal and staying normal
                 self._step(ev, key, state, rule, partition, stamp, value)
         if silence:
+            clocks = ev.clocks
             self._check_silence(ev, {p: c for p, c in clocks.items() if c > self.clocks.get(p, c - _TICK)})
-        return ev
 
     def evaluate_clock(self, clocks: Mapping[int, datetime]) -> Evaluation:
         """Move partitions' clocks on without readings (idle, caught-up partitions) and check for silence."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -54,6 +55,10 @@ class AlertStage:
 
     def evaluate(self, readings: list[Reading]) -> Evaluation:
         return self.engine.evaluate(readings)
+
+    def evaluate_summary(self, summary: Any) -> Evaluation:
+        """The same evaluation from a natively decoded batch (an ``iot_fastpath.Summary``)."""
+        return self.engine.evaluate_summary(summary)
 
     def evaluate_idle(self, fence: dict[int, int], grace_s: float) -> Evaluation | None:
         """Silence needs a clock that moves without readings: for partitions that are fully

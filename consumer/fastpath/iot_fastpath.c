@@ -1,0 +1,1348 @@
+/*
+ * iot_fastpath: the consumer's native hot path.
+ *
+ * One pass over the raw bytes kafka-python fetched for one partition (record batches, message
+ * format v2): check each batch's CRC-32C, walk its records, validate the strict common form of
+ * a reading and write its sensores row in COPY text format - no Python object per record.
+ * Anything outside that strict form (escapes, extra fields, other timestamp forms, values out
+ * of range, a null value...) is handed back as a plain record for the Python validator, which
+ * stays the reference: it decides, with the exact reason, whether the record is a dead letter.
+ * Compressed batches and other message formats are left to kafka-python ("python" status).
+ *
+ *   Cursor(buffer, fetch_offset)              iterates the fetched bytes of one partition
+ *   Cursor.take(max_records, partition, limits...) -> (Rows | None, fallback records, status)
+ *   Summary()                                 what one consumer batch needs besides the COPY:
+ *                                             rollup buckets, per-sensor ranges, alert inputs
+ *
+ * The Python side (iot_consumer.decoding / batch / rollups) is the specification; the
+ * differential tests in tests/unit/test_fastpath.py hold both paths to the same results.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <nmmintrin.h>
+#define HAVE_X86_CRC 1
+#endif
+
+/* ------------------------------------------------------------------ CRC-32C (Castagnoli) */
+static uint32_t crc_table[8][256];
+static int crc_hardware = 0;
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = crc_table[0][n];
+        for (int k = 1; k < 8; k++) {
+            c = crc_table[0][c & 0xff] ^ (c >> 8);
+            crc_table[k][n] = c;
+        }
+    }
+#ifdef HAVE_X86_CRC
+    __builtin_cpu_init();
+    crc_hardware = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+static uint32_t crc32c_software(const uint8_t *p, size_t n) {
+    uint32_t crc = 0xffffffffu;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= crc;
+        crc = crc_table[7][w & 0xff] ^ crc_table[6][(w >> 8) & 0xff] ^ crc_table[5][(w >> 16) & 0xff] ^
+              crc_table[4][(w >> 24) & 0xff] ^ crc_table[3][(w >> 32) & 0xff] ^ crc_table[2][(w >> 40) & 0xff] ^
+              crc_table[1][(w >> 48) & 0xff] ^ crc_table[0][w >> 56];
+        p += 8;
+        n -= 8;
+    }
+#endif
+    while (n--) crc = crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+#ifdef HAVE_X86_CRC
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hardware(const uint8_t *p, size_t n) {
+    uint64_t crc = 0xffffffffu;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        crc = _mm_crc32_u64(crc, w);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c = (uint32_t)crc;
+    while (n--) c = _mm_crc32_u8(c, *p++);
+    return ~c;
+}
+#endif
+
+static uint32_t crc32c(const uint8_t *p, size_t n) {
+#ifdef HAVE_X86_CRC
+    if (crc_hardware) return crc32c_hardware(p, n);
+#endif
+    return crc32c_software(p, n);
+}
+
+/* ------------------------------------------------------------------ small helpers */
+static inline int64_t be64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+    return (int64_t)v;
+}
+static inline int32_t be32(const uint8_t *p) {
+    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3]);
+}
+static inline int16_t be16(const uint8_t *p) { return (int16_t)(((uint16_t)p[0] << 8) | p[1]); }
+
+/* Kafka's zig-zag varint/varlong; 0 when truncated or longer than 64 bits. */
+static inline int read_varint(const uint8_t **pp, const uint8_t *end, int64_t *out) {
+    const uint8_t *p = *pp;
+    uint64_t v = 0;
+    int shift = 0;
+    while (p < end) {
+        uint8_t b = *p++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *pp = p;
+            *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+            return 1;
+        }
+        shift += 7;
+        if (shift > 63) return 0;
+    }
+    return 0;
+}
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} Buffer;
+
+static int buffer_reserve(Buffer *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 1;
+    size_t cap = b->cap ? b->cap : 1 << 16;
+    while (cap < b->len + extra) cap *= 2;
+    char *data = PyMem_Realloc(b->data, cap);
+    if (!data) return 0;
+    b->data = data;
+    b->cap = cap;
+    return 1;
+}
+
+static inline char *put_int(char *o, int64_t v) {
+    char tmp[24];
+    int n = 0;
+    uint64_t u = v < 0 ? (uint64_t)(-(v + 1)) + 1 : (uint64_t)v;
+    if (v < 0) *o++ = '-';
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    while (n) *o++ = tmp[--n];
+    return o;
+}
+
+static inline char *put_digits(char *o, int v, int width) {
+    for (int i = width - 1; i >= 0; i--) {
+        o[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return o + width;
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+static char *put_uuid(char *o, const uint8_t id[16]) {
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
+        *o++ = HEX[id[i] >> 4];
+        *o++ = HEX[id[i] & 15];
+    }
+    return o;
+}
+
+static inline int hex_value(uint8_t c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* "8-4-4-4-12" hex, any case (the validator's regex) -> 16 bytes; 0 if not that form. */
+static int parse_uuid(const uint8_t *s, size_t n, uint8_t id[16]) {
+    if (n != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-') return 0;
+    int k = 0;
+    for (size_t i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) continue;
+        int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
+        if (hi < 0 || lo < 0) return 0;
+        id[k++] = (uint8_t)(hi << 4 | lo);
+        i++;
+    }
+    return 1;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm) and back. */
+static int64_t days_from_civil(int64_t y, int m, int d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int *year, int *month, int *day) {
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t y = yoe + era * 400;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    int m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *year = (int)(y + (m <= 2));
+    *month = m;
+    *day = d;
+}
+
+static inline int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+#define US_PER_DAY 86400000000LL
+
+/* ------------------------------------------------------------------ the strict reading form */
+typedef struct {
+    double t_min, t_max, h_min, h_max;
+    Py_ssize_t max_payload;
+    int64_t earliest_us, latest_us;
+} Limits;
+
+typedef struct {
+    uint8_t sensor[16];
+    int64_t stamp_us;
+    double t, h;
+    const uint8_t *stamp_text, *t_text, *h_text;
+    size_t stamp_len, t_len, h_len;
+    int t_negative_zero_int, h_negative_zero_int;
+} Parsed;
+
+static inline const uint8_t *skip_ws(const uint8_t *p, const uint8_t *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* A JSON string without escapes or control characters: [*start, *len). */
+static inline const uint8_t *plain_string(const uint8_t *p, const uint8_t *end, const uint8_t **start, size_t *len) {
+    if (p >= end || *p != '"') return NULL;
+    const uint8_t *s = ++p;
+    while (p < end && *p != '"') {
+        if (*p == '\\' || *p < 0x20 || *p >= 0x80) return NULL;
+        p++;
+    }
+    if (p >= end) return NULL;
+    *start = s;
+    *len = (size_t)(p - s);
+    return p + 1;
+}
+
+static inline int two(const uint8_t *s) {
+    return (s[0] >= '0' && s[0] <= '9' && s[1] >= '0' && s[1] <= '9') ? (s[0] - '0') * 10 + (s[1] - '0') : -1;
+}
+
+/* YYYY-MM-DDTHH:MM:SS[.fff|.ffffff](+00:00|Z): the instant in µs since the epoch; 0 if another form. */
+static int parse_utc_timestamp(const uint8_t *s, size_t n, int64_t *out) {
+    if (n < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':') return 0;
+    int y1 = two(s), y2 = two(s + 2), mo = two(s + 5), d = two(s + 8), hh = two(s + 11), mi = two(s + 14),
+        ss = two(s + 17);
+    if (y1 < 0 || y2 < 0 || mo < 1 || mo > 12 || d < 1 || hh < 0 || hh > 23 || mi < 0 || mi > 59 || ss < 0 || ss > 59)
+        return 0;
+    int year = y1 * 100 + y2;
+    static const int month_days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (year < 1 || d > month_days[mo - 1] + (mo == 2 && leap)) return 0;
+    size_t i = 19;
+    int64_t micro = 0;
+    if (i < n && s[i] == '.') {
+        size_t digits = 0;
+        i++;
+        while (i + digits < n && s[i + digits] >= '0' && s[i + digits] <= '9') digits++;
+        if (digits != 3 && digits != 6) return 0;
+        for (size_t k = 0; k < digits; k++) micro = micro * 10 + (s[i + k] - '0');
+        if (digits == 3) micro *= 1000;
+        i += digits;
+    }
+    if (!((n - i == 1 && s[i] == 'Z') || (n - i == 6 && memcmp(s + i, "+00:00", 6) == 0))) return 0;
+    int64_t days = days_from_civil(year, mo, d);
+    *out = ((days * 24 + hh) * 60 + mi) * 60000000LL + (int64_t)ss * 1000000LL + micro;
+    return 1;
+}
+
+/* A JSON number token (strict grammar) within [low, high]. */
+static const uint8_t *number(const uint8_t *p, const uint8_t *end, double low, double high, double *value,
+                             const uint8_t **text, size_t *len, int *negative_zero_int) {
+    const uint8_t *s = p;
+    int integer = 1;
+    if (p < end && *p == '-') p++;
+    if (p >= end) return NULL;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    } else {
+        return NULL;
+    }
+    if (p < end && *p == '.') {
+        integer = 0;
+        p++;
+        const uint8_t *f = p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == f) return NULL;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        integer = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        const uint8_t *e = p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == e) return NULL;
+    }
+    size_t n = (size_t)(p - s);
+    if (n >= 48) return NULL;
+    char tmp[48];
+    memcpy(tmp, s, n);
+    tmp[n] = 0;
+    char *stop = NULL;
+    double v = strtod(tmp, &stop);
+    if (stop != tmp + n || !isfinite(v) || !(v >= low && v <= high)) return NULL;
+    *value = v;
+    *text = s;
+    *len = n;
+    /* JSON "-0" is the integer 0 for the validator (written "0"); "-0.0" stays a float. */
+    *negative_zero_int = integer && s[0] == '-' && v == 0.0;
+    return p;
+}
+
+enum { F_SENSOR = 1, F_STAMP = 2, F_TEMP = 4, F_HUM = 8 };
+
+/* 1: the value is a reading in the strict form (fields filled); 0: the Python validator decides. */
+static int parse_reading(const uint8_t *p, Py_ssize_t size, const Limits *lim, Parsed *r) {
+    if (size <= 0 || size > lim->max_payload) return 0;
+    const uint8_t *end = p + size;
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{') return 0;
+    p++;
+    int seen = 0;
+    for (int field = 0; field < 4; field++) {
+        const uint8_t *key;
+        size_t key_len;
+        p = skip_ws(p, end);
+        p = plain_string(p, end, &key, &key_len);
+        if (!p) return 0;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':') return 0;
+        p = skip_ws(p + 1, end);
+        if (key_len == 9 && memcmp(key, "sensor_id", 9) == 0 && !(seen & F_SENSOR)) {
+            const uint8_t *s;
+            size_t n;
+            p = plain_string(p, end, &s, &n);
+            if (!p || !parse_uuid(s, n, r->sensor)) return 0;
+            seen |= F_SENSOR;
+        } else if (key_len == 9 && memcmp(key, "timestamp", 9) == 0 && !(seen & F_STAMP)) {
+            p = plain_string(p, end, &r->stamp_text, &r->stamp_len);
+            if (!p || !parse_utc_timestamp(r->stamp_text, r->stamp_len, &r->stamp_us)) return 0;
+            if (r->stamp_us < lim->earliest_us || r->stamp_us > lim->latest_us) return 0;
+            seen |= F_STAMP;
+        } else if (key_len == 11 && memcmp(key, "temperatura", 11) == 0 && !(seen & F_TEMP)) {
+            p = number(p, end, lim->t_min, lim->t_max, &r->t, &r->t_text, &r->t_len, &r->t_negative_zero_int);
+            if (!p) return 0;
+            seen |= F_TEMP;
+        } else if (key_len == 7 && memcmp(key, "umidade", 7) == 0 && !(seen & F_HUM)) {
+            p = number(p, end, lim->h_min, lim->h_max, &r->h, &r->h_text, &r->h_len, &r->h_negative_zero_int);
+            if (!p) return 0;
+            seen |= F_HUM;
+        } else {
+            return 0; /* another field, or one repeated */
+        }
+        p = skip_ws(p, end);
+        if (p >= end) return 0;
+        if (field < 3) {
+            if (*p != ',') return 0;
+            p++;
+        } else if (*p != '}') {
+            return 0;
+        }
+    }
+    p = skip_ws(p + 1, end);
+    return p == end;
+}
+
+/* ------------------------------------------------------------------ Rows: one take's valid readings */
+typedef struct {
+    uint8_t sensor[16];
+    int64_t offset;
+    int64_t stamp_us;
+    double t, h;
+} Row;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *copy; /* bytes: the rows in COPY text format */
+    Row *rows;
+    Py_ssize_t n;
+    int64_t days[64];
+    int n_days;
+    int overflow_days; /* more distinct days than fit: Summary recomputes from the rows */
+} RowsObject;
+
+static void rows_dealloc(RowsObject *self) {
+    Py_XDECREF(self->copy);
+    PyMem_Free(self->rows);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *rows_get_copy(RowsObject *self, void *closure) { return Py_NewRef(self->copy); }
+static PyObject *rows_get_count(RowsObject *self, void *closure) { return PyLong_FromSsize_t(self->n); }
+static PyObject *rows_get_first_offset(RowsObject *self, void *closure) {
+    return PyLong_FromLongLong(self->n ? self->rows[0].offset : -1);
+}
+static PyObject *rows_get_last_offset(RowsObject *self, void *closure) {
+    return PyLong_FromLongLong(self->n ? self->rows[self->n - 1].offset : -1);
+}
+static PyObject *rows_get_last_stamp(RowsObject *self, void *closure) {
+    return PyLong_FromLongLong(self->n ? self->rows[self->n - 1].stamp_us : 0);
+}
+
+static PyObject *rows_offsets(RowsObject *self, PyObject *unused) {
+    PyObject *list = PyList_New(self->n);
+    if (!list) return NULL;
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        PyObject *v = PyLong_FromLongLong(self->rows[i].offset);
+        if (!v) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+static PyMethodDef rows_methods[] = {
+    {"offsets", (PyCFunction)rows_offsets, METH_NOARGS, "the Kafka offsets of the rows"},
+    {NULL},
+};
+
+static PyGetSetDef rows_getset[] = {
+    {"copy", (getter)rows_get_copy, NULL, "the rows of sensores in COPY text format", NULL},
+    {"count", (getter)rows_get_count, NULL, "number of rows", NULL},
+    {"first_offset", (getter)rows_get_first_offset, NULL, "Kafka offset of the first row", NULL},
+    {"last_offset", (getter)rows_get_last_offset, NULL, "Kafka offset of the last row", NULL},
+    {"last_stamp_us", (getter)rows_get_last_stamp, NULL, "timestamp of the last row, µs since the epoch", NULL},
+    {NULL},
+};
+
+static PyTypeObject RowsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "iot_fastpath.Rows",
+    .tp_basicsize = sizeof(RowsObject),
+    .tp_dealloc = (destructor)rows_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Valid readings decoded by one Cursor.take (COPY text + compact rows)",
+    .tp_getset = rows_getset,
+    .tp_methods = rows_methods,
+};
+
+/* ------------------------------------------------------------------ Cursor */
+static PyObject *CorruptBatch;
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int has_view;
+    int64_t fetch_offset;
+    Py_ssize_t pos; /* start of the next batch */
+    Py_ssize_t batch_start; /* start of the batch being read (or of the next one) */
+    /* the batch being read */
+    int in_batch;
+    const uint8_t *rec, *batch_end;
+    int32_t remaining;
+    int64_t base_offset, base_ts, max_ts, batch_next_offset;
+    int log_append_time;
+    /* what kafka-python's PartitionRecords tracks */
+    int64_t next_fetch_offset;
+    int32_t leader_epoch;
+    int64_t last_batch_next_offset;
+    int64_t records_read, bytes_read;
+    PyObject *pending_error; /* found after rows were returned: raised by the next take */
+} CursorObject;
+
+static int cursor_init(CursorObject *self, PyObject *args, PyObject *kwds) {
+    PyObject *buffer;
+    long long fetch_offset;
+    static char *kwlist[] = {"buffer", "fetch_offset", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OL", kwlist, &buffer, &fetch_offset)) return -1;
+    if (self->has_view) {
+        PyBuffer_Release(&self->view);
+        self->has_view = 0;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_SIMPLE) < 0) return -1;
+    self->has_view = 1;
+    self->fetch_offset = fetch_offset;
+    self->next_fetch_offset = fetch_offset;
+    self->pos = 0;
+    self->in_batch = 0;
+    self->leader_epoch = -1;
+    self->last_batch_next_offset = -1;
+    self->records_read = self->bytes_read = 0;
+    Py_CLEAR(self->pending_error);
+    return 0;
+}
+
+static void cursor_dealloc(CursorObject *self) {
+    if (self->has_view) PyBuffer_Release(&self->view);
+    Py_XDECREF(self->pending_error);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *corrupt(const char *fmt, long partition, long long offset) {
+    return PyUnicode_FromFormat(fmt, partition, offset);
+}
+
+/* Fallback record: (offset, timestamp, timestamp_type, key, value, headers, size_in_bytes). */
+static PyObject *fallback_record(CursorObject *c, int64_t offset, int64_t ts_delta, const uint8_t *key, int64_t key_len,
+                                 const uint8_t *value, int64_t value_len, const uint8_t *headers, int64_t header_count,
+                                 const uint8_t *headers_end, Py_ssize_t size) {
+    PyObject *headers_list = PyList_New(0);
+    if (!headers_list) return NULL;
+    const uint8_t *p = headers;
+    for (int64_t i = 0; i < header_count; i++) {
+        int64_t hk_len, hv_len;
+        read_varint(&p, headers_end, &hk_len);
+        PyObject *hk = PyUnicode_DecodeUTF8((const char *)p, hk_len, "strict");
+        p += hk_len;
+        read_varint(&p, headers_end, &hv_len);
+        PyObject *hv = hv_len < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)p, hv_len);
+        if (hv_len > 0) p += hv_len;
+        PyObject *pair = (hk && hv) ? PyTuple_Pack(2, hk, hv) : NULL;
+        Py_XDECREF(hk);
+        Py_XDECREF(hv);
+        if (!pair || PyList_Append(headers_list, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(headers_list);
+            return NULL;
+        }
+        Py_DECREF(pair);
+    }
+    int64_t ts = c->log_append_time ? c->max_ts : c->base_ts + ts_delta;
+    PyObject *k = key_len < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)key, key_len);
+    PyObject *v = value_len < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)value, value_len);
+    PyObject *out = NULL;
+    if (k && v) out = Py_BuildValue("(LLiOONn)", (long long)offset, (long long)ts, c->log_append_time, k, v, headers_list, size);
+    else Py_DECREF(headers_list);
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    return out;
+}
+
+#define BATCH_HEADER 61
+
+static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds) {
+    Py_ssize_t max_records;
+    long partition;
+    Limits lim;
+    long long earliest, latest;
+    static char *kwlist[] = {"max_records", "partition", "t_min", "t_max", "h_min", "h_max",
+                             "max_payload", "earliest_us", "latest_us", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nlddddnLL", kwlist, &max_records, &partition, &lim.t_min, &lim.t_max,
+                                     &lim.h_min, &lim.h_max, &lim.max_payload, &earliest, &latest))
+        return NULL;
+    lim.earliest_us = earliest;
+    lim.latest_us = latest;
+    if (self->pending_error) {
+        PyErr_SetObject(CorruptBatch, self->pending_error);
+        Py_CLEAR(self->pending_error);
+        return NULL;
+    }
+    const uint8_t *buf = self->view.buf;
+    Py_ssize_t buf_len = self->view.len;
+    Buffer out = {0};
+    Row *rows = NULL;
+    Py_ssize_t n_rows = 0, rows_cap = 0, taken = 0;
+    PyObject *fallbacks = PyList_New(0);
+    PyObject *error = NULL;
+    const char *status = "done";
+    RowsObject *result = NULL;
+    int64_t days[64];
+    int n_days = 0, overflow_days = 0, last_is_row = 0;
+    if (!fallbacks) return NULL;
+
+    while (taken < max_records) {
+        if (!self->in_batch) {
+            Py_ssize_t remaining = buf_len - self->pos;
+            if (remaining < 12) goto finished; /* kafka-python ignores a partial trailing batch */
+            const uint8_t *b = buf + self->pos;
+            self->batch_start = self->pos;
+            int32_t length = be32(b + 8);
+            if (length < 0 || (Py_ssize_t)length + 12 > remaining) goto finished;
+            if (remaining < 17 || b[16] != 2) { status = "python"; goto done; }
+            if (length + 12 < BATCH_HEADER) {
+                error = corrupt("Record batch for partition %ld at offset %lld is too short", partition, be64(b));
+                break;
+            }
+            int16_t attributes = be16(b + 21);
+            if (attributes & 0x07) { status = "python"; goto done; } /* compressed: kafka-python decompresses */
+            if (crc32c(b + 21, (size_t)length + 12 - 21) != (uint32_t)be32(b + 17)) {
+                error = corrupt("Record batch for partition %ld at offset %lld failed crc check", partition, be64(b));
+                break;
+            }
+            self->base_offset = be64(b);
+            self->leader_epoch = be32(b + 12);
+            self->batch_next_offset = self->base_offset + be32(b + 23) + 1;
+            self->last_batch_next_offset = self->batch_next_offset;
+            self->pos += (Py_ssize_t)length + 12;
+            if (attributes & 0x20) { /* control batch (commit/abort marker): never returned */
+                self->next_fetch_offset = self->batch_next_offset;
+                continue;
+            }
+            self->log_append_time = (attributes & 0x08) != 0;
+            self->base_ts = be64(b + 27);
+            self->max_ts = be64(b + 35);
+            self->remaining = be32(b + 57);
+            self->rec = b + BATCH_HEADER;
+            self->batch_end = b + length + 12;
+            self->in_batch = 1;
+        }
+        if (self->remaining <= 0) {
+            if (self->rec != self->batch_end) {
+                error = corrupt("Record batch for partition %ld at offset %lld: unconsumed bytes after all records",
+                                partition, self->base_offset);
+                break;
+            }
+            self->in_batch = 0;
+            continue;
+        }
+        /* one record */
+        const uint8_t *record_begin = self->rec, *p = self->rec, *end = self->batch_end;
+        int64_t length, ts_delta, offset_delta, key_len, value_len, header_count;
+        if (!read_varint(&p, end, &length) || length < 0 || length > end - p) goto bad_record;
+        const uint8_t *rec_end = p + length;
+        p++; /* attributes */
+        if (p > rec_end || !read_varint(&p, rec_end, &ts_delta) || !read_varint(&p, rec_end, &offset_delta) ||
+            !read_varint(&p, rec_end, &key_len) || key_len < -1 || key_len > rec_end - p)
+            goto bad_record;
+        const uint8_t *key = p;
+        if (key_len > 0) p += key_len;
+        if (!read_varint(&p, rec_end, &value_len) || value_len < -1 || value_len > rec_end - p) goto bad_record;
+        const uint8_t *value = p;
+        if (value_len > 0) p += value_len;
+        if (!read_varint(&p, rec_end, &header_count) || header_count < 0) goto bad_record;
+        const uint8_t *headers = p;
+        for (int64_t i = 0; i < header_count; i++) {
+            int64_t hk, hv;
+            if (!read_varint(&p, rec_end, &hk) || hk < 0 || hk > rec_end - p) goto bad_record;
+            p += hk;
+            if (!read_varint(&p, rec_end, &hv) || hv < -1 || hv > rec_end - p) goto bad_record;
+            if (hv > 0) p += hv;
+        }
+        if (p != rec_end) goto bad_record;
+        self->rec = rec_end;
+        self->remaining--;
+        int64_t offset = self->base_offset + offset_delta;
+        if (offset < self->fetch_offset) continue; /* before the position: a batch fetched whole */
+        Py_ssize_t size = (Py_ssize_t)(rec_end - record_begin);
+        self->records_read++;
+        self->bytes_read += size;
+        self->next_fetch_offset = offset + 1;
+        taken++;
+        Parsed r;
+        last_is_row = value_len > 0 && parse_reading(value, (Py_ssize_t)value_len, &lim, &r);
+        if (last_is_row) {
+            if (n_rows == rows_cap) {
+                rows_cap = rows_cap ? rows_cap * 2 : 1024;
+                Row *grown = PyMem_Realloc(rows, (size_t)rows_cap * sizeof(Row));
+                if (!grown) { PyErr_NoMemory(); goto fail; }
+                rows = grown;
+            }
+            Row *row = &rows[n_rows++];
+            memcpy(row->sensor, r.sensor, 16);
+            row->offset = offset;
+            row->stamp_us = r.stamp_us;
+            row->t = r.t;
+            row->h = r.h;
+            if (!buffer_reserve(&out, 36 + r.stamp_len + r.t_len + r.h_len + 64)) { PyErr_NoMemory(); goto fail; }
+            char *o = out.data + out.len;
+            o = put_uuid(o, r.sensor);
+            *o++ = '\t';
+            memcpy(o, r.stamp_text, r.stamp_len);
+            o += r.stamp_len;
+            *o++ = '\t';
+            if (r.t_negative_zero_int) *o++ = '0';
+            else { memcpy(o, r.t_text, r.t_len); o += r.t_len; }
+            *o++ = '\t';
+            if (r.h_negative_zero_int) *o++ = '0';
+            else { memcpy(o, r.h_text, r.h_len); o += r.h_len; }
+            *o++ = '\t';
+            o = put_int(o, partition);
+            *o++ = '\t';
+            o = put_int(o, offset);
+            memcpy(o, "\t\\N\n", 4);
+            o += 4;
+            out.len = (size_t)(o - out.data);
+            int64_t day = floor_div(r.stamp_us, US_PER_DAY);
+            int known = 0;
+            for (int i = n_days - 1; i >= 0; i--) {
+                if (days[i] == day) { known = 1; break; }
+            }
+            if (!known) {
+                if (n_days < 64) days[n_days++] = day;
+                else overflow_days = 1;
+            }
+        } else {
+            PyObject *record = fallback_record(self, offset, ts_delta, key, key_len, value, value_len, headers,
+                                               header_count, rec_end, size);
+            if (!record || PyList_Append(fallbacks, record) < 0) { Py_XDECREF(record); goto fail; }
+            Py_DECREF(record);
+        }
+        continue;
+    bad_record:
+        error = corrupt("Record batch for partition %ld at offset %lld holds a malformed record", partition,
+                        self->base_offset);
+        break;
+    }
+    status = "limit";
+    goto done;
+finished:
+    /* the whole buffer is read: like kafka-python, continue after the last batch even if
+       compaction removed its last records */
+    if (self->last_batch_next_offset >= 0) self->next_fetch_offset = self->last_batch_next_offset;
+    status = "done";
+done:
+    if (error) {
+        if (taken == 0) {
+            PyErr_SetObject(CorruptBatch, error);
+            Py_DECREF(error);
+            goto fail;
+        }
+        self->pending_error = error; /* the records before it are returned first, as kafka-python does */
+        status = "limit";
+    }
+    if (n_rows) {
+        result = PyObject_New(RowsObject, &RowsType);
+        if (!result) goto fail;
+        result->copy = PyBytes_FromStringAndSize(out.data, (Py_ssize_t)out.len);
+        result->rows = rows;
+        result->n = n_rows;
+        memcpy(result->days, days, sizeof(int64_t) * (size_t)n_days);
+        result->n_days = n_days;
+        result->overflow_days = overflow_days;
+        rows = NULL;
+        if (!result->copy) { Py_DECREF(result); goto fail; }
+    }
+    PyMem_Free(out.data);
+    PyMem_Free(rows);
+    PyObject *ret = Py_BuildValue("(OOsnO)", result ? (PyObject *)result : Py_None, fallbacks, status, taken,
+                                  last_is_row ? Py_True : Py_False);
+    Py_XDECREF(result);
+    Py_DECREF(fallbacks);
+    return ret;
+fail:
+    PyMem_Free(out.data);
+    PyMem_Free(rows);
+    Py_DECREF(fallbacks);
+    return NULL;
+}
+
+static PyObject *cursor_get_next_fetch_offset(CursorObject *self, void *c) { return PyLong_FromLongLong(self->next_fetch_offset); }
+static PyObject *cursor_get_leader_epoch(CursorObject *self, void *c) { return PyLong_FromLong(self->leader_epoch); }
+static PyObject *cursor_get_position(CursorObject *self, void *c) { return PyLong_FromSsize_t(self->pos); }
+static PyObject *cursor_get_batch_start(CursorObject *self, void *c) {
+    return PyLong_FromSsize_t(self->in_batch ? self->batch_start : self->pos);
+}
+static PyObject *cursor_get_in_batch(CursorObject *self, void *c) { return PyBool_FromLong(self->in_batch); }
+static PyObject *cursor_get_records_read(CursorObject *self, void *c) { return PyLong_FromLongLong(self->records_read); }
+static PyObject *cursor_get_bytes_read(CursorObject *self, void *c) { return PyLong_FromLongLong(self->bytes_read); }
+
+static PyGetSetDef cursor_getset[] = {
+    {"next_fetch_offset", (getter)cursor_get_next_fetch_offset, NULL, "the offset after the last record taken", NULL},
+    {"leader_epoch", (getter)cursor_get_leader_epoch, NULL, "leader epoch of the last batch read", NULL},
+    {"position", (getter)cursor_get_position, NULL, "byte position of the next batch", NULL},
+    {"batch_start", (getter)cursor_get_batch_start, NULL, "byte position of the batch the next record is in", NULL},
+    {"in_batch", (getter)cursor_get_in_batch, NULL, "True while records of the current batch are left", NULL},
+    {"records_read", (getter)cursor_get_records_read, NULL, "records taken so far", NULL},
+    {"bytes_read", (getter)cursor_get_bytes_read, NULL, "record bytes taken so far", NULL},
+    {NULL},
+};
+
+static PyMethodDef cursor_methods[] = {
+    {"take", (PyCFunction)(void (*)(void))cursor_take, METH_VARARGS | METH_KEYWORDS,
+     "take(max_records, partition, t_min, t_max, h_min, h_max, max_payload, earliest_us, latest_us)"
+     " -> (Rows | None, fallback records, status, taken, last record was a row)"},
+    {NULL},
+};
+
+static PyTypeObject CursorType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "iot_fastpath.Cursor",
+    .tp_basicsize = sizeof(CursorObject),
+    .tp_dealloc = (destructor)cursor_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Cursor(buffer, fetch_offset): reads one partition's fetched record batches",
+    .tp_init = (initproc)cursor_init,
+    .tp_new = PyType_GenericNew,
+    .tp_getset = cursor_getset,
+    .tp_methods = cursor_methods,
+};
+
+/* ------------------------------------------------------------------ Summary: one consumer batch */
+typedef struct {
+    uint8_t id[16];
+    double t_min, t_max, h_min, h_max;
+    int64_t newest_us;
+    int32_t newest_partition;
+    int selected;
+} Sensor;
+
+typedef struct {
+    uint32_t sensor;
+    int64_t bucket_us;
+    int64_t count;
+    double t_sum, t_min, t_max, h_sum, h_min, h_max;
+} Bucket;
+
+typedef struct {
+    uint32_t sensor;
+    int32_t partition;
+    uint32_t partition_seq;
+    int64_t offset, stamp_us;
+    double t, h;
+} SummaryRow;
+
+typedef struct {
+    uint32_t *slots; /* index + 1; 0 = empty */
+    size_t cap;
+} Index;
+
+typedef struct {
+    PyObject_HEAD
+    Sensor *sensors;
+    size_t n_sensors, sensors_cap;
+    Index sensor_index;
+    Bucket *buckets;
+    size_t n_buckets, buckets_cap;
+    Index bucket_index;
+    SummaryRow *rows;
+    size_t n_rows, rows_cap;
+    int32_t partitions[1024];
+    int64_t partition_newest[1024];
+    int n_partitions;
+    int out_of_order; /* a row was added after a later row of its partition (Python fallback rows) */
+    int64_t days[256];
+    int n_days;
+} SummaryObject;
+
+static inline uint64_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static inline uint64_t sensor_hash(const uint8_t id[16]) {
+    uint64_t a, b;
+    memcpy(&a, id, 8);
+    memcpy(&b, id + 8, 8);
+    return mix(a ^ (b * 0x9e3779b97f4a7c15ULL));
+}
+
+static inline uint64_t bucket_hash(uint32_t sensor, int64_t bucket) { return mix(((uint64_t)sensor << 40) ^ (uint64_t)bucket); }
+
+static int index_grow(Index *ix, size_t n, uint64_t (*hash_of)(void *, size_t), void *owner) {
+    size_t cap = ix->cap ? ix->cap * 2 : 1024;
+    uint32_t *slots = PyMem_Calloc(cap, sizeof(uint32_t));
+    if (!slots) return 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t s = hash_of(owner, i) & (cap - 1);
+        while (slots[s]) s = (s + 1) & (cap - 1);
+        slots[s] = (uint32_t)(i + 1);
+    }
+    PyMem_Free(ix->slots);
+    ix->slots = slots;
+    ix->cap = cap;
+    return 1;
+}
+
+static uint64_t sensor_hash_at(void *owner, size_t i) { return sensor_hash(((SummaryObject *)owner)->sensors[i].id); }
+static uint64_t bucket_hash_at(void *owner, size_t i) {
+    Bucket *b = &((SummaryObject *)owner)->buckets[i];
+    return bucket_hash(b->sensor, b->bucket_us);
+}
+
+/* The sensor's index (created on first sight); -1 on memory error. */
+static long sensor_of(SummaryObject *s, const uint8_t id[16]) {
+    if ((s->n_sensors + 1) * 2 > s->sensor_index.cap && !index_grow(&s->sensor_index, s->n_sensors, sensor_hash_at, s))
+        return -1;
+    size_t mask = s->sensor_index.cap - 1, slot = sensor_hash(id) & mask;
+    uint32_t v;
+    while ((v = s->sensor_index.slots[slot])) {
+        if (memcmp(s->sensors[v - 1].id, id, 16) == 0) return (long)(v - 1);
+        slot = (slot + 1) & mask;
+    }
+    if (s->n_sensors == s->sensors_cap) {
+        size_t cap = s->sensors_cap ? s->sensors_cap * 2 : 1024;
+        Sensor *grown = PyMem_Realloc(s->sensors, cap * sizeof(Sensor));
+        if (!grown) return -1;
+        s->sensors = grown;
+        s->sensors_cap = cap;
+    }
+    Sensor *e = &s->sensors[s->n_sensors];
+    memcpy(e->id, id, 16);
+    e->t_min = e->t_max = NAN;
+    e->newest_us = INT64_MIN;
+    e->newest_partition = -1;
+    e->selected = 0;
+    s->sensor_index.slots[slot] = (uint32_t)(++s->n_sensors);
+    return (long)(s->n_sensors - 1);
+}
+
+static Bucket *bucket_of(SummaryObject *s, uint32_t sensor, int64_t bucket_us, int *created) {
+    if ((s->n_buckets + 1) * 2 > s->bucket_index.cap && !index_grow(&s->bucket_index, s->n_buckets, bucket_hash_at, s))
+        return NULL;
+    size_t mask = s->bucket_index.cap - 1, slot = bucket_hash(sensor, bucket_us) & mask;
+    uint32_t v;
+    while ((v = s->bucket_index.slots[slot])) {
+        Bucket *b = &s->buckets[v - 1];
+        if (b->sensor == sensor && b->bucket_us == bucket_us) {
+            *created = 0;
+            return b;
+        }
+        slot = (slot + 1) & mask;
+    }
+    if (s->n_buckets == s->buckets_cap) {
+        size_t cap = s->buckets_cap ? s->buckets_cap * 2 : 1024;
+        Bucket *grown = PyMem_Realloc(s->buckets, cap * sizeof(Bucket));
+        if (!grown) return NULL;
+        s->buckets = grown;
+        s->buckets_cap = cap;
+    }
+    Bucket *b = &s->buckets[s->n_buckets];
+    b->sensor = sensor;
+    b->bucket_us = bucket_us;
+    s->bucket_index.slots[slot] = (uint32_t)(++s->n_buckets);
+    *created = 1;
+    return b;
+}
+
+static int partition_seq(SummaryObject *s, int32_t partition) {
+    for (int i = 0; i < s->n_partitions; i++)
+        if (s->partitions[i] == partition) return i;
+    if (s->n_partitions == 1024) return -1;
+    s->partitions[s->n_partitions] = partition;
+    s->partition_newest[s->n_partitions] = INT64_MIN;
+    return s->n_partitions++;
+}
+
+/* rollups.by_minute for one reading, plus the per-sensor range, newest reading and the row. */
+static int summary_add_one(SummaryObject *s, const uint8_t id[16], int32_t partition, int seq, int64_t offset,
+                           int64_t stamp_us, double t, double h) {
+    long si = sensor_of(s, id);
+    if (si < 0) return 0;
+    if (stamp_us > s->partition_newest[seq]) s->partition_newest[seq] = stamp_us;
+    Sensor *e = &s->sensors[si];
+    if (isnan(e->t_min)) {
+        e->t_min = e->t_max = t;
+        e->h_min = e->h_max = h;
+    } else {
+        if (t < e->t_min) e->t_min = t;
+        if (t > e->t_max) e->t_max = t;
+        if (h < e->h_min) e->h_min = h;
+        if (h > e->h_max) e->h_max = h;
+    }
+    /* newest by (timestamp, partition): the same whatever order the rows arrive in */
+    if (stamp_us > e->newest_us || (stamp_us == e->newest_us && partition > e->newest_partition)) {
+        e->newest_us = stamp_us;
+        e->newest_partition = partition;
+    }
+    int created;
+    Bucket *b = bucket_of(s, (uint32_t)si, stamp_us - (stamp_us % 60000000LL), &created);
+    if (!b) return 0;
+    if (created) {
+        b->count = 1;
+        b->t_sum = b->t_min = b->t_max = t;
+        b->h_sum = b->h_min = b->h_max = h;
+    } else {
+        /* the same comparisons as rollups.by_minute, so the same results */
+        b->count++;
+        b->t_sum += t;
+        if (t < b->t_min) b->t_min = t;
+        else if (t > b->t_max) b->t_max = t;
+        b->h_sum += h;
+        if (h < b->h_min) b->h_min = h;
+        else if (h > b->h_max) b->h_max = h;
+    }
+    if (s->n_rows == s->rows_cap) {
+        size_t cap = s->rows_cap ? s->rows_cap * 2 : 4096;
+        SummaryRow *grown = PyMem_Realloc(s->rows, cap * sizeof(SummaryRow));
+        if (!grown) return 0;
+        s->rows = grown;
+        s->rows_cap = cap;
+    }
+    if (s->n_rows) {
+        SummaryRow *last = &s->rows[s->n_rows - 1];
+        if ((uint32_t)seq < last->partition_seq || ((uint32_t)seq == last->partition_seq && offset < last->offset))
+            s->out_of_order = 1;
+    }
+    SummaryRow *row = &s->rows[s->n_rows++];
+    row->sensor = (uint32_t)si;
+    row->partition = partition;
+    row->partition_seq = (uint32_t)seq;
+    row->offset = offset;
+    row->stamp_us = stamp_us;
+    row->t = t;
+    row->h = h;
+    return 1;
+}
+
+static void summary_note_day(SummaryObject *s, int64_t day) {
+    for (int i = 0; i < s->n_days; i++)
+        if (s->days[i] == day) return;
+    if (s->n_days < 256) s->days[s->n_days++] = day;
+}
+
+static PyObject *summary_add(SummaryObject *self, PyObject *args) {
+    RowsObject *rows;
+    int partition;
+    if (!PyArg_ParseTuple(args, "O!i", &RowsType, &rows, &partition)) return NULL;
+    int seq = partition_seq(self, partition);
+    if (seq < 0) return PyErr_Format(PyExc_ValueError, "more than 1024 partitions in one batch");
+    for (Py_ssize_t i = 0; i < rows->n; i++) {
+        Row *r = &rows->rows[i];
+        if (!summary_add_one(self, r->sensor, partition, seq, r->offset, r->stamp_us, r->t, r->h)) return PyErr_NoMemory();
+    }
+    if (rows->overflow_days) {
+        for (Py_ssize_t i = 0; i < rows->n; i++) summary_note_day(self, floor_div(rows->rows[i].stamp_us, US_PER_DAY));
+    } else {
+        for (int i = 0; i < rows->n_days; i++) summary_note_day(self, rows->days[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *summary_add_reading(SummaryObject *self, PyObject *args) {
+    int partition;
+    long long offset, stamp_us;
+    const char *sensor;
+    Py_ssize_t sensor_len;
+    double t, h;
+    if (!PyArg_ParseTuple(args, "iLs#Ldd", &partition, &offset, &sensor, &sensor_len, &stamp_us, &t, &h)) return NULL;
+    uint8_t id[16];
+    if (!parse_uuid((const uint8_t *)sensor, (size_t)sensor_len, id))
+        return PyErr_Format(PyExc_ValueError, "not a UUID: %s", sensor);
+    int seq = partition_seq(self, partition);
+    if (seq < 0) return PyErr_Format(PyExc_ValueError, "more than 1024 partitions in one batch");
+    if (!summary_add_one(self, id, partition, seq, offset, stamp_us, t, h)) return PyErr_NoMemory();
+    summary_note_day(self, floor_div(stamp_us, US_PER_DAY));
+    Py_RETURN_NONE;
+}
+
+static char *put_double(char *o, double v) { return o + sprintf(o, "%.17g", v); }
+
+static char *put_bucket_time(char *o, int64_t us) {
+    int64_t day = floor_div(us, US_PER_DAY);
+    int64_t sec = (us - day * US_PER_DAY) / 1000000;
+    int y, m, d;
+    civil_from_days(day, &y, &m, &d);
+    o = put_digits(o, y, 4);
+    *o++ = '-';
+    o = put_digits(o, m, 2);
+    *o++ = '-';
+    o = put_digits(o, d, 2);
+    *o++ = ' ';
+    o = put_digits(o, (int)(sec / 3600), 2);
+    *o++ = ':';
+    o = put_digits(o, (int)(sec / 60 % 60), 2);
+    memcpy(o, ":00+00", 6);
+    return o + 6;
+}
+
+static int write_bucket(Buffer *out, const uint8_t id[16], const Bucket *b) {
+    if (!buffer_reserve(out, 36 + 24 + 24 + 6 * 26 + 16)) return 0;
+    char *o = out->data + out->len;
+    o = put_uuid(o, id);
+    *o++ = '\t';
+    o = put_bucket_time(o, b->bucket_us);
+    *o++ = '\t';
+    o = put_int(o, b->count);
+    const double values[6] = {b->t_sum, b->t_min, b->t_max, b->h_sum, b->h_min, b->h_max};
+    for (int i = 0; i < 6; i++) {
+        *o++ = '\t';
+        o = put_double(o, values[i]);
+    }
+    *o++ = '\n';
+    out->len = (size_t)(o - out->data);
+    return 1;
+}
+
+/* rollup_stage rows: by minute (seconds=60) or merged into hours (seconds=3600, rollups.coarser). */
+static PyObject *summary_rollup_copy(SummaryObject *self, PyObject *args) {
+    int seconds;
+    if (!PyArg_ParseTuple(args, "i", &seconds)) return NULL;
+    if (seconds != 60 && seconds != 3600) return PyErr_Format(PyExc_ValueError, "seconds must be 60 or 3600");
+    Buffer out = {0};
+    PyObject *result = NULL;
+    if (seconds == 60) {
+        for (size_t i = 0; i < self->n_buckets; i++)
+            if (!write_bucket(&out, self->sensors[self->buckets[i].sensor].id, &self->buckets[i])) goto oom;
+    } else {
+        SummaryObject hours = {0};
+        for (size_t i = 0; i < self->n_buckets; i++) {
+            const Bucket *m = &self->buckets[i];
+            int created;
+            Bucket *b = bucket_of(&hours, m->sensor, m->bucket_us - (m->bucket_us % 3600000000LL), &created);
+            if (!b) {
+                PyMem_Free(hours.buckets);
+                PyMem_Free(hours.bucket_index.slots);
+                goto oom;
+            }
+            if (created) {
+                b->count = m->count;
+                b->t_sum = m->t_sum, b->t_min = m->t_min, b->t_max = m->t_max;
+                b->h_sum = m->h_sum, b->h_min = m->h_min, b->h_max = m->h_max;
+            } else {
+                b->count += m->count;
+                b->t_sum += m->t_sum;
+                b->t_min = fmin(b->t_min, m->t_min);
+                b->t_max = fmax(b->t_max, m->t_max);
+                b->h_sum += m->h_sum;
+                b->h_min = fmin(b->h_min, m->h_min);
+                b->h_max = fmax(b->h_max, m->h_max);
+            }
+        }
+        int ok = 1;
+        for (size_t i = 0; i < hours.n_buckets && ok; i++)
+            ok = write_bucket(&out, self->sensors[hours.buckets[i].sensor].id, &hours.buckets[i]);
+        PyMem_Free(hours.buckets);
+        PyMem_Free(hours.bucket_index.slots);
+        if (!ok) goto oom;
+    }
+    result = PyBytes_FromStringAndSize(out.data ? out.data : "", (Py_ssize_t)out.len);
+    PyMem_Free(out.data);
+    return result;
+oom:
+    PyMem_Free(out.data);
+    return PyErr_NoMemory();
+}
+
+static PyObject *sensor_text(const uint8_t id[16]) {
+    char text[36];
+    put_uuid(text, id);
+    return PyUnicode_FromStringAndSize(text, 36);
+}
+
+/* [(sensor, t_min, t_max, h_min, h_max, newest_us, newest_partition)] */
+static PyObject *summary_sensors(SummaryObject *self, PyObject *unused) {
+    PyObject *list = PyList_New((Py_ssize_t)self->n_sensors);
+    if (!list) return NULL;
+    for (size_t i = 0; i < self->n_sensors; i++) {
+        Sensor *e = &self->sensors[i];
+        PyObject *id = sensor_text(e->id);
+        PyObject *item = id ? Py_BuildValue("(NddddLi)", id, e->t_min, e->t_max, e->h_min, e->h_max,
+                                            (long long)e->newest_us, e->newest_partition)
+                            : NULL;
+        if (!item) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
+static int row_order(const void *a, const void *b) {
+    const SummaryRow *x = *(SummaryRow *const *)a, *y = *(SummaryRow *const *)b;
+    if (x->partition_seq != y->partition_seq) return x->partition_seq < y->partition_seq ? -1 : 1;
+    if (x->offset != y->offset) return x->offset < y->offset ? -1 : 1;
+    return 0;
+}
+
+/* The rows of the given sensors, in the order the Python path sees them: [(partition, sensor, stamp_us, t, h)] */
+static PyObject *summary_readings_of(SummaryObject *self, PyObject *sensors) {
+    PyObject *iter = PyObject_GetIter(sensors);
+    if (!iter) return NULL;
+    for (size_t i = 0; i < self->n_sensors; i++) self->sensors[i].selected = 0;
+    PyObject *item;
+    while ((item = PyIter_Next(iter))) {
+        Py_ssize_t n;
+        const char *text = PyUnicode_AsUTF8AndSize(item, &n);
+        uint8_t id[16];
+        if (text && parse_uuid((const uint8_t *)text, (size_t)n, id) && self->sensor_index.cap) {
+            size_t mask = self->sensor_index.cap - 1, slot = sensor_hash(id) & mask;
+            uint32_t v;
+            while ((v = self->sensor_index.slots[slot])) {
+                if (memcmp(self->sensors[v - 1].id, id, 16) == 0) {
+                    self->sensors[v - 1].selected = 1;
+                    break;
+                }
+                slot = (slot + 1) & mask;
+            }
+        }
+        Py_DECREF(item);
+        if (!text) {
+            Py_DECREF(iter);
+            return NULL;
+        }
+    }
+    Py_DECREF(iter);
+    if (PyErr_Occurred()) return NULL;
+    size_t n = 0;
+    SummaryRow **picked = PyMem_Malloc((self->n_rows ? self->n_rows : 1) * sizeof(SummaryRow *));
+    if (!picked) return PyErr_NoMemory();
+    for (size_t i = 0; i < self->n_rows; i++)
+        if (self->sensors[self->rows[i].sensor].selected) picked[n++] = &self->rows[i];
+    if (self->out_of_order) qsort(picked, n, sizeof(SummaryRow *), row_order);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    PyObject **names = PyMem_Calloc(self->n_sensors ? self->n_sensors : 1, sizeof(PyObject *));
+    if (!list || !names) {
+        Py_XDECREF(list);
+        PyMem_Free(names);
+        PyMem_Free(picked);
+        return PyErr_NoMemory();
+    }
+    for (size_t i = 0; i < n; i++) {
+        SummaryRow *r = picked[i];
+        if (!names[r->sensor]) names[r->sensor] = sensor_text(self->sensors[r->sensor].id);
+        PyObject *tuple = names[r->sensor] ? Py_BuildValue("(iOLdd)", r->partition, names[r->sensor],
+                                                           (long long)r->stamp_us, r->t, r->h)
+                                           : NULL;
+        if (!tuple) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, tuple);
+    }
+    for (size_t i = 0; i < self->n_sensors; i++) Py_XDECREF(names[i]);
+    PyMem_Free(names);
+    PyMem_Free(picked);
+    return list;
+}
+
+static PyObject *summary_days(SummaryObject *self, PyObject *unused) {
+    PyObject *list = PyList_New(self->n_days);
+    if (!list) return NULL;
+    for (int i = 0; i < self->n_days; i++) {
+        PyObject *v = PyLong_FromLongLong(self->days[i]);
+        if (!v) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+/* [(partition, newest stamp_us)]: each partition's clock (alerts) */
+static PyObject *summary_clocks(SummaryObject *self, PyObject *unused) {
+    PyObject *list = PyList_New(self->n_partitions);
+    if (!list) return NULL;
+    for (int i = 0; i < self->n_partitions; i++) {
+        PyObject *v = Py_BuildValue("(iL)", self->partitions[i], (long long)self->partition_newest[i]);
+        if (!v) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+static void summary_dealloc(SummaryObject *self) {
+    PyMem_Free(self->sensors);
+    PyMem_Free(self->sensor_index.slots);
+    PyMem_Free(self->buckets);
+    PyMem_Free(self->bucket_index.slots);
+    PyMem_Free(self->rows);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *summary_get_rows(SummaryObject *self, void *c) { return PyLong_FromSize_t(self->n_rows); }
+static PyObject *summary_get_buckets(SummaryObject *self, void *c) { return PyLong_FromSize_t(self->n_buckets); }
+
+static PyGetSetDef summary_getset[] = {
+    {"rows", (getter)summary_get_rows, NULL, "readings added", NULL},
+    {"buckets", (getter)summary_get_buckets, NULL, "sensor-minute buckets", NULL},
+    {NULL},
+};
+
+static PyMethodDef summary_methods[] = {
+    {"add", (PyCFunction)summary_add, METH_VARARGS, "add(rows, partition): the valid readings of one take"},
+    {"add_reading", (PyCFunction)summary_add_reading, METH_VARARGS,
+     "add_reading(partition, offset, sensor, stamp_us, t, h): one reading validated in Python"},
+    {"rollup_copy", (PyCFunction)summary_rollup_copy, METH_VARARGS,
+     "rollup_copy(seconds): rollup_stage rows in COPY text, per minute (60) or hour (3600)"},
+    {"sensors", (PyCFunction)summary_sensors, METH_NOARGS,
+     "[(sensor, t_min, t_max, h_min, h_max, newest_us, newest_partition)]"},
+    {"readings_of", (PyCFunction)summary_readings_of, METH_O,
+     "readings_of(sensors): [(partition, sensor, stamp_us, t, h)] in partition then offset order"},
+    {"clocks", (PyCFunction)summary_clocks, METH_NOARGS, "[(partition, newest stamp_us)]"},
+    {"days", (PyCFunction)summary_days, METH_NOARGS, "UTC days touched, as days since 1970-01-01"},
+    {NULL},
+};
+
+static PyTypeObject SummaryType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "iot_fastpath.Summary",
+    .tp_basicsize = sizeof(SummaryObject),
+    .tp_dealloc = (destructor)summary_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What one consumer batch derives from its readings: rollup buckets, ranges, alert inputs",
+    .tp_new = PyType_GenericNew,
+    .tp_getset = summary_getset,
+    .tp_methods = summary_methods,
+};
+
+/* ------------------------------------------------------------------ module */
+static PyObject *py_crc32c(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    uint32_t crc = crc32c(view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+static PyMethodDef module_methods[] = {
+    {"crc32c", py_crc32c, METH_O, "CRC-32C of a bytes-like object"},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "iot_fastpath", "Native one-pass decoding of Kafka record batches into COPY rows.", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit_iot_fastpath(void) {
+    crc_init();
+    if (PyType_Ready(&RowsType) < 0 || PyType_Ready(&CursorType) < 0 || PyType_Ready(&SummaryType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    CorruptBatch = PyErr_NewException("iot_fastpath.CorruptBatch", PyExc_ValueError, NULL);
+    if (!CorruptBatch || PyModule_AddObjectRef(m, "CorruptBatch", CorruptBatch) < 0 ||
+        PyModule_AddObjectRef(m, "Cursor", (PyObject *)&CursorType) < 0 ||
+        PyModule_AddObjectRef(m, "Rows", (PyObject *)&RowsType) < 0 ||
+        PyModule_AddObjectRef(m, "Summary", (PyObject *)&SummaryType) < 0 ||
+        PyModule_AddStringConstant(m, "CRC_IMPLEMENTATION", crc_hardware ? "sse4.2" : "table") < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

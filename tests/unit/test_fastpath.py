@@ -1,0 +1,479 @@
+"""The native decoder (iot_fastpath) gives exactly what the Python path gives.
+
+The Python path - kafka-python's decoder + ``validate_reading`` - is the reference. The same
+record batches go through both (``GuardedPartitionRecords`` vs ``NativePartitionRecords``,
+then ``build_batch``), and everything the consumer writes must come out the same: the rows
+(as PostgreSQL would parse them), the dead letters with their reasons, the new positions, the
+days touched, the rollup buckets, the alert evaluation and where kafka-python's position moves.
+Hypothesis generates readings in every form the validator knows (and bytes that are none);
+a fuzz test mutates valid batches byte by byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from kafka import TopicPartition
+from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
+
+from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
+from iot_consumer import rollups
+from iot_consumer.alerts.engine import AlertEngine, AlertState, Evaluation
+from iot_consumer.alerts.rules import RuleSet, SilenceRule, ThresholdRule
+from iot_consumer.batch import Batch, build_batch
+from iot_consumer.decoding import (
+    GuardedPartitionRecords,
+    NativeDecoding,
+    NativePartitionRecords,
+    PartitionDecodeError,
+    decoder_available,
+    expand,
+    from_micros,
+)
+
+pytestmark = pytest.mark.skipif(not decoder_available(), reason="iot_fastpath is not built (make dev builds it)")
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+TOPIC = "iot_sensores"
+SENSORS = [str(uuid.UUID(int=n * 0x1234567890ABCDEF1234567 + 7)) for n in range(1, 6)]
+
+
+# ---------------------------------------------------------------------- record batches
+@dataclass(frozen=True)
+class Message:
+    value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+    timestamp_ms: int = 1_764_300_000_000
+
+
+def batches(messages: list[Message], per_batch: int, base_offset: int = 0, compression: int = 0) -> bytes:
+    """The messages as consecutive v2 record batches (what a fetch response carries)."""
+    out = b""
+    offset = base_offset
+    for start in range(0, len(messages), per_batch):
+        builder = MemoryRecordsBuilder(magic=2, compression_type=compression, batch_size=1 << 30)
+        for m in messages[start : start + per_batch]:
+            builder.append(m.timestamp_ms, m.key, m.value, list(m.headers))
+        builder.close()
+        # the base offset is the broker's to set (outside the CRC)
+        out += struct.pack(">q", offset) + bytes(builder.buffer())[8:]
+        offset += len(messages[start : start + per_batch])
+    return out
+
+
+class Native(NativePartitionRecords):
+    decoding = NativeDecoding(DEFAULT_LIMITS)
+
+
+def take_all(records_class: type, buffer: bytes, fetch_offset: int, max_records: int, partition: int = 3) -> Any:
+    """Drain one fetched partition as kafka-python's fetcher would (take until drained)."""
+    tp = TopicPartition(TOPIC, partition)
+    parts = records_class(fetch_offset, tp, MemoryRecords(buffer))
+    taken: list[Any] = []
+    counted = 0
+    while parts:
+        got = parts.take(max_records)
+        assert len(got) <= max_records
+        counted += len(got)
+        taken.extend(got)
+        if not got:
+            break
+    return tp, taken, counted, parts.next_fetch_offset
+
+
+def native_bounds_at(now: datetime) -> Any:
+    return lambda: NativeDecoding(DEFAULT_LIMITS).take_bounds(now)
+
+
+# ---------------------------------------------------------------------- comparing results
+def parse_copy_row(line: str) -> tuple[Any, ...]:
+    """A sensores COPY row as PostgreSQL would read it (typed values, not text)."""
+    sensor, stamp, t, h, partition, offset, extras = line.split("\t")
+    return (
+        uuid.UUID(sensor),
+        datetime.fromisoformat(stamp),
+        float(t),
+        float(h),
+        int(partition),
+        int(offset),
+        None if extras == "\\N" else json.loads(extras.replace("\\\\", "\\")),
+    )
+
+
+def rows_of(batch: Batch) -> list[tuple[Any, ...]]:
+    text = batch.copy_payload().decode()
+    return sorted((parse_copy_row(line) for line in text.splitlines()), key=lambda r: r[5])
+
+
+def letters_of(batch: Batch) -> list[tuple[Any, ...]]:
+    return sorted(
+        ((d.offset, d.reason, d.detail, d.key, d.payload, d.kafka_timestamp_ms) for d in batch.dead_letters),
+        key=lambda d: d[0],
+    )
+
+
+def parse_buckets(text: bytes) -> dict[tuple[str, datetime], tuple[float, ...]]:
+    out = {}
+    for line in text.decode().splitlines():
+        sensor, bucket, *values = line.split("\t")
+        out[(sensor, datetime.fromisoformat(bucket))] = tuple(float(v) for v in values)
+    return out
+
+
+def python_buckets(batch: Batch, seconds: int) -> dict[tuple[str, datetime], tuple[float, ...]]:
+    minutes = rollups.by_minute(batch.readings)
+    buckets = minutes if seconds == 60 else rollups.coarser(minutes)
+    return {key: tuple(float(v) for v in agg) for key, agg in buckets.items()}
+
+
+def same_buckets(a: dict[Any, tuple[float, ...]], b: dict[Any, tuple[float, ...]]) -> bool:
+    """Equal keys, counts, minima and maxima; sums equal up to the order of float additions."""
+    return a.keys() == b.keys() and all(
+        all(math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-9) for x, y in zip(a[k], b[k], strict=True)) for k in a
+    )
+
+
+def assert_same_batches(python: Batch, native: Batch) -> None:
+    assert rows_of(native) == rows_of(python)
+    assert letters_of(native) == letters_of(python)
+    assert native.positions == python.positions
+    assert native.days == python.days
+    assert native.consumed == python.consumed
+    assert native.rows == python.rows
+    assert native.with_extras == python.with_extras
+    assert native.last_by_offset == python.last_by_offset
+    if native.summary is not None:
+        for seconds in (60, 3600):
+            assert same_buckets(parse_buckets(native.summary.rollup_copy(seconds)), python_buckets(python, seconds))
+
+
+RULES = RuleSet(
+    threshold=(
+        ThresholdRule("hot", "critical", "temperatura", "above", 29.5, 29.0, 2.0, 2.0),
+        ThresholdRule("dry", "warning", "umidade", "below", 32.0, 33.0, 0.0, 1.0),
+    ),
+    silence=(SilenceRule("silent", "warning", 30.0),),
+    source="test",
+)
+
+
+def evaluation_key(ev: Evaluation) -> tuple[Any, ...]:
+    return (
+        {
+            k: (None if s is None else (s.phase, s.since, s.peak, s.last_value, s.clear_since, s.partition))
+            for k, s in ev.states.items()
+        },
+        # written as rows in one transaction: their order within a batch carries no meaning
+        sorted((e.kind, e.state.sensor_id, e.state.rule, e.at) for e in ev.events),
+        ev.peaks,
+        ev.seen,
+        ev.clocks,
+    )
+
+
+def engine_with_states(states: list[AlertState]) -> AlertEngine:
+    engine = AlertEngine(RULES)
+    engine.reset(range(16), states, {})
+    return engine
+
+
+# ---------------------------------------------------------------------- generated readings
+stamps = st.datetimes(min_value=datetime(1999, 12, 31), max_value=datetime(2026, 11, 30), timezones=st.just(UTC))
+sensor_ids = st.one_of(
+    st.sampled_from(SENSORS),
+    st.sampled_from(SENSORS).map(str.upper),
+    st.sampled_from(["not-a-uuid", SENSORS[0].replace("-", ""), SENSORS[0][:35] + "g", ""]),
+)
+
+
+@st.composite
+def stamp_texts(draw: st.DrawFn) -> str:
+    when = draw(stamps)
+    form = draw(st.sampled_from(["iso", "ms", "s", "Z", "msZ", "offset", "naive", "space", "bad", "7digits"]))
+    if form == "iso":
+        return when.isoformat()
+    if form == "ms":
+        return when.isoformat(timespec="milliseconds")
+    if form == "s":
+        return when.isoformat(timespec="seconds")
+    if form == "Z":
+        return when.isoformat().replace("+00:00", "Z")
+    if form == "msZ":
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if form == "offset":
+        return when.astimezone(UTC).replace(tzinfo=None).isoformat() + "+02:00"
+    if form == "naive":
+        return when.replace(tzinfo=None).isoformat()
+    if form == "space":
+        return when.isoformat(sep=" ")
+    if form == "7digits":
+        return when.replace(tzinfo=None).isoformat(timespec="microseconds") + "0+00:00"
+    return draw(
+        st.sampled_from(["2026-02-30T00:00:00+00:00", "2026-11-28T24:00:00+00:00", "yesterday", "2026-11-28T12:00:60Z"])
+    )
+
+
+numbers = st.one_of(
+    st.floats(min_value=-50, max_value=110, allow_nan=False).map(repr),
+    st.integers(min_value=-60, max_value=120).map(str),
+    st.sampled_from(["-0", "-0.0", "0", "1e1", "2.5E+1", "25.000", "1e400", "NaN", '"25"', "true", "null", "01", ".5"]),
+)
+white = st.sampled_from(["", " ", "\n", "\t ", "\r\n"])
+
+
+@st.composite
+def values(draw: st.DrawFn) -> bytes | None:
+    kind = draw(st.sampled_from(["reading"] * 8 + ["raw", "none", "empty", "not_utf8", "huge"]))
+    if kind == "none":
+        return None
+    if kind == "empty":
+        return b""
+    if kind == "not_utf8":
+        return b'{"sensor_id": "\xff"}'
+    if kind == "huge":
+        return b'{"sensor_id": "' + b"a" * 5000 + b'"}'
+    if kind == "raw":
+        return draw(st.binary(max_size=64))
+    fields = {
+        '"sensor_id"': json.dumps(draw(sensor_ids)),
+        '"timestamp"': json.dumps(draw(stamp_texts())),
+        '"temperatura"': draw(numbers),
+        '"umidade"': draw(numbers),
+    }
+    if draw(st.integers(0, 9)) == 0:
+        del fields[draw(st.sampled_from(sorted(fields)))]
+    if draw(st.integers(0, 9)) == 0:
+        fields['"bateria"'] = str(draw(st.integers(0, 100)))
+    if draw(st.integers(0, 19)) == 0:
+        fields['"sensor_\\u0069d"'] = json.dumps(SENSORS[0])  # an escaped key
+    items = list(fields.items())
+    order = draw(st.permutations(items))
+    ws = draw(white)
+    text = "{" + ws + ("," + ws).join(f"{k}{ws}:{ws}{v}" for k, v in order) + ws + "}"
+    if draw(st.integers(0, 29)) == 0:
+        text += draw(st.sampled_from([" x", "}", "\n"]))
+    return text.encode()
+
+
+messages = st.builds(
+    Message,
+    value=values(),
+    key=st.one_of(st.none(), st.sampled_from([s.encode() for s in SENSORS])),
+    headers=st.one_of(st.just(()), st.just((("source", b"gw-1"), ("trace", None)))),
+    timestamp_ms=st.integers(min_value=0, max_value=2_000_000_000_000),
+)
+
+
+def python_and_native(buffer: bytes, fetch_offset: int, max_records: int, position: int) -> tuple[Batch, Batch, Any]:
+    tp, python_records, python_count, python_next = take_all(GuardedPartitionRecords, buffer, fetch_offset, max_records)
+    Native.decoding = NativeDecoding(DEFAULT_LIMITS)
+    Native.decoding.take_bounds = native_bounds_at(NOW)  # type: ignore[method-assign]
+    _, native_records, native_count, native_next = take_all(Native, buffer, fetch_offset, max_records)
+    assert native_count == python_count
+    assert native_next == python_next
+    stored = {tp.partition: position - 7}
+    positions = {tp.partition: position}
+    python = build_batch({tp: python_records}, stored, positions, DEFAULT_LIMITS, now=NOW)
+    native = build_batch({tp: native_records}, stored, positions, DEFAULT_LIMITS, now=NOW)
+    return python, native, native_records
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    msgs=st.lists(messages, min_size=1, max_size=40),
+    per_batch=st.integers(1, 12),
+    base=st.integers(0, 2**40),
+    skip=st.integers(0, 5),
+    max_records=st.integers(1, 50),
+)
+def test_native_and_python_paths_write_the_same(
+    msgs: list[Message], per_batch: int, base: int, skip: int, max_records: int
+) -> None:
+    """Rows, dead letters (reason and detail), positions, days, rollups: identical."""
+    buffer = batches(msgs, per_batch, base)
+    fetch_offset = base + min(skip, len(msgs) - 1)
+    python, native, _ = python_and_native(buffer, fetch_offset, max_records, fetch_offset)
+    assert_same_batches(python, native)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    readings=st.lists(
+        st.tuples(st.sampled_from(SENSORS), st.integers(0, 600), st.floats(20, 31), st.floats(29, 80)),
+        min_size=1,
+        max_size=60,
+    ),
+    existing=st.lists(st.sampled_from(SENSORS), max_size=3, unique=True),
+    odd=st.lists(st.integers(0, 59), max_size=5),
+)
+def test_native_and_python_paths_raise_the_same_alerts(
+    readings: list[tuple[str, int, float, float]], existing: list[str], odd: list[int]
+) -> None:
+    """The alert evaluation from a native summary equals the one from every reading: states,
+    events, peaks, newest reading per sensor, partition clocks. ``odd`` readings carry an extra
+    field, so the Python validator handles them between native rows (order matters for alerts)."""
+    start = datetime(2026, 11, 28, 11, 0, tzinfo=UTC)
+    msgs = []
+    for index, (sensor, second, t, h) in enumerate(readings):
+        body: dict[str, Any] = {
+            "sensor_id": sensor,
+            "timestamp": (start + timedelta(seconds=second)).isoformat(),
+            "temperatura": t,
+            "umidade": h,
+        }
+        if index in odd:
+            body["bateria"] = 50
+        msgs.append(Message(json.dumps(body).encode()))
+    python, native, _ = python_and_native(batches(msgs, 7), 0, 1000, 0)
+    assert_same_batches(python, native)
+    states = [AlertState(s, "hot", 3, "firing", start, uuid.uuid4(), start, 30.0, 30.0) for s in existing]
+    expected = engine_with_states(states).evaluate(python.readings)
+    engine = engine_with_states(states)
+    got = engine.evaluate(native.readings) if native.summary is None else engine.evaluate_summary(native.summary)
+    assert evaluation_key(got) == evaluation_key(expected)
+
+
+# ---------------------------------------------------------------------- fuzzed batches
+VALID = [
+    Message(
+        json.dumps(
+            {
+                "sensor_id": SENSORS[i % 5],
+                "timestamp": f"2026-11-28T10:00:{i:02d}.123456+00:00",
+                "temperatura": 20 + i / 7,
+                "umidade": 50 + i / 3,
+            }
+        ).encode(),
+        key=SENSORS[i % 5].encode(),
+    )
+    for i in range(30)
+]
+VALID_BUFFER = batches(VALID, 10, 1000)
+
+
+def outcome(records_class: type, buffer: bytes) -> tuple[str, Any]:
+    try:
+        tp, records, _count, next_offset = take_all(records_class, buffer, 1000, 25)
+    except PartitionDecodeError as exc:
+        return "error", exc.offset
+    batch = build_batch({tp: records}, {3: None}, {3: 1000}, DEFAULT_LIMITS, now=NOW)
+    return "records", (rows_of(batch), letters_of(batch), batch.positions, next_offset)
+
+
+@settings(max_examples=400, deadline=None)
+@given(position=st.integers(0, len(VALID_BUFFER) - 1), byte=st.integers(0, 255), cut=st.booleans())
+def test_a_corrupted_fetch_gives_the_same_outcome_on_both_paths(position: int, byte: int, cut: bool) -> None:
+    """A flipped byte anywhere (or the fetch cut there): both paths fail at the same offset,
+    or both return the same records."""
+    data = bytearray(VALID_BUFFER)
+    if cut:
+        data = data[:position]
+    else:
+        assume(data[position] != byte)
+        data[position] = byte
+    buffer = bytes(data)
+    Native.decoding = NativeDecoding(DEFAULT_LIMITS)
+    Native.decoding.take_bounds = native_bounds_at(NOW)  # type: ignore[method-assign]
+    try:
+        expected = outcome(GuardedPartitionRecords, buffer)
+    except Exception:  # noqa: BLE001 - kafka-python itself chokes on some headers: nothing to compare
+        assume(False)
+    assert outcome(Native, buffer) == expected
+
+
+# ---------------------------------------------------------------------- specific shapes
+def test_strict_readings_take_the_native_path_and_others_fall_back() -> None:
+    """The common form becomes NativeRows; extras, offsets and nulls come back as records (the
+    item holding the take's last record is listed last: the new position follows it)."""
+    strict = VALID[0]
+    extra = Message(
+        b'{"sensor_id": "%s", "timestamp": "2026-11-28T10:00:00+02:00", "temperatura": 20, "umidade": 50}'
+        % SENSORS[1].encode()
+    )
+    _, records, count, _ = take_all(Native, batches([strict, extra, Message(None), strict], 2, 10), 10, 100)
+    assert count == 4
+    kinds = [type(r).__name__ for r in records]
+    assert kinds == ["ConsumerRecord", "ConsumerRecord", "NativeRows"]
+    assert records[-1].rows.offsets() == [10, 13]
+
+
+def test_compressed_batches_continue_on_kafka_pythons_decoder() -> None:
+    """A gzip batch after plain ones: the plain ones natively, the rest by kafka-python, all of them once."""
+    buffer = batches(VALID[:10], 5, 0) + batches(VALID[10:20], 5, 10, compression=1) + batches(VALID[20:], 5, 20)
+    python, native, _records = python_and_native(buffer, 0, 1000, 0)
+    assert_same_batches(python, native)
+    assert native.rows == 30
+    assert native.native_rows == 10  # after the first compressed batch, kafka-python reads the fetch
+
+
+def test_rebuild_gives_the_python_paths_batch() -> None:
+    """To find a row PostgreSQL refuses, a native batch is rebuilt on the Python path: same content."""
+    python, native, records = python_and_native(VALID_BUFFER, 1000, 1000, 1000)
+    assert native.rebuild is not None
+    rebuilt = native.rebuild()
+    assert rebuilt.summary is None
+    assert rows_of(rebuilt) == rows_of(python)
+    assert [r.offset for r in rebuilt.sources] == [r.offset for r in python.sources]
+    tp = TopicPartition(TOPIC, 3)
+    assert [r.offset for r in expand({tp: records})[tp]] == list(range(1000, 1030))
+
+
+def test_rows_before_the_position_are_skipped_like_the_python_path() -> None:
+    """A stale fetch (position moved past its start): the batch is built on the Python path."""
+    python, native, _ = python_and_native(VALID_BUFFER, 1000, 1000, 1012)
+    assert_same_batches(python, native)
+    assert python.consumed == 18
+
+
+def test_days_and_timestamps_are_utc() -> None:
+    """Readings across midnight touch two UTC days; native timestamps decode to the same instants."""
+    msgs = [
+        Message(json.dumps({"sensor_id": SENSORS[0], "timestamp": stamp, "temperatura": 21.5, "umidade": 40}).encode())
+        for stamp in ("2026-11-27T23:59:59.999999+00:00", "2026-11-28T00:00:00Z")
+    ]
+    python, native, _ = python_and_native(batches(msgs, 2), 0, 10, 0)
+    assert_same_batches(python, native)
+    assert native.days == {date(2026, 11, 27), date(2026, 11, 28)}
+    assert native.last_by_offset == {3: datetime(2026, 11, 28, tzinfo=UTC)}
+    assert from_micros(0) == datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def test_limits_are_the_configured_ones() -> None:
+    """A narrower temperature range applies natively too (out of range -> the validator's dead letter)."""
+    narrow = ReadingLimits(temperature_min=0.0, temperature_max=22.0)
+
+    class NarrowNative(NativePartitionRecords):
+        decoding = NativeDecoding(narrow)
+
+    tp, records, _, _ = take_all(NarrowNative, VALID_BUFFER, 1000, 100)
+    native = build_batch({tp: records}, {3: None}, {3: 1000}, narrow)
+    tp, records, _, _ = take_all(GuardedPartitionRecords, VALID_BUFFER, 1000, 100)
+    python = build_batch({tp: records}, {3: None}, {3: 1000}, narrow)
+    assert rows_of(native) == rows_of(python)
+    assert {d.reason for d in native.dead_letters} == {"out_of_range"}
+    assert letters_of(native) == letters_of(python)
+
+
+def test_a_corrupt_batch_is_named_with_its_offset() -> None:
+    """A CRC failure in the second batch: the first batch's records come first, then the error."""
+    data = bytearray(VALID_BUFFER)
+    second = len(batches(VALID[:10], 10))
+    data[second + 70] ^= 0xFF
+    parts = Native(1000, TopicPartition(TOPIC, 3), MemoryRecords(bytes(data)))
+    first = parts.take(100)
+    assert len(first) == 10
+    with pytest.raises(PartitionDecodeError) as caught:
+        parts.take(100)
+    assert caught.value.offset == 1010
+    assert "crc" in str(caught.value.cause)
+    assert not parts
