@@ -33,7 +33,13 @@ $(STAMP): $(PYPROJECTS)
 	$(BIN)/python -m pip install -q --no-deps $(foreach p,$(PACKAGES),-e ./$(p))
 	touch $@
 
-dev: $(STAMP) ## Create .venv with every package installed editable, plus pytest, ruff, mypy
+# The consumer's native decoder (a C extension): rebuilt when its source changes.
+FASTPATH := $(VENV)/.fastpath
+$(FASTPATH): $(STAMP) consumer/fastpath/iot_fastpath.c consumer/fastpath/setup.py consumer/fastpath/pyproject.toml
+	$(BIN)/python -m pip install -q --no-deps -e ./consumer/fastpath
+	touch $@
+
+dev: $(STAMP) $(FASTPATH) ## Create .venv with every package installed editable (and the C decoder built), plus pytest, ruff, mypy
 
 lock: ## Regenerate the hashed dependency locks after changing a pyproject.toml (scripts/lock.sh)
 	test -x $(BIN)/uv || $(MAKE) dev

@@ -1,10 +1,12 @@
 """Consumer throughput, end to end (Kafka → PostgreSQL), in one run on the same topic data:
 
-- iot-consumer with 1 process and with N processes in one group;
+- iot-consumer with 1 process and with N processes in one group, with the native decoder
+  (iot_fastpath) and with the Python path (CONSUMER_DECODER=python), side by side;
 - the seed-style baseline (kafka-python + one INSERT and COMMIT per message);
 - limits: kafka-python reading with no database; PostgreSQL COPY of the same rows alone.
 
-usage: python -m bench.consumer_bench [--readings 300000] [--processes 1,2] [--baseline-seconds 30]
+usage: python -m bench.consumer_bench [--readings 300000] [--processes 1,2] [--decoders native,python]
+                                     [--baseline-seconds 30]
 """
 
 from __future__ import annotations
@@ -37,17 +39,21 @@ from iot_consumer.schema import DailyPartitions, migrate
 IDLE_S = 3.0
 
 
-def run_ours(topic: str, readings: int, processes: int) -> tuple[float, Measured, bool]:
+def run_ours(topic: str, readings: int, processes: int, decoder: str) -> tuple[float, Measured, bool]:
     database = fresh_database("ours")
     env = STACK.service_env(
-        topic=topic, database=database, METRICS_PORT="-1", CONSUMER_GROUP=f"bench-{uuid.uuid4().hex[:8]}"
+        topic=topic,
+        database=database,
+        METRICS_PORT="-1",
+        CONSUMER_GROUP=f"bench-{uuid.uuid4().hex[:8]}",
+        CONSUMER_DECODER=decoder,
     )
     try:
         procs = [
             Process(
                 cli("iot-consumer", "run", "--exit-when-idle", str(IDLE_S)),
                 env,
-                RESULTS / f"consumer-{processes}-{i}.log",
+                RESULTS / f"consumer-{decoder}-{processes}-{i}.log",
             )
             for i in range(processes)
         ]
@@ -145,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=300_000)
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts for iot-consumer")
+    parser.add_argument("--decoders", default="native,python", help="comma-separated CONSUMER_DECODER values")
     parser.add_argument("--baseline-seconds", type=float, default=30.0)
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -155,13 +162,14 @@ def main() -> None:
         rows: list[list[str]] = []
         seed_rate, seed, seed_rows = run_seed(topic, args.readings, args.baseline_seconds)
         measured_ours = []
-        for processes in (int(p) for p in args.processes.split(",")):
-            rate, m, exact = run_ours(topic, args.readings, processes)
-            measured_ours.append((processes, rate, m, exact))
-        for processes, rate, m, exact in measured_ours:
+        for decoder in args.decoders.split(","):
+            for processes in (int(p) for p in args.processes.split(",")):
+                rate, m, exact = run_ours(topic, args.readings, processes, decoder)
+                measured_ours.append((decoder, processes, rate, m, exact))
+        for decoder, processes, rate, m, exact in measured_ours:
             rows.append(
                 [
-                    f"iot-consumer, {processes} process{'es' if processes > 1 else ''}",
+                    f"iot-consumer, {decoder} decoder, {processes} process{'es' if processes > 1 else ''}",
                     fmt(rate),
                     f"{rate / seed_rate:.1f}×",
                     fmt(m.cpu_s / args.readings * 1e6, 1),

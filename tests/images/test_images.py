@@ -74,6 +74,20 @@ def test_final_image_has_no_compiler_and_a_shared_library_package(images: dict[s
     assert not [line for line in lines[:-1] if line.endswith(("gcc", "/cc"))]
 
 
+def test_consumer_image_ships_the_native_decoder(images: dict[str, str]) -> None:
+    """The C decoder is compiled in the build stage and imports in the final image (no compiler there)."""
+    probe = docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python3",
+        images["consumer"],
+        "-c",
+        "import iot_fastpath; from iot_consumer.decoding import decoder_available; print(decoder_available())",
+    )
+    assert probe.stdout.split()[-1] == "True"
+
+
 def test_servers_declare_a_healthcheck(images: dict[str, str]) -> None:
     """Each long-running image declares a HEALTHCHECK on its own health endpoint."""
     for service, path in (("producer", "/healthz"), ("consumer", "/readyz"), ("dashboard", "/_stcore/health")):

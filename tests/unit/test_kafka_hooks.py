@@ -95,6 +95,8 @@ def test_native_decoder_hook_points_are_where_it_expects_them() -> None:
 
 
 def test_native_decoder_is_installed_on_a_real_consumer() -> None:
+    """install_native_decoder gives this consumer's fetcher its own PartitionRecords class,
+    carrying the consumer's limits; kafka-python's class stays as it was."""
     consumer = KafkaConsumer(bootstrap_servers="127.0.0.1:1", api_version=(2, 8, 0))
     try:
         install_native_decoder(consumer, DEFAULT_LIMITS)

@@ -168,7 +168,9 @@ class ConsumerService:
             # offset-gap policy (positions.py) decides, loudly.
             auto_offset_reset="none",
             max_poll_records=self.options.max_batch,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # 1 MiB per partition (was 4): measured with the native decoder, 1 process owning 6
+            # partitions, 300k readings: 202 → 113 MB peak RSS for 10 % less throughput.
+            max_partition_fetch_bytes=1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             isolation_level="read_committed",
             session_timeout_ms=self.options.session_timeout_ms,
