@@ -184,11 +184,13 @@ def run_pipeline(
         drop_database(database)
 
 
-def ours(processes: int, topic: str) -> Callable[[str, str], list[Process]]:
+def ours(processes: int, topic: str, decoder: str = "native") -> Callable[[str, str], list[Process]]:
     def start(database: str, group: str) -> list[Process]:
-        env = STACK.service_env(topic=topic, database=database, METRICS_PORT="-1", CONSUMER_GROUP=group)
+        env = STACK.service_env(
+            topic=topic, database=database, METRICS_PORT="-1", CONSUMER_GROUP=group, CONSUMER_DECODER=decoder
+        )
         return [
-            Process(cli("iot-consumer", "run"), env, RESULTS / f"compare-ours-{processes}-{i}.log")
+            Process(cli("iot-consumer", "run"), env, RESULTS / f"compare-ours-{decoder}-{processes}-{i}.log")
             for i in range(processes)
         ]
 
@@ -326,10 +328,14 @@ def main() -> None:
     try:
         fill_rate = prefill(topic, n)
         outcomes: dict[str, Outcome] = {}
-        outcomes["iot-consumer, 1 process"] = run_pipeline("ours-1", topic, n, ours(1, topic), peer_table=False)
-        outcomes[f"iot-consumer, {args.processes} processes"] = run_pipeline(
-            f"ours-{args.processes}", topic, n, ours(args.processes, topic), peer_table=False
-        )
+        # the native decoder (iot_fastpath) and the Python path (CONSUMER_DECODER=python) side by side
+        for decoder, label in (("native", "native decoder"), ("python", "Python path")):
+            outcomes[f"iot-consumer, {label}, 1 process"] = run_pipeline(
+                f"ours-{decoder}-1", topic, n, ours(1, topic, decoder), peer_table=False
+            )
+            outcomes[f"iot-consumer, {label}, {args.processes} processes"] = run_pipeline(
+                f"ours-{decoder}-{args.processes}", topic, n, ours(args.processes, topic, decoder), peer_table=False
+            )
         outcomes[f"Quix Streams {QUIX_VERSION} PostgreSQLSink"] = run_pipeline(
             "quix", topic, n, quix(topic, n), peer_table=True
         )
@@ -411,7 +417,18 @@ def main() -> None:
     if not args.skip_latency:
         total = args.latency_rate * args.latency_seconds
         starters: list[tuple[str, str, Starter, bool]] = [
-            (f"iot-consumer, {args.processes} processes", "ours", lambda t, d, g: ours(args.processes, t)(d, g), False),
+            (
+                f"iot-consumer, native decoder, {args.processes} processes",
+                "ours",
+                lambda t, d, g: ours(args.processes, t, "native")(d, g),
+                False,
+            ),
+            (
+                f"iot-consumer, Python path, {args.processes} processes",
+                "ours-python",
+                lambda t, d, g: ours(args.processes, t, "python")(d, g),
+                False,
+            ),
             (f"Quix Streams {QUIX_VERSION}", "quix", lambda t, d, g: quix(t, total)(d, g), True),
             ("Kafka Connect + Debezium JDBC sink", "connect", lambda t, d, g: kafka_connect(t, 1)(d, g), True),
         ]

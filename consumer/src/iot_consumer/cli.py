@@ -238,7 +238,7 @@ def run(
             exit_when_idle_s=exit_when_idle,
             limits=limits,
             on_offset_gap=on_offset_gap,
-            native_decoder=decoder is not Decoder.PYTHON and decoder_available(),
+            native_decoder=decoder is not Decoder.PYTHON,
             stall_after_s=stall_after,
             retention=retention,
             housekeeping_interval_s=housekeeping_interval,

@@ -1,0 +1,80 @@
+"""Both decoders against the real broker and server: the native one (iot_fastpath) when it is
+installed, the Python path when it is not - and the consumer says which one runs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import psycopg2.extensions
+
+from tests.helpers import BIN, Stack, scalar, wait_until
+from tests.integration.test_consumer import assert_exactly_once, consume, produce
+
+
+def without_native_decoder(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """The environment of a machine where the extension is missing (an import that fails first on the path)."""
+    blocker = tmp_path / "no-fastpath"
+    blocker.mkdir(exist_ok=True)
+    (blocker / "iot_fastpath.py").write_text('raise ImportError("iot_fastpath is not installed here")\n')
+    return {**env, "PYTHONPATH": str(blocker)}
+
+
+def test_native_decoder_writes_exactly_once_and_says_so(
+    stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """With the extension (make dev builds it): decoder=native at start, the gauge at 1, every row
+    counted under path="native", and exactly one row per reading."""
+    assert produce(env, tmp_path, 3000, 50).wait(120) == 0
+    consumer = consume(env, tmp_path, 600)
+    wait_until(
+        lambda: scalar(db, "SELECT count(*) FROM sensores") == 3000 if consumer.logged("consumer_started") else False,
+        60,
+        "rows",
+    )
+    assert consumer.event("consumer_started")["decoder"] == "native"
+    assert consumer.metric("iot_consumer_native_decoder") == 1
+    assert consumer.metric("iot_consumer_rows_decoded_total", path="native") == 3000
+    assert consumer.metric("iot_consumer_rows_decoded_total", path="python") == 0
+    consumer.signal(signal.SIGTERM)
+    assert consumer.wait(30) == 0
+    assert_exactly_once(db, stack, topic, 3000)
+    assert scalar(db, "SELECT sum(leituras) FROM sensores_minuto") == 3000
+
+
+def test_without_the_extension_the_python_path_does_everything_and_says_so(
+    stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """A machine without the C extension: the consumer warns at start (native_decoder_missing),
+    the gauge is 0, every row is counted under path="python", nothing is lost or doubled."""
+    assert produce(env, tmp_path, 3000, 50).wait(120) == 0
+    consumer = consume(without_native_decoder(env, tmp_path), tmp_path, 600)
+    wait_until(
+        lambda: scalar(db, "SELECT count(*) FROM sensores") == 3000 if consumer.logged("consumer_started") else False,
+        60,
+        "rows",
+    )
+    assert consumer.logged("native_decoder_missing")
+    assert consumer.event("consumer_started")["decoder"] == "python"
+    assert consumer.metric("iot_consumer_native_decoder") == 0
+    assert consumer.metric("iot_consumer_rows_decoded_total", path="python") == 3000
+    consumer.signal(signal.SIGTERM)
+    assert consumer.wait(30) == 0
+    assert_exactly_once(db, stack, topic, 3000)
+    assert scalar(db, "SELECT sum(leituras) FROM sensores_minuto") == 3000
+
+
+def test_asking_for_the_native_decoder_without_it_fails_fast(env: dict[str, str], tmp_path: Path) -> None:
+    """CONSUMER_DECODER=native where the extension is missing: exit 2 before touching anything,
+    with a message that says how to get it."""
+    done = subprocess.run(
+        [str(BIN / "iot-consumer"), "run", "--decoder", "native"],
+        env=without_native_decoder(env, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "native decoder (iot_fastpath) is not installed" in done.stderr + done.stdout
