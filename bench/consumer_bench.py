@@ -1,12 +1,13 @@
 """Consumer throughput, end to end (Kafka → PostgreSQL), in one run on the same topic data:
 
 - iot-consumer with 1 process and with N processes in one group, with the native decoder
-  (iot_fastpath) and with the Python path (CONSUMER_DECODER=python), side by side;
+  (iot_fastpath), the native decoder without the writer thread, and the Python path
+  (CONSUMER_DECODER=python), side by side;
 - the seed-style baseline (kafka-python + one INSERT and COMMIT per message);
 - limits: kafka-python reading with no database; PostgreSQL COPY of the same rows alone.
 
-usage: python -m bench.consumer_bench [--readings 300000] [--processes 1,2] [--decoders native,python]
-                                     [--baseline-seconds 30]
+usage: python -m bench.consumer_bench [--readings 300000] [--processes 1,2]
+                                     [--configs native,native/no-overlap,python] [--baseline-seconds 30]
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from iot_consumer.schema import DailyPartitions, migrate
 IDLE_S = 3.0
 
 
-def run_ours(topic: str, readings: int, processes: int, decoder: str) -> tuple[float, Measured, bool]:
+def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[float, Measured, bool]:
+    """``config``: a CONSUMER_DECODER value, with "/no-overlap" for CONSUMER_WRITE_OVERLAP=false."""
+    decoder, _, variant = config.partition("/")
     database = fresh_database("ours")
     env = STACK.service_env(
         topic=topic,
@@ -47,13 +50,14 @@ def run_ours(topic: str, readings: int, processes: int, decoder: str) -> tuple[f
         METRICS_PORT="-1",
         CONSUMER_GROUP=f"bench-{uuid.uuid4().hex[:8]}",
         CONSUMER_DECODER=decoder,
+        CONSUMER_WRITE_OVERLAP="false" if variant == "no-overlap" else "true",
     )
     try:
         procs = [
             Process(
                 cli("iot-consumer", "run", "--exit-when-idle", str(IDLE_S)),
                 env,
-                RESULTS / f"consumer-{decoder}-{processes}-{i}.log",
+                RESULTS / f"consumer-{config.replace('/', '-')}-{processes}-{i}.log",
             )
             for i in range(processes)
         ]
@@ -151,7 +155,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=300_000)
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts for iot-consumer")
-    parser.add_argument("--decoders", default="native,python", help="comma-separated CONSUMER_DECODER values")
+    parser.add_argument(
+        "--configs",
+        default="native,native/no-overlap,python",
+        help="comma-separated CONSUMER_DECODER values, /no-overlap = without the writer thread",
+    )
     parser.add_argument("--baseline-seconds", type=float, default=30.0)
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -162,14 +170,16 @@ def main() -> None:
         rows: list[list[str]] = []
         seed_rate, seed, seed_rows = run_seed(topic, args.readings, args.baseline_seconds)
         measured_ours = []
-        for decoder in args.decoders.split(","):
+        for config in args.configs.split(","):
             for processes in (int(p) for p in args.processes.split(",")):
-                rate, m, exact = run_ours(topic, args.readings, processes, decoder)
-                measured_ours.append((decoder, processes, rate, m, exact))
-        for decoder, processes, rate, m, exact in measured_ours:
+                rate, m, exact = run_ours(topic, args.readings, processes, config)
+                measured_ours.append((config, processes, rate, m, exact))
+        for config, processes, rate, m, exact in measured_ours:
+            decoder, _, variant = config.partition("/")
+            label = f"{decoder} decoder" + (", no writer thread" if variant else "")
             rows.append(
                 [
-                    f"iot-consumer, {decoder} decoder, {processes} process{'es' if processes > 1 else ''}",
+                    f"iot-consumer, {label}, {processes} process{'es' if processes > 1 else ''}",
                     fmt(rate),
                     f"{rate / seed_rate:.1f}×",
                     fmt(m.cpu_s / args.readings * 1e6, 1),

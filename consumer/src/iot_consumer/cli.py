@@ -191,6 +191,15 @@ def run(
             "installed (docs/PERFORMANCE.md).",
         ),
     ] = Decoder.AUTO,
+    write_overlap: Annotated[
+        bool,
+        typer.Option(
+            "--write-overlap/--no-write-overlap",
+            envvar="CONSUMER_WRITE_OVERLAP",
+            help="Write each batch on a writer thread while the next one is polled and decoded "
+            "(one batch in flight; same transaction and fencing).",
+        ),
+    ] = True,
     retention_days: RawRetentionOption = 0,
     minute_rollup_retention_days: MinuteRetentionOption = 0,
     hour_rollup_retention_days: HourRetentionOption = 0,
@@ -239,6 +248,7 @@ def run(
             limits=limits,
             on_offset_gap=on_offset_gap,
             native_decoder=decoder is not Decoder.PYTHON,
+            write_overlap=write_overlap,
             stall_after_s=stall_after,
             retention=retention,
             housekeeping_interval_s=housekeeping_interval,

@@ -34,7 +34,7 @@ from iot_common.postgres import CONNECTION_ERRORS
 from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
 from iot_common.settings import KafkaSettings
 from iot_consumer import metrics as m
-from iot_consumer.batch import build_batch
+from iot_consumer.batch import Batch, build_batch
 from iot_consumer.decoding import (
     PartitionDecodeError,
     decoder_available,
@@ -46,6 +46,7 @@ from iot_consumer.metrics import Totals
 from iot_consumer.outages import DatabaseOutage, StallWatch, Troubles, pause_partition, resume_partition
 from iot_consumer.positions import OffsetGapPolicy, PartitionPositions, group_caught_up, topic_id_of
 from iot_consumer.sink import FencedError, PostgresSink
+from iot_consumer.writer import BatchWriter, Written
 
 log = get_logger(__name__)
 
@@ -78,6 +79,8 @@ class ConsumerOptions:
     on_offset_gap: OffsetGapPolicy = OffsetGapPolicy.FAIL
     # Decode fetched records with iot_fastpath (when installed); False = the Python path only.
     native_decoder: bool = True
+    # Write batch k on a writer thread while batch k+1 is polled and decoded (writer.py).
+    write_overlap: bool = True
     # Messages waiting and no progress this long (or an error repeating this long) = not ready.
     stall_after_s: float = 30.0
     # The loop not turning for this long = not alive (Kubernetes restarts the pod).
@@ -109,6 +112,7 @@ class ConsumerService:
         self.housekeeper = Housekeeper(options.retention, retry_in_s=options.housekeeping_interval_s)
         self._consumer: KafkaConsumer | None = None
         self.native = options.native_decoder and decoder_available()
+        self.writer = BatchWriter(sink.write_with_rejects) if options.write_overlap else None
         self._started = time.monotonic()
         self._heartbeat = time.monotonic()
         self._last_activity = time.monotonic()
@@ -211,30 +215,14 @@ class ConsumerService:
         self._last_activity = time.monotonic()
         try:
             while not self.stop.is_set():
-                self._beat()
-                if not self.database.ok:
-                    self.database.wait(consumer)
-                    self.positions.forget()
-                    continue
-                if self.positions.needs_sync() and not self._sync(consumer):
-                    continue
-                self._retry_blocked_partitions(consumer)
-                polled_at = time.monotonic()
-                records = self._poll(consumer)
-                if records is None:
-                    continue
-                if records:
-                    self._process(consumer, records)
-                    self._last_activity = time.monotonic()
-                elif time.monotonic() - polled_at < 0.01:
-                    # poll() can return at once with nothing (no assignment yet, all paused,
-                    # topic gone): don't spin a core.
-                    self.stop.wait(0.1)
-                self._periodic(consumer)
-                if not records and self._idle_long_enough(consumer, time.monotonic()):
-                    log.info("idle_exit", idle_seconds=self.options.exit_when_idle_s)
+                if self._turn(consumer):
                     break
         finally:
+            try:
+                self._settle()  # the batch in flight commits (or not) before anything closes
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
             self._log_progress()
             try:
                 consumer.close(autocommit=False)
@@ -250,17 +238,49 @@ class ConsumerService:
                 failed_batches=self.totals.failed_batches,
             )
 
+    def _turn(self, consumer: KafkaConsumer) -> bool:
+        """One turn of the loop; True when bounded mode is done."""
+        self._beat()
+        if not self.database.ok:
+            self._settle()
+            self.database.wait(consumer)
+            self.positions.forget()
+            return False
+        if self.positions.needs_sync() and not self._sync(consumer):
+            return False
+        self._retry_blocked_partitions(consumer)
+        polled_at = time.monotonic()
+        records = self._poll(consumer)
+        if records is None:
+            return False
+        if records:
+            self._process(consumer, records)
+            self._last_activity = time.monotonic()
+        else:
+            self._settle()  # nothing to overlap with: let the batch in flight land now
+            if time.monotonic() - polled_at < 0.01:
+                # poll() can return at once with nothing (no assignment yet, all paused,
+                # topic gone): don't spin a core.
+                self.stop.wait(0.1)
+        self._periodic(consumer)
+        if not records and self._idle_long_enough(consumer, time.monotonic()):
+            log.info("idle_exit", idle_seconds=self.options.exit_when_idle_s)
+            return True
+        return False
+
     def _database_lost(self, exc: BaseException) -> None:
         self.database.lost(exc)
         self.positions.forget()
 
     def _check_database(self) -> None:
+        self._settle()
         try:
             self.sink.ping()
         except CONNECTION_ERRORS as exc:
             self._database_lost(exc)
 
     def _ensure_day_partitions_ahead(self) -> None:
+        self._settle()
         try:
             self.sink.day_partitions.ensure_ahead(self.sink.connection())
         except CONNECTION_ERRORS as exc:
@@ -268,6 +288,7 @@ class ConsumerService:
 
     def _housekeeping(self, job: Callable[[psycopg2.extensions.connection], bool]) -> bool:
         """Run a housekeeping job on the sink's connection (between batches); False if the database went away."""
+        self._settle()
         try:
             return job(self.sink.connection())
         except CONNECTION_ERRORS as exc:
@@ -276,6 +297,7 @@ class ConsumerService:
 
     # ------------------------------------------------------------------ positions and polling
     def _sync(self, consumer: KafkaConsumer) -> bool:
+        self._settle()
         try:
             synced = self.positions.sync(consumer, self.sink)
         except CONNECTION_ERRORS as exc:
@@ -348,23 +370,55 @@ class ConsumerService:
     # ------------------------------------------------------------------ batches
     def _process(self, consumer: KafkaConsumer, records: dict[Any, Any]) -> None:
         started = time.perf_counter()
-        batch = build_batch(records, self.positions.stored, self.positions.position, self.options.limits)
-        if not batch.positions:
+        writer = self.writer
+        if writer is None:
+            batch = build_batch(records, self.positions.stored, self.positions.position, self.options.limits)
+            if batch.positions:
+                self._finished(consumer, self._write_now(batch, started))
             return
+        # Built while the previous batch may still be in flight: on the positions it will commit.
+        batch = build_batch(
+            records,
+            writer.pending_positions(self.positions.stored),
+            writer.pending_positions(self.positions.position),  # type: ignore[arg-type]
+            self.options.limits,
+        )
+        if not self._settle():
+            return  # the previous batch failed: positions are re-read, these records fetched again
+        if batch.positions:
+            writer.submit(batch, started)
+
+    def _write_now(self, batch: Batch, started: float) -> Written:
         try:
-            batch = self.sink.write_with_rejects(batch)
-        except FencedError as exc:
+            return Written(batch, started, self.sink.write_with_rejects(batch), None)
+        except Exception as exc:  # noqa: BLE001 - _finished handles each kind
+            return Written(batch, started, None, exc)
+
+    def _settle(self) -> bool:
+        """Wait for the batch in flight on the writer thread and account it; False if it failed."""
+        if self.writer is None or not self.writer.busy:
+            return True
+        outcome = self.writer.settle(m.WRITER_WAIT_SECONDS.inc)
+        assert outcome is not None
+        assert self._consumer is not None
+        return self._finished(self._consumer, outcome)
+
+    def _finished(self, consumer: KafkaConsumer, outcome: Written) -> bool:
+        """Account a write: positions move on after a commit; any failure makes them re-read."""
+        batch = outcome.batch or outcome.submitted
+        exc = outcome.error
+        if isinstance(exc, FencedError):
             m.BATCHES.labels("fenced").inc()
             self.totals.failed_batches += 1
             log.warning("batch_fenced", error=str(exc), rows=batch.rows)
             self.positions.forget()
-            return
-        except CONNECTION_ERRORS as exc:
+            return False
+        if isinstance(exc, CONNECTION_ERRORS):
             m.BATCHES.labels("database_unavailable").inc()
             self.totals.failed_batches += 1
             self._database_lost(exc)
-            return
-        except psycopg2.Error as exc:
+            return False
+        if isinstance(exc, psycopg2.Error):
             # Not a bad row (those are dead-lettered) and not an outage: a refused privilege,
             # a full disk, a broken schema. Retry the same records with backoff until it passes.
             m.BATCHES.labels("database_error").inc()
@@ -376,9 +430,11 @@ class ConsumerService:
             )
             self.positions.forget()
             self.stop.wait(max(0.0, trouble.retry_at - time.monotonic()))
-            return
+            return False
+        if exc is not None:
+            raise exc
+        seconds = time.perf_counter() - outcome.started
         committed_at = datetime.now(UTC)
-        seconds = time.perf_counter() - started
         self.totals.add(batch)
         m.record_batch(batch, committed_at, seconds, self.sink.last_copy_seconds, self.sink.last_rollup_seconds)
         self.troubles.recovered(WRITE)
@@ -392,6 +448,7 @@ class ConsumerService:
             consumer.commit_async(offsets=offsets)
         except KafkaError as exc:
             log.debug("kafka_commit_failed", error=repr(exc))
+        return True
 
     # ------------------------------------------------------------------ once a second
     def _watch_progress(self, consumer: KafkaConsumer, now: float) -> dict[int, int]:
@@ -410,7 +467,10 @@ class ConsumerService:
     def _advance_alert_clocks(self, lags: dict[int, int]) -> None:
         """Silence needs a clock that moves without readings (see AlertStage.evaluate_idle)."""
         alerts = self.sink.alerts
-        if alerts is None or not self.database.ok:
+        if alerts is None:
+            return
+        self._settle()  # the engine and the connection are the writer's while a batch is in flight
+        if not self.database.ok:
             return
         fence = self.positions.caught_up(lags)
         evaluation = alerts.evaluate_idle(fence, self.options.alert_clock_grace_s)
@@ -483,6 +543,7 @@ class ConsumerService:
         idle = self.options.exit_when_idle_s
         if idle is None or now - self._last_activity < idle:
             return False
+        self._settle()
         try:
             caught_up = group_caught_up(consumer, self.sink, self.topic)
         except CONNECTION_ERRORS as exc:

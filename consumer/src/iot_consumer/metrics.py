@@ -18,6 +18,10 @@ ROWS_DECODED = Counter(
     "Rows committed, by the path that decoded them (native = iot_fastpath in one pass, python = validator)",
     ["path"],
 )
+WRITER_WAIT_SECONDS = Counter(
+    "iot_consumer_writer_wait_seconds_total",
+    "Time the main loop waited for the writer thread's batch (the part of writing not overlapped with decoding)",
+)
 NATIVE_DECODER = Gauge(
     "iot_consumer_native_decoder", "1 when records are decoded by iot_fastpath, 0 on the Python path"
 )
