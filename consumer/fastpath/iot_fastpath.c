@@ -133,7 +133,7 @@ static int buffer_reserve(Buffer *b, size_t extra) {
     if (b->len + extra <= b->cap) return 1;
     size_t cap = b->cap ? b->cap : 1 << 16;
     while (cap < b->len + extra) cap *= 2;
-    char *data = PyMem_Realloc(b->data, cap);
+    char *data = PyMem_RawRealloc(b->data, cap); /* callable without the GIL */
     if (!data) return 0;
     b->data = data;
     b->cap = cap;
@@ -411,7 +411,7 @@ typedef struct {
 
 static void rows_dealloc(RowsObject *self) {
     Py_XDECREF(self->copy);
-    PyMem_Free(self->rows);
+    PyMem_RawFree(self->rows);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -588,6 +588,18 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
     int64_t days[64];
     int n_days = 0, overflow_days = 0, last_is_row = 0;
     if (!fallbacks) return NULL;
+    /* The loop reads only the fetched bytes and C memory: other threads (the writer thread's
+       psycopg2 calls) run meanwhile. Python objects are made with the GIL held again. */
+    PyThreadState *thread_state = NULL;
+#define RELEASE_GIL() (thread_state = PyEval_SaveThread())
+#define HOLD_GIL()                            \
+    do {                                      \
+        if (thread_state) {                   \
+            PyEval_RestoreThread(thread_state); \
+            thread_state = NULL;              \
+        }                                     \
+    } while (0)
+    RELEASE_GIL();
 
     while (taken < max_records) {
         if (!self->in_batch) {
@@ -599,12 +611,14 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
             if (length < 0 || (Py_ssize_t)length + 12 > remaining) goto finished;
             if (remaining < 17 || b[16] != 2) { status = "python"; goto done; }
             if (length + 12 < BATCH_HEADER) {
+                HOLD_GIL();
                 error = corrupt("Record batch for partition %ld at offset %lld is too short", partition, be64(b));
                 break;
             }
             int16_t attributes = be16(b + 21);
             if (attributes & 0x07) { status = "python"; goto done; } /* compressed: kafka-python decompresses */
             if (crc32c(b + 21, (size_t)length + 12 - 21) != (uint32_t)be32(b + 17)) {
+                HOLD_GIL();
                 error = corrupt("Record batch for partition %ld at offset %lld failed crc check", partition, be64(b));
                 break;
             }
@@ -627,6 +641,7 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
         }
         if (self->remaining <= 0) {
             if (self->rec != self->batch_end) {
+                HOLD_GIL();
                 error = corrupt("Record batch for partition %ld at offset %lld: unconsumed bytes after all records",
                                 partition, self->base_offset);
                 break;
@@ -672,8 +687,8 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
         if (last_is_row) {
             if (n_rows == rows_cap) {
                 rows_cap = rows_cap ? rows_cap * 2 : 1024;
-                Row *grown = PyMem_Realloc(rows, (size_t)rows_cap * sizeof(Row));
-                if (!grown) { PyErr_NoMemory(); goto fail; }
+                Row *grown = PyMem_RawRealloc(rows, (size_t)rows_cap * sizeof(Row));
+                if (!grown) { HOLD_GIL(); PyErr_NoMemory(); goto fail; }
                 rows = grown;
             }
             Row *row = &rows[n_rows++];
@@ -682,7 +697,7 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
             row->stamp_us = r.stamp_us;
             row->t = r.t;
             row->h = r.h;
-            if (!buffer_reserve(&out, 36 + r.stamp_len + r.t_len + r.h_len + 64)) { PyErr_NoMemory(); goto fail; }
+            if (!buffer_reserve(&out, 36 + r.stamp_len + r.t_len + r.h_len + 64)) { HOLD_GIL(); PyErr_NoMemory(); goto fail; }
             char *o = out.data + out.len;
             o = put_uuid(o, r.sensor);
             *o++ = '\t';
@@ -711,13 +726,16 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
                 else overflow_days = 1;
             }
         } else {
+            HOLD_GIL();
             PyObject *record = fallback_record(self, offset, ts_delta, key, key_len, value, value_len, headers,
                                                header_count, rec_end, size);
             if (!record || PyList_Append(fallbacks, record) < 0) { Py_XDECREF(record); goto fail; }
             Py_DECREF(record);
+            RELEASE_GIL();
         }
         continue;
     bad_record:
+        HOLD_GIL();
         error = corrupt("Record batch for partition %ld at offset %lld holds a malformed record", partition,
                         self->base_offset);
         break;
@@ -725,11 +743,13 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
     status = "limit";
     goto done;
 finished:
+    HOLD_GIL();
     /* the whole buffer is read: like kafka-python, continue after the last batch even if
        compaction removed its last records */
     if (self->last_batch_next_offset >= 0) self->next_fetch_offset = self->last_batch_next_offset;
     status = "done";
 done:
+    HOLD_GIL();
     if (error) {
         if (taken == 0) {
             PyErr_SetObject(CorruptBatch, error);
@@ -751,18 +771,21 @@ done:
         rows = NULL;
         if (!result->copy) { Py_DECREF(result); goto fail; }
     }
-    PyMem_Free(out.data);
-    PyMem_Free(rows);
+    PyMem_RawFree(out.data);
+    PyMem_RawFree(rows);
     PyObject *ret = Py_BuildValue("(OOsnO)", result ? (PyObject *)result : Py_None, fallbacks, status, taken,
                                   last_is_row ? Py_True : Py_False);
     Py_XDECREF(result);
     Py_DECREF(fallbacks);
     return ret;
 fail:
-    PyMem_Free(out.data);
-    PyMem_Free(rows);
+    HOLD_GIL();
+    PyMem_RawFree(out.data);
+    PyMem_RawFree(rows);
     Py_DECREF(fallbacks);
     return NULL;
+#undef RELEASE_GIL
+#undef HOLD_GIL
 }
 
 static PyObject *cursor_get_next_fetch_offset(CursorObject *self, void *c) { return PyLong_FromLongLong(self->next_fetch_offset); }
@@ -1138,10 +1161,10 @@ static PyObject *summary_rollup_copy(SummaryObject *self, PyObject *args) {
         if (!ok) goto oom;
     }
     result = PyBytes_FromStringAndSize(out.data ? out.data : "", (Py_ssize_t)out.len);
-    PyMem_Free(out.data);
+    PyMem_RawFree(out.data);
     return result;
 oom:
-    PyMem_Free(out.data);
+    PyMem_RawFree(out.data);
     return PyErr_NoMemory();
 }
 
