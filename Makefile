@@ -93,10 +93,10 @@ test-k8s: dev stack-up ## helm install on a real single-node Kubernetes in its o
 test-chaos: dev stack-up ## Faults for minutes: kill -9, SIGTERM, PostgreSQL and Kafka restarts (bench/results/chaos.md)
 	scripts/pytest.sh -m chaos tests/chaos
 
-bench: dev stack-up ## All benchmarks side by side (~15 min): bench/results/ and docs/BENCHMARKS.md
+bench: dev stack-up ## All benchmarks side by side (~30 min): bench/results/ and docs/BENCHMARKS.md
 	$(BIN)/python -m bench.run_all
 
-bench-consumer: dev stack-up ## Consumer only: 1 vs 2 processes vs seed baseline vs limits
+bench-consumer: dev stack-up ## Consumer: native decoder, writer thread on/off, Python path; 1 vs 2 processes; medians
 	$(BIN)/python -m bench.consumer_bench
 
 bench-codecs: dev stack-up ## What each compression codec costs end to end (bench/results/codec_bench.md)

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import pstats
 import resource
 import subprocess
 import sys
@@ -270,3 +271,22 @@ def readings_and_rounds(doc: str | None, readings: int = 200_000, rounds: int = 
 
 def fmt(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
+
+
+def self_time_by_component(
+    stats: pstats.Stats, components: list[tuple[str, tuple[str, ...]]]
+) -> tuple[dict[str, float], float, float]:
+    """cProfile self time grouped by component (first matching path/name fragment wins):
+    (seconds per component, seconds matching none, total seconds)."""
+    shares = dict.fromkeys((name for name, _ in components), 0.0)
+    other = total = 0.0
+    for (filename, _line, func), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        where = f"{filename}:{func}"  # built-ins have filename '~': classified by name
+        total += tottime
+        for name, fragments in components:
+            if any(fragment in where for fragment in fragments):
+                shares[name] += tottime
+                break
+        else:
+            other += tottime
+    return shares, other, total

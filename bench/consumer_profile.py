@@ -25,6 +25,7 @@ from bench.common import (
     fresh_topic,
     prefill,
     save,
+    self_time_by_component,
 )
 from tests.helpers import BIN
 
@@ -34,6 +35,7 @@ COMPONENTS = [
     ("PostgreSQL round trips: COPY, rollup upserts, commit (waiting)", ("psycopg2",)),
     ("kafka-python: fetch responses, record decoding, ConsumerRecords", ("kafka/",)),
     ("socket reads (fetch responses)", ("selectors", "socket", "'recv", "ssl.py")),
+    ("waiting for fetch responses (locks shared with kafka-python's network thread)", ("'acquire' of",)),
     (
         "Python validator + COPY lines",
         ("iot_common/schema", "orjson", "fromisoformat", "isoformat", "iot_consumer/batch"),
@@ -62,20 +64,9 @@ def profile(topic: str, readings: int, decoder: str) -> tuple[list[tuple[str, fl
         assert measured.returncode == 0, f"profiled consumer exited {measured.returncode}"
     finally:
         drop_database(database)
-    stats = pstats.Stats(str(output))
-    shares = dict.fromkeys((name for name, _ in COMPONENTS), 0.0)
-    other = total = 0.0
-    for (filename, _line, func), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        where = f"{filename}:{func}"
-        total += tottime
-        for name, fragments in COMPONENTS:
-            if any(fragment in where for fragment in fragments):
-                shares[name] += tottime
-                break
-        else:
-            other += tottime
+    shares, other, total = self_time_by_component(pstats.Stats(str(output)), COMPONENTS)
     per_row = [(name, seconds / readings * 1e6) for name, seconds in shares.items()]
-    per_row.append(("other (interpreter built-ins, waiting in poll)", other / readings * 1e6))
+    per_row.append(("other (interpreter built-ins, imports at start)", other / readings * 1e6))
     return per_row, total / readings * 1e6, measured.cpu_s / readings * 1e6
 
 

@@ -15,7 +15,19 @@ import os
 import pstats
 import time
 
-from bench.common import RESULTS, STACK, Process, Table, cli, drop_topic, fmt, fresh_topic, save, topic_size
+from bench.common import (
+    RESULTS,
+    STACK,
+    Process,
+    Table,
+    cli,
+    drop_topic,
+    fmt,
+    fresh_topic,
+    save,
+    self_time_by_component,
+    topic_size,
+)
 from iot_common.lifecycle import StopFlag
 from iot_common.settings import KafkaSettings
 from iot_producer.publisher import ReadingPublisher
@@ -80,18 +92,7 @@ def profile(readings: int) -> tuple[list[list[str]], float]:
     finally:
         drop_topic(topic)
     stats = pstats.Stats(profiler)
-    total = 0.0
-    shares: dict[str, float] = {name: 0.0 for name, _ in COMPONENTS}
-    other = 0.0
-    for (filename, _line, func), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        total += tottime
-        where = f"{filename}:{func}"  # built-ins have filename '~': classify them by name
-        for name, fragments in COMPONENTS:
-            if any(fragment in where for fragment in fragments):
-                shares[name] += tottime
-                break
-        else:
-            other += tottime
+    shares, other, total = self_time_by_component(stats, COMPONENTS)
     rows = [[name, f"{100 * t / total:.0f} %"] for name, t in sorted(shares.items(), key=lambda kv: -kv[1])]
     rows.append(["other (interpreter built-ins: len, isinstance, locks, …)", f"{100 * other / total:.0f} %"])
     stats.sort_stats("tottime").dump_stats(str(RESULTS / "producer_profile.pstats"))

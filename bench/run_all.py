@@ -1,7 +1,9 @@
 """`make bench`: every benchmark in one unattended run, then docs/BENCHMARKS.md.
 
-Runs bench.compare (Kafka → PostgreSQL against the peers and the limits, latency), the
-producer benchmark, the exporter benchmark and the codec benchmark, and writes their tables, the machine and the
+Runs bench.compare (Kafka → PostgreSQL against the peers and the limits, latency), the consumer
+benchmark (decoders and writer thread, medians) and profile, the producer benchmark, the exporter
+benchmark and the codec benchmark, and writes their tables (plus the dashboard and rollup tables of
+their own targets, when saved), the machine and the
 reproduce command into docs/BENCHMARKS.md (the analysis part is kept from docs/benchmarks-analysis.md).
 """
 
@@ -16,6 +18,8 @@ from bench.common import REPO, RESULTS, machine
 
 STEPS = [
     ["-m", "bench.compare", "--readings", "1000000"],
+    ["-m", "bench.consumer_bench", "--readings", "1000000"],
+    ["-m", "bench.consumer_profile", "--readings", "300000"],
     ["-m", "bench.producer_bench", "--readings", "200000"],
     ["-m", "bench.exporter_bench", "--rows", "300000"],
     ["-m", "bench.codec_bench", "--readings", "200000"],
@@ -35,6 +39,10 @@ def main() -> None:
         text = (RESULTS / f"{name}.md").read_text()
         return "\n".join(line for line in text.splitlines() if not line.startswith(("<!--", "Machine:")))
 
+    def optional(name: str, heading: str) -> str:
+        """Tables of the benchmarks `make bench` does not run (their own targets), when saved."""
+        return f"{heading}\n{body(name)}" if (RESULTS / f"{name}.md").exists() else ""
+
     analysis = (REPO / "docs" / "benchmarks-analysis.md").read_text()
     duration = "" if compose_only else f" in {minutes:.0f} minutes, unattended"
     doc = f"""# Benchmarks
@@ -49,12 +57,17 @@ JDBC sink plugin from Maven Central on first use; raw tables land in `bench/resu
 
 ## Kafka → PostgreSQL
 {body("compare")}
+### iot-consumer: native decoder, writer thread and Python path (docs/PERFORMANCE.md)
+{body("consumer_bench")}
+{body("consumer_profile")}
 ## Producer
 {body("producer_bench")}
 ## Exporter
 {body("exporter_bench")}
 ## Compression codecs
 {body("codec_bench")}
+{optional("dashboard_bench", "## Dashboard at scale (make bench-dashboard)")}
+{optional("rollup_bench", "## What the rollups cost the consumer (make bench-rollups)")}
 {analysis}"""
     (REPO / "docs" / "BENCHMARKS.md").write_text(doc)
     print(f"[bench] wrote docs/BENCHMARKS.md ({minutes:.1f} min)")

@@ -20,7 +20,7 @@ def test_a_batch_built_while_another_is_in_flight_fences_on_what_that_one_commit
     """pending_positions: the partitions the in-flight batch moves, at their new offsets; a partition
     no longer owned (dropped from the committed view by a rebalance) is not brought back."""
     release = threading.Event()
-    writer = BatchWriter(lambda b: (release.wait(5), b)[1])
+    writer = BatchWriter(lambda b, _started: (release.wait(5), b)[1])
     try:
         assert writer.pending_positions({0: 10, 1: None}) == {0: 10, 1: None}
         writer.submit(batch_moving((0, 10, 25), (1, None, 7), (2, 3, 9)), 0.0)
@@ -40,7 +40,7 @@ def test_a_batch_built_while_another_is_in_flight_fences_on_what_that_one_commit
 def test_a_failed_write_comes_back_as_its_error_with_the_batch() -> None:
     """The loop handles fenced/outage/refused writes from the outcome, as it did inline."""
 
-    def fail(batch: Batch) -> Batch:
+    def fail(batch: Batch, started: float) -> Batch:
         raise RuntimeError("server closed the connection")
 
     waited: list[float] = []
@@ -61,7 +61,7 @@ def test_a_failed_write_comes_back_as_its_error_with_the_batch() -> None:
 def test_only_one_batch_is_ever_in_flight() -> None:
     """Submitting a second batch before settling the first is a programming error, caught at once."""
     release = threading.Event()
-    writer = BatchWriter(lambda b: (release.wait(5), b)[1])
+    writer = BatchWriter(lambda b, _started: (release.wait(5), b)[1])
     try:
         writer.submit(batch_moving((0, 1, 2)), 0.0)
         with pytest.raises(AssertionError):

@@ -138,22 +138,28 @@ class NativeRows:
 
 
 def _consumer_record(topic: str, partition: int, leader_epoch: int, record: Any) -> Any:
-    key, value, headers = record.key, record.value, record.headers
+    return _record(
+        topic, partition, leader_epoch, record.offset, record.timestamp, record.timestamp_type,
+        record.key, record.value, record.headers,
+    )  # fmt: skip
+
+
+def _record(
+    topic: str,
+    partition: int,
+    leader_epoch: int,
+    offset: int,
+    stamp: int,
+    stamp_type: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes | None]],
+) -> Any:
+    """A ``ConsumerRecord`` as kafka-python's fetcher builds it (no deserializers, no checksum)."""
     return ConsumerRecord(
-        topic,
-        partition,
-        leader_epoch,
-        record.offset,
-        record.timestamp,
-        record.timestamp_type,
-        key,
-        value,
-        headers,
-        None,
-        len(key) if key is not None else -1,
-        len(value) if value is not None else -1,
-        _header_size(headers),
-    )
+        topic, partition, leader_epoch, offset, stamp, stamp_type, key, value, headers, None,
+        len(key) if key is not None else -1, len(value) if value is not None else -1, _header_size(headers),
+    )  # fmt: skip
 
 
 def _header_size(headers: list[tuple[str, bytes | None]]) -> int:
@@ -277,21 +283,7 @@ class NativePartitionRecords(GuardedPartitionRecords):
             result.append(native)
         for offset, stamp, stamp_type, key, value, headers, _size in fallbacks:
             result.append(
-                ConsumerRecord(
-                    tp.topic,
-                    tp.partition,
-                    self.leader_epoch,
-                    offset,
-                    stamp,
-                    stamp_type,
-                    key,
-                    value,
-                    headers,
-                    None,
-                    len(key) if key is not None else -1,
-                    len(value) if value is not None else -1,
-                    _header_size(headers),
-                )
+                _record(tp.topic, tp.partition, self.leader_epoch, offset, stamp, stamp_type, key, value, headers)
             )
         if native is not None and last_is_row:
             # the take's last record is last in the list: the new position follows it (batch.py)

@@ -112,7 +112,7 @@ class ConsumerService:
         self.housekeeper = Housekeeper(options.retention, retry_in_s=options.housekeeping_interval_s)
         self._consumer: KafkaConsumer | None = None
         self.native = options.native_decoder and decoder_available()
-        self.writer = BatchWriter(sink.write_with_rejects) if options.write_overlap else None
+        self.writer = BatchWriter(self._write) if options.write_overlap else None
         self._started = time.monotonic()
         self._heartbeat = time.monotonic()
         self._last_activity = time.monotonic()
@@ -388,9 +388,17 @@ class ConsumerService:
         if batch.positions:
             writer.submit(batch, started)
 
+    def _write(self, batch: Batch, started: float) -> Batch:
+        """Write a batch (on the writer thread, or inline) and count it in the metrics right
+        after its commit, so /metrics never lags the rows PostgreSQL shows."""
+        written = self.sink.write_with_rejects(batch)
+        seconds = time.perf_counter() - started
+        m.record_batch(written, datetime.now(UTC), seconds, self.sink.last_copy_seconds, self.sink.last_rollup_seconds)
+        return written
+
     def _write_now(self, batch: Batch, started: float) -> Written:
         try:
-            return Written(batch, started, self.sink.write_with_rejects(batch), None)
+            return Written(batch, started, self._write(batch, started), None)
         except Exception as exc:  # noqa: BLE001 - _finished handles each kind
             return Written(batch, started, None, exc)
 
@@ -433,10 +441,7 @@ class ConsumerService:
             return False
         if exc is not None:
             raise exc
-        seconds = time.perf_counter() - outcome.started
-        committed_at = datetime.now(UTC)
         self.totals.add(batch)
-        m.record_batch(batch, committed_at, seconds, self.sink.last_copy_seconds, self.sink.last_rollup_seconds)
         self.troubles.recovered(WRITE)
         offsets = {}
         for update in batch.positions:

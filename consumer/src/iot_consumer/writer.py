@@ -33,7 +33,7 @@ class Written:
 class BatchWriter:
     """One worker thread, at most one batch in flight."""
 
-    def __init__(self, write: Callable[[Batch], Batch]) -> None:
+    def __init__(self, write: Callable[[Batch, float], Batch]) -> None:
         self._write = write
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iot-consumer-writer")
         self._inflight: tuple[Batch, float, Future[Batch]] | None = None
@@ -44,7 +44,7 @@ class BatchWriter:
 
     def submit(self, batch: Batch, started: float) -> None:
         assert self._inflight is None, "settle the batch in flight first"
-        self._inflight = (batch, started, self._pool.submit(self._write, batch))
+        self._inflight = (batch, started, self._pool.submit(self._write, batch, started))
 
     def pending_positions(self, committed: Mapping[int, int | None]) -> dict[int, int | None]:
         """``committed`` as it will be once the batch in flight commits (partitions it moves)."""
