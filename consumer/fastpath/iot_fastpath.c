@@ -608,7 +608,12 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
             const uint8_t *b = buf + self->pos;
             self->batch_start = self->pos;
             int32_t length = be32(b + 8);
-            if (length < 0 || (Py_ssize_t)length + 12 > remaining) goto finished;
+            if (length < 0) { /* kafka-python fails on such a batch too (a slice that ends before it starts) */
+                HOLD_GIL();
+                error = corrupt("Record batch for partition %ld at offset %lld has a negative length", partition, be64(b));
+                break;
+            }
+            if ((Py_ssize_t)length + 12 > remaining) goto finished;
             if (remaining < 17 || b[16] != 2) { status = "python"; goto done; }
             if (length + 12 < BATCH_HEADER) {
                 HOLD_GIL();

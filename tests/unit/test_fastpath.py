@@ -477,3 +477,19 @@ def test_a_corrupt_batch_is_named_with_its_offset() -> None:
     assert caught.value.offset == 1010
     assert "crc" in str(caught.value.cause)
     assert not parts
+
+
+def test_every_header_byte_of_two_batches_corrupted_gives_the_same_outcome() -> None:
+    """Deterministic companion of the fuzz test: each byte of the first two batch headers (offset,
+    length, epoch, magic, CRC, attributes, timestamps, producer fields, count) set to the values
+    that break parsers (0, 1, 0x7f, 0x80, 0xff, one bit flipped): same error or same records."""
+    Native.decoding = NativeDecoding(DEFAULT_LIMITS)
+    Native.decoding.take_bounds = native_bounds_at(NOW)  # type: ignore[method-assign]
+    second = len(batches(VALID[:10], 10))
+    for position in [*range(61), *range(second, second + 61)]:
+        for byte in {0, 1, 0x7F, 0x80, 0xFF, VALID_BUFFER[position] ^ 1, VALID_BUFFER[position] ^ 0x80}:
+            if byte == VALID_BUFFER[position]:
+                continue
+            data = bytearray(VALID_BUFFER)
+            data[position] = byte
+            assert outcome(Native, bytes(data)) == outcome(GuardedPartitionRecords, bytes(data)), (position, byte)

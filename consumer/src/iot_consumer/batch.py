@@ -18,7 +18,7 @@ import orjson
 from iot_common.logging import get_logger
 from iot_common.schema import InvalidReading, ReadingLimits, ValidReading, validate_reading
 from iot_consumer.alerts.engine import Reading
-from iot_consumer.decoding import NativeRows, fastpath, from_micros, to_micros
+from iot_consumer.decoding import NativeRows, expand, fastpath, from_micros, to_micros
 
 EPOCH_DAY = date(1970, 1, 1)
 
@@ -140,8 +140,6 @@ def build_batch(
     days = batch.days
     summary = None
     if fastpath is not None and _has_native_rows(records_by_partition):
-        from iot_consumer.decoding import expand  # noqa: PLC0415 - only rare cases need the Python path's input
-
         by_partition = {tp: list(records) for tp, records in records_by_partition.items()}
         if _stale_native_rows(by_partition, position):
             # Rows before the position (a stale fetch after a seek): the Python path skips them one by one.
