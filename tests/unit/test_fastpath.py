@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import uuid
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from iot_consumer.decoding import (
     from_micros,
 )
 
+if not decoder_available() and os.environ.get("IOT_REQUIRE_FASTPATH") == "1":
+    pytest.fail("IOT_REQUIRE_FASTPATH=1 but iot_fastpath does not import (make dev builds it)", pytrace=False)
 pytestmark = pytest.mark.skipif(not decoder_available(), reason="iot_fastpath is not built (make dev builds it)")
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
