@@ -872,12 +872,12 @@ typedef struct {
     Index bucket_index;
     SummaryRow *rows;
     size_t n_rows, rows_cap;
-    int32_t partitions[1024];
-    int64_t partition_newest[1024];
-    int n_partitions;
+    int32_t *partitions; /* in first-seen order (the Python path's order) */
+    int64_t *partition_newest;
+    int n_partitions, partitions_cap;
     int out_of_order; /* a row was added after a later row of its partition (Python fallback rows) */
-    int64_t days[256];
-    int n_days;
+    int64_t *days; /* every UTC day touched: each needs its partitions before the COPY */
+    int n_days, days_cap;
 } SummaryObject;
 
 static inline uint64_t mix(uint64_t x) {
@@ -974,10 +974,19 @@ static Bucket *bucket_of(SummaryObject *s, uint32_t sensor, int64_t bucket_us, i
     return b;
 }
 
+/* The partition's position in first-seen order; -1 on memory error. */
 static int partition_seq(SummaryObject *s, int32_t partition) {
     for (int i = 0; i < s->n_partitions; i++)
         if (s->partitions[i] == partition) return i;
-    if (s->n_partitions == 1024) return -1;
+    if (s->n_partitions == s->partitions_cap) {
+        int cap = s->partitions_cap ? s->partitions_cap * 2 : 64;
+        int32_t *ids = PyMem_Realloc(s->partitions, (size_t)cap * sizeof(int32_t));
+        if (ids) s->partitions = ids;
+        int64_t *newest = ids ? PyMem_Realloc(s->partition_newest, (size_t)cap * sizeof(int64_t)) : NULL;
+        if (!newest) return -1;
+        s->partition_newest = newest;
+        s->partitions_cap = cap;
+    }
     s->partitions[s->n_partitions] = partition;
     s->partition_newest[s->n_partitions] = INT64_MIN;
     return s->n_partitions++;
@@ -1044,10 +1053,19 @@ static int summary_add_one(SummaryObject *s, const uint8_t id[16], int32_t parti
     return 1;
 }
 
-static void summary_note_day(SummaryObject *s, int64_t day) {
-    for (int i = 0; i < s->n_days; i++)
-        if (s->days[i] == day) return;
-    if (s->n_days < 256) s->days[s->n_days++] = day;
+/* 0 on memory error. */
+static int summary_note_day(SummaryObject *s, int64_t day) {
+    for (int i = s->n_days - 1; i >= 0; i--)
+        if (s->days[i] == day) return 1;
+    if (s->n_days == s->days_cap) {
+        int cap = s->days_cap ? s->days_cap * 2 : 16;
+        int64_t *days = PyMem_Realloc(s->days, (size_t)cap * sizeof(int64_t));
+        if (!days) return 0;
+        s->days = days;
+        s->days_cap = cap;
+    }
+    s->days[s->n_days++] = day;
+    return 1;
 }
 
 static PyObject *summary_add(SummaryObject *self, PyObject *args) {
@@ -1055,15 +1073,17 @@ static PyObject *summary_add(SummaryObject *self, PyObject *args) {
     int partition;
     if (!PyArg_ParseTuple(args, "O!i", &RowsType, &rows, &partition)) return NULL;
     int seq = partition_seq(self, partition);
-    if (seq < 0) return PyErr_Format(PyExc_ValueError, "more than 1024 partitions in one batch");
+    if (seq < 0) return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < rows->n; i++) {
         Row *r = &rows->rows[i];
         if (!summary_add_one(self, r->sensor, partition, seq, r->offset, r->stamp_us, r->t, r->h)) return PyErr_NoMemory();
     }
-    if (rows->overflow_days) {
-        for (Py_ssize_t i = 0; i < rows->n; i++) summary_note_day(self, floor_div(rows->rows[i].stamp_us, US_PER_DAY));
+    if (rows->overflow_days) { /* more distinct days than a Rows keeps: from the rows themselves */
+        for (Py_ssize_t i = 0; i < rows->n; i++)
+            if (!summary_note_day(self, floor_div(rows->rows[i].stamp_us, US_PER_DAY))) return PyErr_NoMemory();
     } else {
-        for (int i = 0; i < rows->n_days; i++) summary_note_day(self, rows->days[i]);
+        for (int i = 0; i < rows->n_days; i++)
+            if (!summary_note_day(self, rows->days[i])) return PyErr_NoMemory();
     }
     Py_RETURN_NONE;
 }
@@ -1079,9 +1099,9 @@ static PyObject *summary_add_reading(SummaryObject *self, PyObject *args) {
     if (!parse_uuid((const uint8_t *)sensor, (size_t)sensor_len, id))
         return PyErr_Format(PyExc_ValueError, "not a UUID: %s", sensor);
     int seq = partition_seq(self, partition);
-    if (seq < 0) return PyErr_Format(PyExc_ValueError, "more than 1024 partitions in one batch");
-    if (!summary_add_one(self, id, partition, seq, offset, stamp_us, t, h)) return PyErr_NoMemory();
-    summary_note_day(self, floor_div(stamp_us, US_PER_DAY));
+    if (seq < 0 || !summary_add_one(self, id, partition, seq, offset, stamp_us, t, h) ||
+        !summary_note_day(self, floor_div(stamp_us, US_PER_DAY)))
+        return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -1301,6 +1321,9 @@ static void summary_dealloc(SummaryObject *self) {
     PyMem_Free(self->buckets);
     PyMem_Free(self->bucket_index.slots);
     PyMem_Free(self->rows);
+    PyMem_Free(self->partitions);
+    PyMem_Free(self->partition_newest);
+    PyMem_Free(self->days);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

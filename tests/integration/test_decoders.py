@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import psycopg2.extensions
+import pytest
+from kafka import KafkaProducer
 
 from tests.helpers import BIN, Stack, scalar, wait_until
 from tests.integration.test_consumer import assert_exactly_once, consume, produce
+from tests.integration.test_foreign_inputs import reading
 
 
 def without_native_decoder(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
@@ -78,3 +83,46 @@ def test_asking_for_the_native_decoder_without_it_fails_fast(env: dict[str, str]
     )
     assert done.returncode == 2
     assert "native decoder (iot_fastpath) is not installed" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("decoder", ["native", "python"])
+def test_transactions_committed_are_read_and_aborted_ones_never(
+    stack: Stack,
+    env: dict[str, str],
+    topic: str,
+    db: psycopg2.extensions.connection,
+    tmp_path: Path,
+    decoder: str,
+) -> None:
+    """A transactional producer (Kafka Connect's exactly-once sources, Flink) commits 50 readings,
+    aborts 30, commits 20 more: 70 rows on either decoder, none of the aborted ones, no dead letter."""
+    producer = KafkaProducer(
+        bootstrap_servers=stack.bootstrap, transactional_id=f"txn-{uuid.uuid4().hex[:8]}", acks="all"
+    )
+    try:
+        producer.init_transactions()
+        for count, temperature, commit in ((50, 21.0, True), (30, 84.0, False), (20, 22.0, True)):
+            producer.begin_transaction()
+            for i in range(count):
+                producer.send(topic, key=b"k%d" % i, value=reading(i, temperatura=temperature))
+            producer.flush(60)
+            if commit:
+                producer.commit_transaction()
+            else:
+                producer.abort_transaction()
+    finally:
+        producer.close()
+    consumer = consume({**env, "CONSUMER_DECODER": decoder}, tmp_path, 600)
+    # (Known and left: the stored position stops before each partition's final commit marker,
+    # so lag stays 1 there - see the issue note.)
+    wait_until(
+        lambda: scalar(db, "SELECT count(*) FROM sensores") == 70 if consumer.logged("consumer_started") else False,
+        60,
+        "rows",
+    )
+    time.sleep(3)
+    assert scalar(db, "SELECT count(*) FROM sensores") == 70
+    assert scalar(db, "SELECT count(*) FROM sensores WHERE temperatura = 84.0") == 0
+    assert scalar(db, "SELECT count(*) FROM dead_letters") == 0
+    consumer.signal(signal.SIGTERM)
+    assert consumer.wait(30) == 0

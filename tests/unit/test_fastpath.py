@@ -496,3 +496,30 @@ def test_every_header_byte_of_two_batches_corrupted_gives_the_same_outcome() -> 
             data = bytearray(VALID_BUFFER)
             data[position] = byte
             assert outcome(Native, bytes(data)) == outcome(GuardedPartitionRecords, bytes(data)), (position, byte)
+
+
+def test_a_batch_spanning_a_year_and_many_partitions_keeps_every_day() -> None:
+    """A backfill of 400 distinct UTC days in one take (more than a take keeps inline), over 1,500
+    partitions in one summary: every day is reported (each needs its partitions before the COPY),
+    every partition has its clock - nothing is dropped past a fixed size."""
+    first = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    msgs = [
+        Message(
+            json.dumps(
+                {
+                    "sensor_id": SENSORS[day % 5],
+                    "timestamp": (first + timedelta(days=day)).isoformat(),
+                    "temperatura": 21.0,
+                    "umidade": 50.0,
+                }
+            ).encode()
+        )
+        for day in range(400)
+    ]
+    python, native, _ = python_and_native(batches(msgs, 50), 0, 1000, 0)
+    assert_same_batches(python, native)
+    assert len(native.days) == 400
+    assert native.summary is not None
+    for partition in range(100, 1600):
+        native.summary.add_reading(partition, 0, SENSORS[0], partition, 20.0, 50.0)
+    assert len(native.summary.clocks()) == 1501

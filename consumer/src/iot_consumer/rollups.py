@@ -106,13 +106,13 @@ def coarser(minutes: Buckets) -> Buckets:
     return hours
 
 
-def _copy_text(buckets: Buckets) -> io.BytesIO:
+def _copy_text(buckets: Buckets) -> bytes:
     """The buckets as COPY text rows of rollup_stage."""
     lines = [
         f"{sensor}\t{bucket.isoformat()}\t{int(a[0])}\t{a[1]!r}\t{a[2]!r}\t{a[3]!r}\t{a[4]!r}\t{a[5]!r}\t{a[6]!r}\n"
         for (sensor, bucket), a in buckets.items()
     ]
-    return io.BytesIO("".join(lines).encode())
+    return "".join(lines).encode()
 
 
 def upsert(cur: psycopg2.extensions.cursor, readings: Iterable[Reading]) -> int:
@@ -124,7 +124,7 @@ def upsert(cur: psycopg2.extensions.cursor, readings: Iterable[Reading]) -> int:
     minutes = by_minute(readings)
     if not minutes:
         return 0
-    upsert_staged(cur, _copy_text(minutes).getvalue(), _copy_text(coarser(minutes)).getvalue())
+    upsert_staged(cur, _copy_text(minutes), _copy_text(coarser(minutes)))
     return len(minutes)
 
 
