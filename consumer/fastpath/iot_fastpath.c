@@ -525,33 +525,29 @@ static PyObject *corrupt(const char *fmt, long partition, long long offset) {
 static PyObject *fallback_record(CursorObject *c, int64_t offset, int64_t ts_delta, const uint8_t *key, int64_t key_len,
                                  const uint8_t *value, int64_t value_len, const uint8_t *headers, int64_t header_count,
                                  const uint8_t *headers_end, Py_ssize_t size) {
+    /* Headers are skipped, not built: the consumer never reads them, and a record may carry
+       hundreds of thousands (each would be a tuple) with keys of any bytes. */
+    (void)headers;
+    (void)header_count;
+    (void)headers_end;
     PyObject *headers_list = PyList_New(0);
     if (!headers_list) return NULL;
-    const uint8_t *p = headers;
-    for (int64_t i = 0; i < header_count; i++) {
-        int64_t hk_len, hv_len;
-        read_varint(&p, headers_end, &hk_len);
-        PyObject *hk = PyUnicode_DecodeUTF8((const char *)p, hk_len, "strict");
-        p += hk_len;
-        read_varint(&p, headers_end, &hv_len);
-        PyObject *hv = hv_len < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)p, hv_len);
-        if (hv_len > 0) p += hv_len;
-        PyObject *pair = (hk && hv) ? PyTuple_Pack(2, hk, hv) : NULL;
-        Py_XDECREF(hk);
-        Py_XDECREF(hv);
-        if (!pair || PyList_Append(headers_list, pair) < 0) {
-            Py_XDECREF(pair);
-            Py_DECREF(headers_list);
-            return NULL;
-        }
-        Py_DECREF(pair);
+    PyObject *ts;
+    int64_t sum;
+    if (c->log_append_time) ts = PyLong_FromLongLong(c->max_ts);
+    else if (!__builtin_add_overflow(c->base_ts, ts_delta, &sum)) ts = PyLong_FromLongLong(sum);
+    else { /* a crafted base timestamp: the exact sum, as kafka-python computes it */
+        PyObject *base = PyLong_FromLongLong(c->base_ts), *delta = PyLong_FromLongLong(ts_delta);
+        ts = (base && delta) ? PyNumber_Add(base, delta) : NULL;
+        Py_XDECREF(base);
+        Py_XDECREF(delta);
     }
-    int64_t ts = c->log_append_time ? c->max_ts : c->base_ts + ts_delta;
     PyObject *k = key_len < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)key, key_len);
     PyObject *v = value_len < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)value, value_len);
     PyObject *out = NULL;
-    if (k && v) out = Py_BuildValue("(LLiOONn)", (long long)offset, (long long)ts, c->log_append_time, k, v, headers_list, size);
+    if (ts && k && v) out = Py_BuildValue("(LOiOONn)", (long long)offset, ts, c->log_append_time, k, v, headers_list, size);
     else Py_DECREF(headers_list);
+    Py_XDECREF(ts);
     Py_XDECREF(k);
     Py_XDECREF(v);
     return out;
@@ -629,7 +625,12 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
             }
             self->base_offset = be64(b);
             self->leader_epoch = be32(b + 12);
-            self->batch_next_offset = self->base_offset + be32(b + 23) + 1;
+            if (__builtin_add_overflow(self->base_offset, (int64_t)be32(b + 23) + 1, &self->batch_next_offset)) {
+                HOLD_GIL();
+                error = corrupt("Record batch for partition %ld at offset %lld: its last offset overflows", partition,
+                                self->base_offset);
+                break;
+            }
             self->last_batch_next_offset = self->batch_next_offset;
             self->pos += (Py_ssize_t)length + 12;
             if (attributes & 0x20) { /* control batch (commit/abort marker): never returned */
@@ -680,7 +681,8 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
         if (p != rec_end) goto bad_record;
         self->rec = rec_end;
         self->remaining--;
-        int64_t offset = self->base_offset + offset_delta;
+        int64_t offset;
+        if (__builtin_add_overflow(self->base_offset, offset_delta, &offset)) goto bad_record;
         if (offset < self->fetch_offset) continue; /* before the position: a batch fetched whole */
         Py_ssize_t size = (Py_ssize_t)(rec_end - record_begin);
         self->records_read++;
@@ -878,6 +880,7 @@ typedef struct {
     int out_of_order; /* a row was added after a later row of its partition (Python fallback rows) */
     int64_t *days; /* every UTC day touched: each needs its partitions before the COPY */
     int n_days, days_cap;
+    uint64_t probes; /* hash-table slots looked at beyond the first (crafted ids must not make it grow) */
 } SummaryObject;
 
 static inline uint64_t mix(uint64_t x) {
@@ -889,14 +892,20 @@ static inline uint64_t mix(uint64_t x) {
     return x;
 }
 
+/* Sensor ids and timestamps come from devices: with a known hash, crafted ids could all land in one
+   slot and make every batch quadratic. The key is random per process (set at import). */
+static uint64_t hash_key[2];
+
 static inline uint64_t sensor_hash(const uint8_t id[16]) {
     uint64_t a, b;
     memcpy(&a, id, 8);
     memcpy(&b, id + 8, 8);
-    return mix(a ^ (b * 0x9e3779b97f4a7c15ULL));
+    return mix(mix(a ^ hash_key[0]) ^ b ^ hash_key[1]);
 }
 
-static inline uint64_t bucket_hash(uint32_t sensor, int64_t bucket) { return mix(((uint64_t)sensor << 40) ^ (uint64_t)bucket); }
+static inline uint64_t bucket_hash(uint32_t sensor, int64_t bucket) {
+    return mix(mix(((uint64_t)sensor << 40) ^ (uint64_t)bucket ^ hash_key[0]) ^ hash_key[1]);
+}
 
 static int index_grow(Index *ix, size_t n, uint64_t (*hash_of)(void *, size_t), void *owner) {
     size_t cap = ix->cap ? ix->cap * 2 : 1024;
@@ -928,6 +937,7 @@ static long sensor_of(SummaryObject *s, const uint8_t id[16]) {
     while ((v = s->sensor_index.slots[slot])) {
         if (memcmp(s->sensors[v - 1].id, id, 16) == 0) return (long)(v - 1);
         slot = (slot + 1) & mask;
+        s->probes++;
     }
     if (s->n_sensors == s->sensors_cap) {
         size_t cap = s->sensors_cap ? s->sensors_cap * 2 : 1024;
@@ -958,6 +968,7 @@ static Bucket *bucket_of(SummaryObject *s, uint32_t sensor, int64_t bucket_us, i
             return b;
         }
         slot = (slot + 1) & mask;
+        s->probes++;
     }
     if (s->n_buckets == s->buckets_cap) {
         size_t cap = s->buckets_cap ? s->buckets_cap * 2 : 1024;
@@ -1329,10 +1340,12 @@ static void summary_dealloc(SummaryObject *self) {
 
 static PyObject *summary_get_rows(SummaryObject *self, void *c) { return PyLong_FromSize_t(self->n_rows); }
 static PyObject *summary_get_buckets(SummaryObject *self, void *c) { return PyLong_FromSize_t(self->n_buckets); }
+static PyObject *summary_get_probes(SummaryObject *self, void *c) { return PyLong_FromUnsignedLongLong(self->probes); }
 
 static PyGetSetDef summary_getset[] = {
     {"rows", (getter)summary_get_rows, NULL, "readings added", NULL},
     {"buckets", (getter)summary_get_buckets, NULL, "sensor-minute buckets", NULL},
+    {"probes", (getter)summary_get_probes, NULL, "hash-table slots looked at beyond the first", NULL},
     {NULL},
 };
 
@@ -1381,8 +1394,19 @@ static struct PyModuleDef module = {
     module_methods,
 };
 
+static int seed_hash_key(void) {
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *bytes = os ? PyObject_CallMethod(os, "urandom", "i", (int)sizeof(hash_key)) : NULL;
+    Py_XDECREF(os);
+    if (!bytes) return -1;
+    memcpy(hash_key, PyBytes_AS_STRING(bytes), sizeof(hash_key));
+    Py_DECREF(bytes);
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit_iot_fastpath(void) {
     crc_init();
+    if (seed_hash_key() < 0) return NULL;
     if (PyType_Ready(&RowsType) < 0 || PyType_Ready(&CursorType) < 0 || PyType_Ready(&SummaryType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -13,7 +13,7 @@ import psycopg2.extensions
 import pytest
 from kafka import KafkaProducer
 
-from tests.helpers import BIN, Stack, scalar, wait_until
+from tests.helpers import BIN, Stack, end_offsets, scalar, wait_until
 from tests.integration.test_consumer import assert_exactly_once, consume, produce
 from tests.integration.test_foreign_inputs import reading
 
@@ -95,7 +95,9 @@ def test_transactions_committed_are_read_and_aborted_ones_never(
     decoder: str,
 ) -> None:
     """A transactional producer (Kafka Connect's exactly-once sources, Flink) commits 50 readings,
-    aborts 30, commits 20 more: 70 rows on either decoder, none of the aborted ones, no dead letter."""
+    aborts 30, commits 20 more: 70 rows on either decoder, none of the aborted ones, no dead
+    letter - and the stored positions move past the trailing commit markers (fenced, no rows):
+    lag 0 on every partition, /readyz 200 past the stall time, and bounded mode exits by itself."""
     producer = KafkaProducer(
         bootstrap_servers=stack.bootstrap, transactional_id=f"txn-{uuid.uuid4().hex[:8]}", acks="all"
     )
@@ -112,17 +114,21 @@ def test_transactions_committed_are_read_and_aborted_ones_never(
                 producer.abort_transaction()
     finally:
         producer.close()
-    consumer = consume({**env, "CONSUMER_DECODER": decoder}, tmp_path, 600)
-    # (Known and left: the stored position stops before each partition's final commit marker,
-    # so lag stays 1 there - see the issue note.)
+    consumer = consume({**env, "CONSUMER_DECODER": decoder}, tmp_path, 8.0, "--stall-after", "3")
     wait_until(
-        lambda: scalar(db, "SELECT count(*) FROM sensores") == 70 if consumer.logged("consumer_started") else False,
-        60,
-        "rows",
+        lambda: consumer.logged("consumer_started") and scalar(db, "SELECT count(*) FROM sensores") == 70, 60, "rows"
     )
-    time.sleep(3)
+    ends = end_offsets(stack.bootstrap, topic)
+    wait_until(
+        lambda: scalar(db, "SELECT coalesce(sum(next_offset), 0) FROM consumer_positions") == sum(ends.values()),
+        30,
+        "stored positions at the log ends (past the commit markers)",
+    )
+    time.sleep(4)  # past --stall-after: a partition left one offset short would be "stalled" by now
+    status, body = consumer.get("/readyz")
+    assert status == 200, body
+    assert sum(consumer.metric("iot_consumer_lag", partition=str(p)) for p in ends) == 0
+    assert consumer.wait(60) == 0  # bounded mode: the group is caught up
     assert scalar(db, "SELECT count(*) FROM sensores") == 70
     assert scalar(db, "SELECT count(*) FROM sensores WHERE temperatura = 84.0") == 0
     assert scalar(db, "SELECT count(*) FROM dead_letters") == 0
-    consumer.signal(signal.SIGTERM)
-    assert consumer.wait(30) == 0

@@ -30,7 +30,7 @@ from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
 from iot_consumer import rollups
 from iot_consumer.alerts.engine import AlertEngine, AlertState, Evaluation
 from iot_consumer.alerts.rules import RuleSet, SilenceRule, ThresholdRule
-from iot_consumer.batch import Batch, build_batch
+from iot_consumer.batch import MAX_OLD_DAYS_PER_BATCH, Batch, build_batch
 from iot_consumer.decoding import (
     GuardedPartitionRecords,
     NativeDecoding,
@@ -38,7 +38,9 @@ from iot_consumer.decoding import (
     PartitionDecodeError,
     decoder_available,
     expand,
+    fastpath,
     from_micros,
+    to_micros,
 )
 
 if not decoder_available() and os.environ.get("IOT_REQUIRE_FASTPATH") == "1":
@@ -498,10 +500,24 @@ def test_every_header_byte_of_two_batches_corrupted_gives_the_same_outcome() -> 
             assert outcome(Native, bytes(data)) == outcome(GuardedPartitionRecords, bytes(data)), (position, byte)
 
 
-def test_a_batch_spanning_a_year_and_many_partitions_keeps_every_day() -> None:
-    """A backfill of 400 distinct UTC days in one take (more than a take keeps inline), over 1,500
-    partitions in one summary: every day is reported (each needs its partitions before the COPY),
-    every partition has its clock - nothing is dropped past a fixed size."""
+def test_a_summary_spanning_a_year_and_many_partitions_keeps_every_day() -> None:
+    """400 distinct UTC days and 1,500 partitions in one summary (more than fixed arrays would
+    hold): every day is reported, every partition has its clock - nothing dropped past a size."""
+    assert fastpath is not None
+    summary = fastpath.Summary()
+    first_us = to_micros(datetime(2025, 6, 1, 12, tzinfo=UTC))
+    for day in range(400):
+        summary.add_reading(3, day, SENSORS[day % 5], first_us + day * 86_400_000_000, 21.0, 50.0)
+    for partition in range(100, 1600):
+        summary.add_reading(partition, 0, SENSORS[0], partition, 20.0, 50.0)
+    assert len(summary.days()) == 401  # 400 days of partition 3, plus 1970-01-01 of the others
+    assert len(summary.clocks()) == 1501
+
+
+def test_a_dead_clock_backfill_is_cut_at_the_day_budget_on_both_paths() -> None:
+    """400 readings, each on another UTC day (a device whose clock battery died): both paths stop
+    the batch at the same record once MAX_OLD_DAYS_PER_BATCH old days are in it, so one
+    transaction never locks hundreds of partitions; the rest is read again from the cut."""
     first = datetime(2025, 6, 1, 12, tzinfo=UTC)
     msgs = [
         Message(
@@ -518,8 +534,6 @@ def test_a_batch_spanning_a_year_and_many_partitions_keeps_every_day() -> None:
     ]
     python, native, _ = python_and_native(batches(msgs, 50), 0, 1000, 0)
     assert_same_batches(python, native)
-    assert len(native.days) == 400
-    assert native.summary is not None
-    for partition in range(100, 1600):
-        native.summary.add_reading(partition, 0, SENSORS[0], partition, 20.0, 50.0)
-    assert len(native.summary.clocks()) == 1501
+    assert python.cuts == native.cuts == {3: MAX_OLD_DAYS_PER_BATCH}
+    assert len(native.days) == MAX_OLD_DAYS_PER_BATCH
+    assert [u.next_offset for u in native.positions] == [MAX_OLD_DAYS_PER_BATCH]

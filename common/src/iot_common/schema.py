@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -48,6 +48,11 @@ class RejectReason(StrEnum):
     BAD_UUID = "bad_uuid"
     BAD_TIMESTAMP = "bad_timestamp"
     NAIVE_TIMESTAMP = "naive_timestamp"
+    # Outside the acceptance window (a device with a dead clock, or one set to the future).
+    TOO_OLD = "too_old"
+    FUTURE = "future"
+    # A NUL character (``\u0000``) in a field kept as jsonb: PostgreSQL cannot store it.
+    NUL_CHARACTER = "nul_character"
 
 
 class InvalidReading(ValueError):
@@ -72,8 +77,24 @@ class ReadingLimits:
     humidity_min: float = 0.0
     humidity_max: float = 100.0
     max_payload_bytes: int = 4096
+    # The acceptance window: readings stamped before ``earliest``, more than ``max_age`` ago
+    # (None: no such bound) or more than ``max_clock_skew`` ahead of "now" are dead letters.
     earliest: datetime = field(default_factory=lambda: datetime(2000, 1, 1, tzinfo=UTC))
     max_clock_skew: timedelta = timedelta(days=1)
+    max_age: timedelta | None = None
+
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        """The oldest and newest timestamps accepted at ``now``."""
+        earliest = self.earliest
+        if self.max_age is not None:
+            earliest = max(earliest, now - self.max_age)
+        return earliest, now + self.max_clock_skew
+
+    def at(self, now: datetime) -> ReadingLimits:
+        """These limits with the window fixed at ``now`` (once per batch, not per message)."""
+        if self.max_age is None:
+            return self
+        return replace(self, earliest=self.window(now)[0], max_age=None)
 
 
 DEFAULT_LIMITS = ReadingLimits()
@@ -146,6 +167,7 @@ def validate_reading(
                     when = datetime.fromisoformat(stamp)
                     if (
                         when.tzinfo is UTC
+                        and limits.max_age is None
                         and limits.earliest <= when <= (now or datetime.now(UTC)) + limits.max_clock_skew
                     ):
                         return ValidReading(sensor_id.lower(), when, float(temperature), float(humidity))
@@ -190,10 +212,15 @@ def _explain(raw: bytes | None, limits: ReadingLimits = DEFAULT_LIMITS, now: dat
             when = when.astimezone(UTC)
         except OverflowError:  # e.g. 0001-01-01T00:00:00+02:00 is before year 1 in UTC
             raise InvalidReading(RejectReason.OUT_OF_RANGE, f"timestamp {stamp[:64]!r} out of range") from None
-    if when < limits.earliest:
-        raise InvalidReading(RejectReason.OUT_OF_RANGE, f"timestamp {stamp} before {limits.earliest.date()}")
-    if when > (now or datetime.now(UTC)) + limits.max_clock_skew:
-        raise InvalidReading(RejectReason.OUT_OF_RANGE, f"timestamp {stamp} is in the future")
+    earliest, latest = limits.window(now or datetime.now(UTC))
+    if when < earliest:
+        raise InvalidReading(RejectReason.TOO_OLD, f"timestamp {stamp[:64]} before {earliest.isoformat()}")
+    if when > latest:
+        raise InvalidReading(RejectReason.FUTURE, f"timestamp {stamp[:64]} after {latest.isoformat()}")
+    if extras is not None and b"\\u0000" in raw and _holds_nul(extras):
+        raise InvalidReading(
+            RejectReason.NUL_CHARACTER, "a field beyond the four holds a NUL character (jsonb cannot store it)"
+        )
 
     return ValidReading(
         sensor_id.lower(),
@@ -202,6 +229,17 @@ def _explain(raw: bytes | None, limits: ReadingLimits = DEFAULT_LIMITS, now: dat
         _number(obj, "umidade", limits.humidity_min, limits.humidity_max),
         extras,
     )
+
+
+def _holds_nul(value: Any) -> bool:
+    """True when a JSON value holds a NUL character in a string or a key (jsonb refuses both)."""
+    if type(value) is str:
+        return "\x00" in value
+    if type(value) is dict:
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    if type(value) is list:
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,16 @@ EPOCH_DAY = date(1970, 1, 1)
 log = get_logger(__name__)
 
 MAX_STORED_PAYLOAD = 64 * 1024
+MAX_STORED_KEY = 1024
+# Each UTC day a batch touches costs locks in its transaction (that day's partitions of sensores
+# and both rollups, and their indexes) and perhaps a CREATE TABLE: a device with a dead clock can
+# stamp every reading with another day (3,000 days in one transaction ran PostgreSQL out of lock
+# memory). Days outside the recent window (yesterday .. the days created ahead) are therefore
+# bounded per batch; a batch that would touch more stops its partition at that record, and the
+# partition is read again from there (``Batch.cuts``).
+MAX_OLD_DAYS_PER_BATCH = 8
+RECENT_DAYS_BEHIND = 1
+RECENT_DAYS_AHEAD = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +84,8 @@ class Batch:
     summary: Any = None
     # Native path: the same batch built by the Python path (to find a row PostgreSQL refuses).
     rebuild: Callable[[], Batch] | None = None
+    # Partition → offset of its first record left out (the day budget ran out): read again from there.
+    cuts: dict[int, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -111,8 +123,15 @@ def copy_line(reading: ValidReading, partition: int, offset: int) -> str:
     )
 
 
+# Kafka timestamps a dead letter can store (timestamptz ends in year 294276, Python's datetime in 9999).
+MAX_KAFKA_TIMESTAMP_MS = (
+    int((datetime(9999, 12, 31, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1000
+)
+
+
 def _dead_letter(topic: str, partition: int, record: Any, reason: str, detail: str) -> DeadLetter:
-    kafka_ms = record.timestamp if record.timestamp is not None and record.timestamp >= 0 else None
+    stamp = record.timestamp
+    kafka_ms = stamp if stamp is not None and 0 <= stamp <= MAX_KAFKA_TIMESTAMP_MS else None
     return DeadLetter(topic, partition, record.offset, kafka_ms, record.key, record.value, reason, detail)
 
 
@@ -137,6 +156,7 @@ def build_batch(
     """
     batch = Batch()
     now = now or datetime.now(UTC)
+    limits = limits.at(now)
     days = batch.days
     summary = None
     if fastpath is not None and _has_native_rows(records_by_partition):
@@ -147,19 +167,45 @@ def build_batch(
         summary = batch.summary = fastpath.Summary()
         batch.rebuild = lambda: build_batch(expand(by_partition), stored, position, limits, now)
         records_by_partition = by_partition
+    budget = DayBudget(now.date())
     for tp, records in records_by_partition.items():
         start = position.get(tp.partition)
         if start is not None:
-            _add_partition(batch, tp, records, start, stored.get(tp.partition), limits, now)
+            _add_partition(batch, tp, records, start, stored.get(tp.partition), limits, now, budget)
     if summary is not None:
         days.update(EPOCH_DAY + timedelta(days=day) for day in summary.days())
+        if budget.exceeded_by(days):
+            # A dead clock's days: the Python path cuts the batch at the first record over the budget.
+            return build_batch(expand(by_partition), stored, position, limits, now)
     return batch
 
 
+class DayBudget:
+    """The days one batch may touch: the recent ones freely, :data:`MAX_OLD_DAYS_PER_BATCH` others."""
+
+    def __init__(self, today: date) -> None:
+        self.recent = {today + timedelta(days=d) for d in range(-RECENT_DAYS_BEHIND, RECENT_DAYS_AHEAD + 1)}
+
+    def allows(self, days: set[date], day: date) -> bool:
+        """``day`` may join a batch that touches ``days``."""
+        return day in days or day in self.recent or len(days - self.recent) < MAX_OLD_DAYS_PER_BATCH
+
+    def exceeded_by(self, days: set[date]) -> bool:
+        return len(days - self.recent) > MAX_OLD_DAYS_PER_BATCH
+
+
 def _add_partition(
-    batch: Batch, tp: Any, records: Iterable[Any], start: int, stored: int | None, limits: ReadingLimits, now: datetime
+    batch: Batch,
+    tp: Any,
+    records: Iterable[Any],
+    start: int,
+    stored: int | None,
+    limits: ReadingLimits,
+    now: datetime,
+    budget: DayBudget,
 ) -> None:
-    """One partition's records into ``batch`` (records before ``start`` are skipped)."""
+    """One partition's records into ``batch`` (records before ``start`` are skipped; on the
+    Python path, the partition stops at a record whose day the budget has no room for)."""
     partition = tp.partition
     append = batch.copy_lines.append
     remember = batch.sources.append
@@ -179,19 +225,21 @@ def _add_partition(
         offset = record.offset
         if offset < start:
             continue
+        reading = _judge(record, tp.topic, partition, limits, now)
+        if type(reading) is DeadLetter:
+            last_offset = offset
+            batch.consumed += 1
+            batch.dead_letters.append(reading)
+            continue
+        assert type(reading) is ValidReading
+        stamp = reading.timestamp
+        day = stamp.date()
+        if summary is None and not budget.allows(days, day):
+            batch.cuts[partition] = offset
+            break
         last_offset = offset  # a native take lists the item with its last record last (decoding.NativeTake)
         batch.consumed += 1
-        try:
-            reading = validate_reading(record.value, limits, now)
-        except InvalidReading as exc:
-            batch.dead_letters.append(_dead_letter(tp.topic, partition, record, exc.reason.value, exc.detail))
-            continue
-        except Exception as exc:  # noqa: BLE001 - a validator bug must not turn one message into a crash loop
-            log.error("validator_error", partition=partition, offset=offset, error=repr(exc))
-            batch.dead_letters.append(_dead_letter(tp.topic, partition, record, "validator_error", repr(exc)))
-            continue
-        stamp = reading.timestamp
-        days.add(stamp.date())
+        days.add(day)
         if reading.extras is not None:
             batch.with_extras += 1
         append(copy_line(reading, partition, offset))
@@ -208,6 +256,17 @@ def _add_partition(
         batch.positions.append(PositionUpdate(partition, stored, last_offset + 1))
         if last_stamp is not None:
             batch.last_by_offset[partition] = last_stamp
+
+
+def _judge(record: Any, topic: str, partition: int, limits: ReadingLimits, now: datetime) -> ValidReading | DeadLetter:
+    """The record as a valid reading, or as the dead letter that says why it is not one."""
+    try:
+        return validate_reading(record.value, limits, now)
+    except InvalidReading as exc:
+        return _dead_letter(topic, partition, record, exc.reason.value, exc.detail)
+    except Exception as exc:  # noqa: BLE001 - a validator bug must not turn one message into a crash loop
+        log.error("validator_error", partition=partition, offset=record.offset, error=repr(exc))
+        return _dead_letter(topic, partition, record, "validator_error", repr(exc))
 
 
 def _add_native_rows(batch: Batch, native: NativeRows, partition: int) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +60,11 @@ def _rules(path: Path | None) -> RuleSet:
         fail(str(exc))
 
 
+# The acceptance window's defaults (docs/RELIABILITY.md): a year back, so a gateway's backfill or
+# a season's archive is accepted while one dead clock makes at most ~400 daily partitions.
+DEFAULT_EARLIEST = datetime(2000, 1, 1)
+DEFAULT_MAX_AGE_DAYS = 400
+
 AlertsOption = Annotated[
     bool,
     typer.Option(
@@ -87,6 +92,30 @@ HumidityMaxOption = Annotated[float, typer.Option(envvar="READING_HUMIDITY_MAX")
 MaxPayloadOption = Annotated[
     int, typer.Option(min=64, envvar="READING_MAX_PAYLOAD_BYTES", help="Larger messages are dead-lettered unparsed.")
 ]
+EarliestOption = Annotated[
+    datetime,
+    typer.Option(
+        envvar="READING_EARLIEST",
+        formats=["%Y-%m-%d"],
+        help="Readings stamped before this UTC day are dead letters (too_old).",
+    ),
+]
+MaxAgeOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        envvar="READING_MAX_AGE_DAYS",
+        help="Readings stamped more than this many days ago are dead letters (too_old); RETENTION_DAYS, "
+        "when shorter, narrows it (0 = only --earliest). Bounds the daily partitions one device with a "
+        "dead clock can make.",
+    ),
+]
+DeadLetterRetentionOption = Annotated[
+    int,
+    typer.Option(
+        min=0, envvar="DEAD_LETTER_RETENTION_DAYS", help="Days dead letters are kept (0 = all; at least 1 day)."
+    ),
+]
 GroupOption = Annotated[str, typer.Option(envvar="CONSUMER_GROUP", help="Kafka consumer group (replicas share it).")]
 RawRetentionOption = Annotated[
     int,
@@ -103,10 +132,19 @@ HourRetentionOption = Annotated[
 ]
 
 
-def _limits(t_min: float, t_max: float, h_min: float, h_max: float, max_payload: int) -> ReadingLimits:
+def _limits(
+    t_min: float,
+    t_max: float,
+    h_min: float,
+    h_max: float,
+    max_payload: int,
+    earliest: datetime = DEFAULT_EARLIEST,
+    max_age_days: int = 0,
+) -> ReadingLimits:
     if t_min >= t_max or h_min >= h_max:
         fail("reading limits: each minimum must be below its maximum")
-    return ReadingLimits(t_min, t_max, h_min, h_max, max_payload)
+    max_age = timedelta(days=max_age_days) if max_age_days else None
+    return ReadingLimits(t_min, t_max, h_min, h_max, max_payload, earliest.replace(tzinfo=UTC), max_age=max_age)
 
 
 def _connect(postgres: PostgresSettings, purpose: str) -> psycopg2.extensions.connection:
@@ -124,9 +162,9 @@ def _migrate(postgres: PostgresSettings) -> int:
         conn.close()
 
 
-def _retention(raw_days: int, minute_days: int, hour_days: int) -> Retention:
+def _retention(raw_days: int, minute_days: int, hour_days: int, dead_letter_days: int = 0) -> Retention:
     try:
-        return Retention(raw_days, minute_days, hour_days)
+        return Retention(raw_days, minute_days, hour_days, dead_letter_days)
     except RetentionConfigError as exc:
         fail(str(exc))
 
@@ -157,6 +195,8 @@ def run(
     humidity_min: HumidityMinOption = 0.0,
     humidity_max: HumidityMaxOption = 100.0,
     max_payload_bytes: MaxPayloadOption = 4096,
+    earliest: EarliestOption = DEFAULT_EARLIEST,
+    max_reading_age_days: MaxAgeOption = DEFAULT_MAX_AGE_DAYS,
     metrics_port: Annotated[
         int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")
     ] = None,
@@ -203,6 +243,7 @@ def run(
     retention_days: RawRetentionOption = 0,
     minute_rollup_retention_days: MinuteRetentionOption = 0,
     hour_rollup_retention_days: HourRetentionOption = 0,
+    dead_letter_retention_days: DeadLetterRetentionOption = 0,
     housekeeping_interval: Annotated[
         float,
         typer.Option(
@@ -220,11 +261,17 @@ def run(
     """
     obs = setup_service("iot-consumer")
     kafka, postgres = _settings()
-    limits = _limits(temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes)
+    if retention_days and (not max_reading_age_days or retention_days < max_reading_age_days):
+        max_reading_age_days = retention_days  # stored only to be dropped: refused at once instead
+    limits = _limits(
+        temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes, earliest, max_reading_age_days
+    )
     if not re.match(TOPIC_NAME_PATTERN, alerts_topic):
         fail(f"ALERTS_TOPIC={alerts_topic!r}: not a valid Kafka topic name")
     rules = _rules(alert_rules) if alerts else None
-    retention = _retention(retention_days, minute_rollup_retention_days, hour_rollup_retention_days)
+    retention = _retention(
+        retention_days, minute_rollup_retention_days, hour_rollup_retention_days, dead_letter_retention_days
+    )
     if decoder is Decoder.NATIVE and not decoder_available():
         fail(
             "CONSUMER_DECODER=native but the native decoder (iot_fastpath) is not installed: "
@@ -522,18 +569,23 @@ def dead_letters_replay(
     humidity_min: HumidityMinOption = 0.0,
     humidity_max: HumidityMaxOption = 100.0,
     max_payload_bytes: MaxPayloadOption = 4096,
+    earliest: EarliestOption = DEFAULT_EARLIEST,
+    max_reading_age_days: MaxAgeOption = DEFAULT_MAX_AGE_DAYS,
     group: GroupOption = "iot-consumer",
 ) -> None:
     """Re-validate stored dead letters with today's rules and move the valid ones into
     `sensores`, exactly once (a second replay does nothing); audited in dead_letter_replays."""
     setup_service("iot-consumer")
     _, postgres = _settings()
-    limits = _limits(temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes)
+    limits = _limits(
+        temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes, earliest, max_reading_age_days
+    )
     version = _migrate(postgres)
     log.info("schema_ready", version=version, database=postgres.describe())
     conn = _connect(postgres, "dead-letters")
     try:
-        result = replay(conn, _filter(group, reason, since, until), limits, dry_run=dry_run)
+        # the window fixed once (validating every letter against a moving "now" costs per letter)
+        result = replay(conn, _filter(group, reason, since, until), limits.at(datetime.now(UTC)), dry_run=dry_run)
     finally:
         conn.close()
     verb = "would replay" if dry_run else "replayed"

@@ -19,7 +19,7 @@ exhausted generator yields nothing while the partition's records still count as 
 no progress, and a SIGTERM whose handler never gets back to the loop. We install a subclass
 on the consumer's fetcher that drains the broken batch (so kafka-python moves on) and raises
 :class:`PartitionDecodeError`, which names the partition and offset. The consumer then
-pauses that partition, retries with backoff and reports it (see ``stalls.py``); the
+pauses that partition, retries with backoff and reports it (see ``outages.py``); the
 partition's position has not moved, so the retry fetches the same records again.
 
 The hook depends on kafka-python's internals: the version is pinned in common/pyproject.toml
@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
 from kafka.errors import CorruptRecordError, KafkaError
+from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecords
 
 from iot_common.schema import ReadingLimits
@@ -104,8 +105,46 @@ class GuardedPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
         return records
 
 
+class _LenientText(bytes):
+    """A header key's bytes whose ``decode`` keeps what is not UTF-8 (as surrogate escapes)."""
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes.decode(self, encoding, "surrogateescape")
+
+
+class _LenientBuffer(bytearray):
+    """A record batch's bytes whose slices decode leniently (see :func:`install_lenient_header_keys`)."""
+
+    def __getitem__(self, index: Any) -> Any:
+        item = bytearray.__getitem__(self, index)
+        return _LenientText(item) if isinstance(index, slice) else item
+
+
+def install_lenient_header_keys() -> None:
+    """Header keys are bytes on the wire (``kcat -H`` sends any): kafka-python decodes them as
+    strict UTF-8, and one key that is not would fail its whole batch again on every retry (the
+    partition stuck for ever). On that error the batch is read again with lenient keys; the
+    consumer never reads headers. Process-wide, once; the common case is untouched."""
+    if getattr(DefaultRecordBatch._read_msg, "lenient_header_keys", False):
+        return
+    original = DefaultRecordBatch._read_msg
+
+    def read_msg(self: Any, *args: Any, **kwargs: Any) -> Any:
+        position = self._pos
+        try:
+            return original(self, *args, **kwargs)
+        except UnicodeDecodeError:
+            self._buffer = _LenientBuffer(self._buffer)
+            self._pos = position
+            return original(self, *args, **kwargs)
+
+    read_msg.lenient_header_keys = True  # type: ignore[attr-defined]
+    DefaultRecordBatch._read_msg = read_msg
+
+
 def install_decode_guard(consumer: KafkaConsumer) -> None:
     """Make ``consumer``'s fetcher build :class:`GuardedPartitionRecords` (this consumer only)."""
+    install_lenient_header_keys()
     fetcher = consumer._fetcher
     fetcher.PartitionRecords = GuardedPartitionRecords
 
@@ -163,7 +202,7 @@ def _record(
 
 
 def _header_size(headers: list[tuple[str, bytes | None]]) -> int:
-    return sum(len(k.encode()) + (len(v) if v is not None else 0) for k, v in headers) if headers else -1
+    return sum(len(k.encode("utf-8", "surrogateescape")) + len(v or b"") for k, v in headers) if headers else -1
 
 
 class NativeTake(list[Any]):
@@ -199,19 +238,18 @@ class NativeDecoding:
 
     def __init__(self, limits: ReadingLimits) -> None:
         self.limits = limits
-        self._earliest_us = to_micros(limits.earliest)
 
     def take_bounds(self, now: datetime | None = None) -> tuple[float, float, float, float, int, int, int]:
         lim = self.limits
-        latest = to_micros((now or datetime.now(UTC)) + lim.max_clock_skew)
+        earliest, latest = lim.window(now or datetime.now(UTC))
         return (
             lim.temperature_min,
             lim.temperature_max,
             lim.humidity_min,
             lim.humidity_max,
             lim.max_payload_bytes,
-            self._earliest_us,
-            latest,
+            to_micros(earliest),
+            to_micros(latest),
         )
 
 
@@ -307,5 +345,6 @@ class NativePartitionRecords(GuardedPartitionRecords):
 def install_native_decoder(consumer: KafkaConsumer, limits: ReadingLimits) -> None:
     """Make ``consumer``'s fetcher decode natively (this consumer only); also guards like
     :func:`install_decode_guard`."""
+    install_lenient_header_keys()
     records_class = type("ConsumerPartitionRecords", (NativePartitionRecords,), {"decoding": NativeDecoding(limits)})
     consumer._fetcher.PartitionRecords = records_class

@@ -43,8 +43,14 @@ class Retention:
     raw_days: int = 0
     minute_rollup_days: int = 0
     hour_rollup_days: int = 0
+    # Dead letters are deleted this many days after they were written (0 keeps them all).
+    dead_letter_days: int = 0
 
     def __post_init__(self) -> None:
+        if self.dead_letter_days < 0:
+            raise RetentionConfigError(
+                f"DEAD_LETTER_RETENTION_DAYS={self.dead_letter_days}: must be 0 (keep everything) or a number of days"
+            )
         named = (
             ("RETENTION_DAYS", self.raw_days),
             ("MINUTE_ROLLUP_RETENTION_DAYS", self.minute_rollup_days),
@@ -67,7 +73,7 @@ class Retention:
 
     @property
     def enabled(self) -> bool:
-        return any(self.days().values())
+        return any(self.days().values()) or self.dead_letter_days > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,24 @@ def drop_expired(
     return dropped
 
 
+# Dead letters deleted per transaction: a long backlog expires without one huge delete.
+DEAD_LETTERS_PER_EXPIRY = 10_000
+
+
+def expire_dead_letters(conn: psycopg2.extensions.connection, days: int, now: datetime) -> int:
+    """Delete the dead letters written more than ``days`` ago, in bounded transactions; the count."""
+    deleted = 0
+    with conn.cursor() as cur:
+        while True:
+            cur.execute("SELECT iot_expire_dead_letters(%s, %s)", (now - timedelta(days=days), DEAD_LETTERS_PER_EXPIRY))
+            row = cur.fetchone()
+            conn.commit()
+            chunk = int(row[0]) if row and row[0] is not None else 0
+            deleted += chunk
+            if chunk < DEAD_LETTERS_PER_EXPIRY:
+                return deleted
+
+
 def storage(conn: psycopg2.extensions.connection) -> list[TableStorage]:
     """Partitions and bytes on disk (with indexes and TOAST) of sensores and each rollup."""
     with conn.cursor() as cur:
@@ -142,6 +166,9 @@ def storage(conn: psycopg2.extensions.connection) -> list[TableStorage]:
             (list(TABLES),),
         )
         found = [TableStorage(str(t), int(n), int(b)) for t, n, b in cur.fetchall()]
+        cur.execute("SELECT pg_total_relation_size('dead_letters')")
+        row = cur.fetchone()
+        found.append(TableStorage("dead_letters", 0, int(row[0]) if row else 0))
     conn.rollback()
     return found
 
@@ -157,6 +184,8 @@ class Housekeeper:
 
     def apply_retention(self, conn: psycopg2.extensions.connection) -> bool:
         """One retention round; True when partitions were dropped."""
+        if self.retention.dead_letter_days:
+            self._expire_dead_letters(conn)
         try:
             dropped = drop_expired(conn, self.retention, datetime.now(UTC))
         except RetentionPostponedError as exc:
@@ -183,6 +212,20 @@ class Housekeeper:
                 bytes=part.bytes,
             )
         return bool(dropped)
+
+    def _expire_dead_letters(self, conn: psycopg2.extensions.connection) -> None:
+        try:
+            deleted = expire_dead_letters(conn, self.retention.dead_letter_days, datetime.now(UTC))
+        except psycopg2.OperationalError:
+            raise
+        except psycopg2.Error as exc:
+            conn.rollback()
+            m.RETENTION_ERRORS.labels(type(exc).__name__).inc()
+            log.error("dead_letter_expiry_failed", error=summary(exc), retry_in_s=self.retry_in_s)
+            return
+        if deleted:
+            m.DEAD_LETTERS_EXPIRED.inc(deleted)
+            log.info("dead_letters_expired", deleted=deleted, older_than_days=self.retention.dead_letter_days)
 
     def measure_storage(self, conn: psycopg2.extensions.connection) -> bool:
         """Set the table size gauges; True."""

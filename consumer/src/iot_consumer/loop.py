@@ -34,7 +34,7 @@ from iot_common.postgres import CONNECTION_ERRORS
 from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
 from iot_common.settings import KafkaSettings
 from iot_consumer import metrics as m
-from iot_consumer.batch import Batch, build_batch
+from iot_consumer.batch import Batch, PositionUpdate, build_batch
 from iot_consumer.decoding import (
     PartitionDecodeError,
     decoder_available,
@@ -259,14 +259,25 @@ class ConsumerService:
         else:
             self._settle()  # nothing to overlap with: let the batch in flight land now
             if time.monotonic() - polled_at < 0.01:
-                # poll() can return at once with nothing (no assignment yet, all paused,
-                # topic gone): don't spin a core.
-                self.stop.wait(0.1)
+                # poll() can return at once with nothing (no assignment yet, all paused, halted
+                # or backing off, topic gone): rest until something is due, as long as a poll
+                # would have waited.
+                self.stop.wait(self._rest_seconds())
         self._periodic(consumer)
         if not records and self._idle_long_enough(consumer, time.monotonic()):
             log.info("idle_exit", idle_seconds=self.options.exit_when_idle_s)
             return True
         return False
+
+    def _rest_seconds(self) -> float:
+        """How long an idle loop may sleep: until a partition's retry or a halted partition's
+        re-check is due, at most one poll's wait (kafka-python's heartbeats run on their own thread)."""
+        now = time.monotonic()
+        due = [t.retry_at for t in self.troubles.active.values() if t.partition is not None]
+        due += [h.recheck_at for h in self.positions.halted.values()]
+        due.append(self._next["second"])
+        wait = min(due) - now
+        return min(self.options.poll_timeout_ms / 1000, max(0.01, wait))
 
     def _database_lost(self, exc: BaseException) -> None:
         self.database.lost(exc)
@@ -373,6 +384,7 @@ class ConsumerService:
         writer = self.writer
         if writer is None:
             batch = build_batch(records, self.positions.stored, self.positions.position, self.options.limits)
+            self._read_again_from_cuts(consumer, batch)
             if batch.positions:
                 self._finished(consumer, self._write_now(batch, started))
             return
@@ -383,17 +395,29 @@ class ConsumerService:
             writer.pending_positions(self.positions.position),  # type: ignore[arg-type]
             self.options.limits,
         )
+        self._read_again_from_cuts(consumer, batch)
         if not self._settle():
             return  # the previous batch failed: positions are re-read, these records fetched again
         if batch.positions:
             writer.submit(batch, started)
+
+    def _read_again_from_cuts(self, consumer: KafkaConsumer, batch: Batch) -> None:
+        """A partition the batch stopped early (too many days, see batch.DayBudget) is fetched
+        again from its first record left out."""
+        for partition, offset in batch.cuts.items():
+            m.BATCH_CUTS.inc()
+            log.info("batch_cut", partition=partition, offset=offset, days=len(batch.days), reason="day budget")
+            consumer.seek(TopicPartition(self.topic, partition), offset)
 
     def _write(self, batch: Batch, started: float) -> Batch:
         """Write a batch (on the writer thread, or inline) and count it in the metrics right
         after its commit, so /metrics never lags the rows PostgreSQL shows."""
         written = self.sink.write_with_rejects(batch)
         seconds = time.perf_counter() - started
-        m.record_batch(written, datetime.now(UTC), seconds, self.sink.last_copy_seconds, self.sink.last_rollup_seconds)
+        if written.consumed:  # not a position-only move (``_move_past_skipped_offsets``)
+            m.record_batch(
+                written, datetime.now(UTC), seconds, self.sink.last_copy_seconds, self.sink.last_rollup_seconds
+            )
         return written
 
     def _write_now(self, batch: Batch, started: float) -> Written:
@@ -469,6 +493,32 @@ class ConsumerService:
             self.positions.invalidate()
         return lags
 
+    def _move_past_skipped_offsets(self, consumer: KafkaConsumer) -> None:
+        """Offsets kafka-python stepped over without returning a record - a transaction's commit
+        or abort marker, aborted records, compacted gaps - move the stored position too, in a
+        transaction fenced like a batch (no rows). Otherwise a partition whose newest record is a
+        commit marker shows lag 1 for ever: not ready, and bounded mode never exits.
+
+        Once every batch polled so far has settled, kafka-python's position is past exactly the
+        records we were given, so anything beyond ours was skipped by the client. Partitions in
+        trouble (a batch that could not be decoded) keep their position.
+        """
+        if not self.database.ok or not self.positions.position or not self._settle() or not self.database.ok:
+            return
+        updates: list[PositionUpdate] = []
+        for partition, ours in self.positions.position.items():
+            if partition_key(partition) in self.troubles.active:
+                continue
+            try:
+                theirs = consumer._subscription.position(TopicPartition(self.topic, partition))
+            except (KeyError, KafkaError):
+                continue
+            if theirs is not None and theirs.offset > ours:
+                updates.append(PositionUpdate(partition, self.positions.stored.get(partition), int(theirs.offset)))
+        if updates:
+            log.debug("positions_past_skipped_offsets", moves={u.partition: u.next_offset for u in updates})
+            self._finished(consumer, self._write_now(Batch(positions=updates), time.perf_counter()))
+
     def _advance_alert_clocks(self, lags: dict[int, int]) -> None:
         """Silence needs a clock that moves without readings (see AlertStage.evaluate_idle)."""
         alerts = self.sink.alerts
@@ -496,6 +546,7 @@ class ConsumerService:
         """What runs on a clock rather than per batch."""
         now = time.monotonic()
         if now >= self._next["second"]:
+            self._move_past_skipped_offsets(consumer)
             lags = self._watch_progress(consumer, now)
             self._advance_alert_clocks(lags)
             self._next["second"] = now + 1.0

@@ -113,6 +113,13 @@ TABLE_BYTES = Gauge(
     "iot_consumer_table_bytes", "Bytes on disk of a table's partitions (indexes and TOAST included)", ["table"]
 )
 TABLE_PARTITIONS = Gauge("iot_consumer_table_partitions", "Partitions a table has", ["table"])
+BATCH_CUTS = Counter(
+    "iot_consumer_batch_cuts_total",
+    "Batches stopped early at a record whose UTC day was over the per-batch budget (a device's dead clock)",
+)
+DEAD_LETTERS_EXPIRED = Counter(
+    "iot_consumer_dead_letters_expired_total", "Dead letters deleted after DEAD_LETTER_RETENTION_DAYS"
+)
 PARTITIONS_DROPPED = Counter(
     "iot_consumer_retention_partitions_dropped_total", "Expired partitions detached and dropped", ["table"]
 )

@@ -169,6 +169,9 @@ class PartitionPositions:
                 if gap is not None:
                     moved = self._on_gap(sink, tp, gap, row.next_offset if row else None, halted)
                     if moved is None:
+                        # Paused, never fetched; but kafka-python wants a position for every
+                        # assigned partition, and without one each poll would fail and re-sync.
+                        consumer.seek(tp, log_start)
                         continue
                     start = moved
                     stored = {**stored, tp.partition: sink.load_positions([tp.partition])[tp.partition]}

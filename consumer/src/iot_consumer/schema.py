@@ -49,6 +49,7 @@ BEGIN
         -- offset gaps: the consumer records each position it moves past a gap in the log
         GRANT SELECT, INSERT ON offset_gaps TO iot_consumer;
         GRANT USAGE ON SEQUENCE offset_gaps_id_seq TO iot_consumer;
+        GRANT EXECUTE ON FUNCTION iot_expire_dead_letters(timestamptz, integer) TO iot_consumer;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter') THEN
         GRANT SELECT ON sensores, sensores_minuto, sensores_hora TO iot_exporter;
@@ -288,6 +289,33 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         REVOKE ALL ON FUNCTION iot_drop_expired_partitions(regclass, timestamptz) FROM PUBLIC;
         """,
     ),
+    (
+        6,
+        "bounded dead letters: key size and truncation, expiry through a function",
+        """
+        -- Keys are stored truncated like payloads (a device can send 1 MiB keys).
+        ALTER TABLE dead_letters ADD COLUMN key_size integer, ADD COLUMN key_truncated boolean NOT NULL DEFAULT false;
+        -- Dead letters expire after DEAD_LETTER_RETENTION_DAYS, deleted in bounded chunks. SECURITY
+        -- DEFINER: the consumer's role has no DELETE on the table, and this keeps the last day whatever
+        -- it is asked.
+        CREATE FUNCTION iot_expire_dead_letters(older_than timestamptz, max_rows integer) RETURNS integer
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            deleted integer;
+        BEGIN
+            IF older_than > now() - interval '1 day' THEN
+                RAISE EXCEPTION 'dead letters of the last day are kept (asked to expire those before %)', older_than;
+            END IF;
+            DELETE FROM dead_letters WHERE id IN (
+                SELECT id FROM dead_letters WHERE dead_lettered_at < older_than
+                ORDER BY dead_lettered_at LIMIT greatest(max_rows, 0));
+            GET DIAGNOSTICS deleted = ROW_COUNT;
+            RETURN deleted;
+        END
+        $fn$;
+        REVOKE ALL ON FUNCTION iot_expire_dead_letters(timestamptz, integer) FROM PUBLIC;
+        """,
+    ),
 ]
 
 
@@ -343,6 +371,7 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
 
 # One privilege per grant group of GRANTS, newest first: when a role lacks any, GRANTS runs again.
 REQUIRED_PRIVILEGES = (
+    ("iot_consumer", "iot_expire_dead_letters(timestamptz, integer)", "EXECUTE"),
     ("iot_consumer", "sensores_hora", "UPDATE"),
     ("iot_exporter", "sensores_hora", "SELECT"),
     ("iot_dashboard", "sensores_hora", "SELECT"),
@@ -354,8 +383,9 @@ REQUIRED_PRIVILEGES = (
     ("iot_exporter", "sensores", "SELECT"),
 )
 _ANY_PRIVILEGE_MISSING = " OR ".join(
-    f"(EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') AND NOT has_table_privilege('{role}', '{table}', '{privilege}'))"
-    for role, table, privilege in REQUIRED_PRIVILEGES
+    f"(EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') AND NOT "
+    f"has_{'function' if privilege == 'EXECUTE' else 'table'}_privilege('{role}', '{thing}', '{privilege}'))"
+    for role, thing, privilege in REQUIRED_PRIVILEGES
 )
 
 
@@ -380,6 +410,10 @@ def _grant_service_roles(conn: psycopg2.extensions.connection) -> None:
         log.info("service_roles_granted")
 
 
+# Each day's CREATE TABLE … PARTITION OF takes locks on three tables and their indexes.
+DAYS_PER_TRANSACTION = 16
+
+
 def partition_name(day: date) -> str:
     return f"sensores_{day:%Y%m%d}"
 
@@ -392,17 +426,18 @@ class DailyPartitions:
         self._known: set[date] = set()
 
     def ensure(self, conn: psycopg2.extensions.connection, days: set[date]) -> None:
-        """Make sure a partition exists for every day in ``days`` (UTC)."""
-        missing = days - self._known
-        if not missing:
-            return
-        with transaction(conn), conn.cursor() as cur:
-            # Serialise creators across replicas: CREATE TABLE IF NOT EXISTS alone can race.
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
-            for day in sorted(missing):
-                cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
-        self._known |= missing
-        log.info("partitions_ensured", days=[d.isoformat() for d in sorted(missing)])
+        """Make sure a partition exists for every day in ``days`` (UTC); at most
+        :data:`DAYS_PER_TRANSACTION` days per transaction, so its locks stay bounded."""
+        missing = sorted(days - self._known)
+        for first in range(0, len(missing), DAYS_PER_TRANSACTION):
+            chunk = missing[first : first + DAYS_PER_TRANSACTION]
+            with transaction(conn), conn.cursor() as cur:
+                # Serialise creators across replicas: CREATE TABLE IF NOT EXISTS alone can race.
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+                for day in chunk:
+                    cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
+            self._known.update(chunk)
+            log.info("partitions_ensured", days=[d.isoformat() for d in chunk])
 
     def ensure_ahead(self, conn: psycopg2.extensions.connection, today: date | None = None) -> None:
         today = today or datetime.now(UTC).date()

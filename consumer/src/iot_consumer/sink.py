@@ -27,7 +27,7 @@ from iot_common.settings import PostgresSettings
 from iot_consumer import rollups
 from iot_consumer.alerts.engine import Evaluation
 from iot_consumer.alerts.stage import AlertStage
-from iot_consumer.batch import MAX_STORED_PAYLOAD, Batch, DeadLetter
+from iot_consumer.batch import MAX_STORED_KEY, MAX_STORED_PAYLOAD, Batch, DeadLetter
 from iot_consumer.gaps import OffsetGap
 from iot_consumer.schema import DailyPartitions
 
@@ -263,10 +263,12 @@ class PostgresSink:
                 datetime.fromtimestamp(letter.kafka_timestamp_ms / 1000, UTC)
                 if letter.kafka_timestamp_ms is not None
                 else None,
-                psycopg2.Binary(letter.key) if letter.key is not None else None,
+                psycopg2.Binary(letter.key[:MAX_STORED_KEY]) if letter.key is not None else None,
                 psycopg2.Binary(letter.payload[:MAX_STORED_PAYLOAD]) if letter.payload is not None else None,
                 letter.payload_size,
                 letter.payload_size > MAX_STORED_PAYLOAD,
+                len(letter.key) if letter.key is not None else None,
+                letter.key is not None and len(letter.key) > MAX_STORED_KEY,
                 letter.reason,
                 letter.detail[:1000],
             )
@@ -275,7 +277,8 @@ class PostgresSink:
         execute_values(
             cur,
             """INSERT INTO dead_letters (consumer_group, topic, kafka_partition, kafka_offset, kafka_timestamp,
-                   message_key, payload, payload_size, payload_truncated, reason, detail) VALUES %s""",
+                   message_key, payload, payload_size, payload_truncated, key_size, key_truncated, reason, detail)
+               VALUES %s""",
             rows,
             page_size=1000,
         )

@@ -113,6 +113,7 @@ class AlertEngine:
         for partition, stamp in self.last_seen.values():
             if partition not in self.clocks or stamp > self.clocks[partition]:
                 self.clocks[partition] = stamp
+        _no_later_than_now(self.clocks)
 
     def apply(self, evaluation: Evaluation) -> None:
         """Adopt an evaluation whose writes committed."""
@@ -146,6 +147,7 @@ class AlertEngine:
             clock = clocks.get(partition)
             if clock is None or stamp > clock:
                 clocks[partition] = stamp
+        _no_later_than_now(clocks)
         self._run(ev, listed)
         return ev
 
@@ -171,6 +173,7 @@ class AlertEngine:
                     break
         for partition, newest_us in summary.clocks():
             ev.clocks[partition] = _EPOCH + timedelta(microseconds=newest_us)
+        _no_later_than_now(ev.clocks)
         readings = [
             (partition, sensor, _EPOCH + timedelta(microseconds=stamp_us), t, h)
             for partition, sensor, stamp_us, t, h in (summary.readings_of(interesting) if interesting else ())
@@ -293,6 +296,16 @@ class AlertEngine:
                 continue  # already open
             state = AlertState(sensor, rule.name, partition, "firing", last[1])
             self._open(ev, key, state, rule.severity, last[1] + limit)
+
+
+def _no_later_than_now(clocks: dict[int, datetime]) -> None:
+    """A partition's clock never runs ahead of the wall clock: one reading stamped tomorrow
+    (inside the accepted clock skew) would otherwise declare every other sensor there silent,
+    then blind the partition's silence detection until tomorrow came."""
+    now = datetime.now(UTC)
+    for partition, clock in clocks.items():
+        if clock > now:
+            clocks[partition] = now
 
 
 # Silence is checked when a partition's clock moved on; the first batch of a partition counts as moved.
