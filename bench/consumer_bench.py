@@ -7,7 +7,8 @@
 - limits: kafka-python reading with no database; PostgreSQL COPY of the same rows alone.
 
 usage: python -m bench.consumer_bench [--readings 300000] [--processes 1,2]
-                                     [--configs native,native/no-overlap,python] [--baseline-seconds 30]
+                                     [--configs native,native/no-overlap,native/drop-duplicates,python]
+                                     [--baseline-seconds 30]
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ from bench.common import (
 from iot_consumer.schema import DailyPartitions, migrate
 
 IDLE_S = 3.0
+VARIANT_LABELS = {"": "", "no-overlap": ", no writer thread", "drop-duplicates": ", --on-duplicate drop"}
 
 
 def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[float, Measured, bool]:
-    """``config``: a CONSUMER_DECODER value, with "/no-overlap" for CONSUMER_WRITE_OVERLAP=false."""
+    """``config``: a CONSUMER_DECODER value, with "/no-overlap" for CONSUMER_WRITE_OVERLAP=false
+    or "/drop-duplicates" for CONSUMER_ON_DUPLICATE=drop."""
     decoder, _, variant = config.partition("/")
     database = fresh_database("ours")
     env = STACK.service_env(
@@ -52,6 +55,7 @@ def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[fl
         CONSUMER_GROUP=f"bench-{uuid.uuid4().hex[:8]}",
         CONSUMER_DECODER=decoder,
         CONSUMER_WRITE_OVERLAP="false" if variant == "no-overlap" else "true",
+        CONSUMER_ON_DUPLICATE="drop" if variant == "drop-duplicates" else "keep",
     )
     try:
         procs = [
@@ -158,8 +162,9 @@ def main() -> None:
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts for iot-consumer")
     parser.add_argument(
         "--configs",
-        default="native,native/no-overlap,python",
-        help="comma-separated CONSUMER_DECODER values, /no-overlap = without the writer thread",
+        default="native,native/no-overlap,native/drop-duplicates,python",
+        help="comma-separated CONSUMER_DECODER values, /no-overlap = without the writer thread, "
+        "/drop-duplicates = CONSUMER_ON_DUPLICATE=drop",
     )
     parser.add_argument("--baseline-seconds", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (the table shows medians)")
@@ -178,7 +183,7 @@ def main() -> None:
                     runs.setdefault((config, processes), []).append(run_ours(topic, args.readings, processes, config))
         for (config, processes), results in runs.items():
             decoder, _, variant = config.partition("/")
-            label = f"{decoder} decoder" + (", no writer thread" if variant else "")
+            label = f"{decoder} decoder" + VARIANT_LABELS[variant]
             rate = statistics.median(r[0] for r in results)
             cpu_us = statistics.median(r[1].cpu_s for r in results) / args.readings * 1e6
             rows.append(

@@ -295,14 +295,16 @@ def kcat_produce(
     *,
     codec: str = "none",
     keys: Sequence[bytes | None] | None = None,
-    headers: Sequence[str] = (),
+    headers: Sequence[str | bytes] = (),
     partition: int | None = None,
 ) -> None:
     """Publish with librdkafka's kcat (Debian's package), the non-Python client users have:
-    its own batching and codec implementations, optional keys and headers."""
+    its own batching and codec implementations, optional keys and headers (``key=value``, of
+    any bytes)."""
     if shutil.which("kcat") is None:
         raise AssertionError("kcat is required for this test: apt-get install kcat (.ci/run installs it)")
-    args = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-z", codec, "-X", "linger.ms=50", "-D", "\\x1e"]
+    args: list[str | bytes] = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-z", codec, "-X", "linger.ms=50"]
+    args += ["-D", "\\x1e"]
     for header in headers:
         args += ["-H", header]
     if partition is not None:

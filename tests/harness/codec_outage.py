@@ -10,6 +10,7 @@ as if the library had been installed - the consumer must then recover by itself.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -33,6 +34,9 @@ if __name__ == "__main__":
     attribute = MODULE_ATTRIBUTE[codec]
     original = getattr(kafka.codec, attribute)
     setattr(kafka.codec, attribute, None)
+    # Stop signals go to the consumer's own signal thread (iot_common.lifecycle): a thread started
+    # before it must not take them (the default action would end the process with no clean stop).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     threading.Thread(target=_restore_when, args=(Path(restore_file), attribute, original), daemon=True).start()
     sys.argv = ["iot-consumer", *args]
     main()

@@ -181,3 +181,34 @@ def test_secrets_never_reach_logs_or_metrics(
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
             cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
         admin.close()
+
+
+def test_the_consumers_role_cannot_drop_partitions_inside_the_retention(
+    stack: Stack, env: dict[str, str], db: psycopg2.extensions.connection
+) -> None:
+    """`SELECT iot_drop_expired_partitions('sensores', 'infinity')` as iot_consumer used to drop
+    every partition (today's included). The function now trusts no argument: with no retention
+    configured by the owner it drops nothing; with 7 days configured it refuses any keep_from
+    inside them, and drops only what ends before."""
+    migrate(db)
+    db.cursor().execute("SELECT iot_ensure_sensores_partition(current_date)")
+    db.cursor().execute("SELECT iot_ensure_sensores_partition(current_date - 30)")
+    partitions = "SELECT count(*) FROM pg_inherits WHERE inhparent = 'sensores'::regclass"
+    before = scalar(db, partitions)
+    as_consumer = connect_as(stack, env["POSTGRES_DB"], "iot_consumer", "iot_consumer")
+    try:
+        for keep_from in ("'infinity'", "now()", "now() - interval '6 days'"):
+            with pytest.raises(psycopg2.errors.RaiseException), as_consumer.cursor() as cur:
+                cur.execute(f"SELECT * FROM iot_drop_expired_partitions('sensores', {keep_from})")
+            if keep_from == "'infinity'":
+                db.cursor().execute("INSERT INTO retention_policy VALUES ('sensores', 7)")  # the owner's word
+        assert scalar(db, partitions) == before
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege), as_consumer.cursor() as cur:
+            cur.execute("UPDATE retention_policy SET keep_days = 1")
+        with as_consumer.cursor() as cur:
+            cur.execute("SELECT partition_name FROM iot_drop_expired_partitions('sensores', now() - interval '7 days')")
+            dropped = [row[0] for row in cur.fetchall()]
+        assert len(dropped) == 1  # the day 30 days ago; today's partition stays
+        assert scalar(db, partitions) == before - 1
+    finally:
+        as_consumer.close()

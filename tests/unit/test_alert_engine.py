@@ -211,3 +211,23 @@ def test_an_empty_evaluation_writes_nothing() -> None:
     assert not Evaluation().writes_anything
     engine = AlertEngine(TEMPERATURE_ONLY)
     assert not engine.evaluate(temps([25.0] * 50)).writes_anything
+
+
+def test_a_reading_stamped_tomorrow_cannot_push_the_partition_clock_past_the_wall_clock() -> None:
+    """One device stamped 23 h ahead (inside the accepted clock skew) among sensors reporting now:
+    the partition's clock stays at the wall clock, so the others are not declared silent and the
+    partition's silence detection is not blind until tomorrow."""
+    engine = AlertEngine(SILENCE)
+    now = datetime.now(UTC)
+    fleet: list[Reading] = [(0, str(uuid.UUID(int=10 + i)), now - timedelta(seconds=1), 25.0, 50.0) for i in range(5)]
+    engine.apply(engine.evaluate(fleet))
+    ahead = engine.evaluate([(0, SENSOR, now + timedelta(hours=23), 25.0, 50.0)])
+    assert ahead.events == []
+    assert ahead.clocks[0] <= datetime.now(UTC)
+    engine.apply(ahead)
+    assert engine.clocks[0] <= datetime.now(UTC)
+    # and the clock still moves on with the wall clock: a sensor quiet for 61 s is silent
+    later = engine.evaluate_clock({0: now + timedelta(seconds=61)})
+    assert {e.state.sensor_id for e in later.events if e.kind == "opened"} == {
+        str(uuid.UUID(int=10 + i)) for i in range(5)
+    }

@@ -177,3 +177,18 @@ def test_extra_fields_survive_the_copy_text_format(extras: dict[str, object]) ->
     else:
         assert orjson.loads(column.replace("\\\\", "\\")) == extras
         assert batch.with_extras == 1
+
+
+@settings(max_examples=100)
+@given(st.integers(-(2**70), 2**70))
+def test_any_kafka_timestamp_on_a_dead_letter_is_stored_or_left_out(stamp: int) -> None:
+    """A record's CreateTime is whatever the producer said (year 10000, negative, past 64 bits):
+    its dead letter keeps it when a timestamptz can hold it and leaves it out otherwise - it
+    never raises (a ValueError there ended the consumer's loop)."""
+    batch = build_batch({TP("t", 0): [Record("t", 0, 0, stamp, None, b"not json")]}, {0: None}, {0: 0}, DEFAULT_LIMITS)
+    (letter,) = batch.dead_letters
+    if letter.kafka_timestamp_ms is not None:
+        assert letter.kafka_timestamp_ms == stamp
+        datetime.fromtimestamp(letter.kafka_timestamp_ms / 1000, UTC)  # what the sink stores
+    else:
+        assert stamp < 0 or stamp > 253_402_214_400_000

@@ -86,6 +86,8 @@ class Batch:
     rebuild: Callable[[], Batch] | None = None
     # Partition → offset of its first record left out (the day budget ran out): read again from there.
     cuts: dict[int, int] = field(default_factory=dict)
+    # Set by the sink under --on-duplicate drop: rows not stored (sensor and timestamp already were).
+    duplicates_dropped: int = 0
 
     @property
     def rows(self) -> int:

@@ -27,6 +27,7 @@ from iot_consumer.alerts.rules import RuleSet, ThresholdRule, load_rules
 from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.deadletters import DeadLetterFilter, replay, samples, summarize
 from iot_consumer.decoding import Decoder, decoder_available
+from iot_consumer.duplicates import DuplicatePolicy
 from iot_consumer.gaps import classify
 from iot_consumer.housekeeping import (
     Retention,
@@ -244,6 +245,15 @@ def run(
     minute_rollup_retention_days: MinuteRetentionOption = 0,
     hour_rollup_retention_days: HourRetentionOption = 0,
     dead_letter_retention_days: DeadLetterRetentionOption = 0,
+    on_duplicate: Annotated[
+        DuplicatePolicy,
+        typer.Option(
+            envvar="CONSUMER_ON_DUPLICATE",
+            help="A reading whose sensor and timestamp are already stored (a gateway re-sending): "
+            "keep = store it again (every Kafka record once; fastest), drop = store the first only, "
+            "rollups count it once (docs/RELIABILITY.md has the cost).",
+        ),
+    ] = DuplicatePolicy.KEEP,
     housekeeping_interval: Annotated[
         float,
         typer.Option(
@@ -286,7 +296,7 @@ def run(
         log.info("alert_rules_loaded", source=rules.source, rules=[r.name for r in rules.all], topic=alerts_topic)
     service = ConsumerService(
         kafka,
-        PostgresSink(postgres, group, kafka.topic, alerts=stage),
+        PostgresSink(postgres, group, kafka.topic, alerts=stage, duplicates=on_duplicate),
         ConsumerOptions(
             group=group,
             max_batch=max_batch,

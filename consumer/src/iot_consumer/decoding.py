@@ -106,10 +106,11 @@ class GuardedPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
 
 
 class _LenientText(bytes):
-    """A header key's bytes whose ``decode`` keeps what is not UTF-8 (as surrogate escapes)."""
+    """A header key's bytes whose ``decode`` keeps what is not UTF-8 as ``\\xNN`` (text that
+    encodes again: kafka-python re-encodes keys to count header bytes)."""
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return bytes.decode(self, encoding, "surrogateescape")
+        return bytes.decode(self, encoding, "backslashreplace")
 
 
 class _LenientBuffer(bytearray):
@@ -202,7 +203,7 @@ def _record(
 
 
 def _header_size(headers: list[tuple[str, bytes | None]]) -> int:
-    return sum(len(k.encode("utf-8", "surrogateescape")) + len(v or b"") for k, v in headers) if headers else -1
+    return sum(len(k.encode()) + len(v or b"") for k, v in headers) if headers else -1
 
 
 class NativeTake(list[Any]):

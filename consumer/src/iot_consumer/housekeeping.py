@@ -114,6 +114,7 @@ def drop_expired(
                 return None
             # Partition DDL of any kind is serialised (see schema.DailyPartitions).
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+            _record_policy_as_owner(cur, retention)
             for table, days in retention.days().items():
                 if days <= 0:
                     continue
@@ -133,6 +134,23 @@ def drop_expired(
         conn.rollback()
         raise
     return dropped
+
+
+def _record_policy_as_owner(cur: psycopg2.extensions.cursor, retention: Retention) -> None:
+    """Run by the schema's owner, the retention asked for becomes the database's
+    (``retention_policy``): the drop function refuses anything newer, whoever calls it. A
+    service role cannot write it, so its RETENTION_DAYS can only ask for what the owner set."""
+    cur.execute("SELECT pg_get_userbyid(relowner) = current_user FROM pg_class WHERE oid = 'sensores'::regclass")
+    row = cur.fetchone()
+    if not (row and row[0]):
+        return
+    for table, days in retention.days().items():
+        if days > 0:
+            cur.execute(
+                """INSERT INTO retention_policy (relation, keep_days) VALUES (%s::regclass, %s)
+                   ON CONFLICT (relation) DO UPDATE SET keep_days = EXCLUDED.keep_days, updated_at = now()""",
+                (table, days),
+            )
 
 
 # Dead letters deleted per transaction: a long backlog expires without one huge delete.

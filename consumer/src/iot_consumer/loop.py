@@ -205,6 +205,7 @@ class ConsumerService:
             exit_when_idle_s=self.options.exit_when_idle_s,
             on_offset_gap=self.options.on_offset_gap.value,
             decoder="native" if self.native else "python",
+            on_duplicate=self.sink.duplicates.value,
         )
         m.NATIVE_DECODER.set(1 if self.native else 0)
         if not self.native and self.options.native_decoder:

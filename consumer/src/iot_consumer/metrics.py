@@ -117,6 +117,10 @@ BATCH_CUTS = Counter(
     "iot_consumer_batch_cuts_total",
     "Batches stopped early at a record whose UTC day was over the per-batch budget (a device's dead clock)",
 )
+DUPLICATES_DROPPED = Counter(
+    "iot_consumer_duplicates_dropped_total",
+    "Readings not stored under --on-duplicate drop: their sensor and timestamp were already stored",
+)
 DEAD_LETTERS_EXPIRED = Counter(
     "iot_consumer_dead_letters_expired_total", "Dead letters deleted after DEAD_LETTER_RETENTION_DAYS"
 )
@@ -145,7 +149,7 @@ class Totals:
     def add(self, batch: Batch) -> None:
         self.batches += 1
         self.consumed += batch.consumed
-        self.inserted += batch.rows
+        self.inserted += batch.rows - batch.duplicates_dropped
         self.dead_lettered += len(batch.dead_letters)
 
 
@@ -155,7 +159,9 @@ def record_batch(
     """Account one committed batch."""
     BATCHES.labels("committed").inc()
     MESSAGES_CONSUMED.inc(batch.consumed)
-    ROWS_INSERTED.inc(batch.rows)
+    ROWS_INSERTED.inc(batch.rows - batch.duplicates_dropped)
+    if batch.duplicates_dropped:
+        DUPLICATES_DROPPED.inc(batch.duplicates_dropped)
     if batch.native_rows:
         ROWS_DECODED.labels("native").inc(batch.native_rows)
     if batch.copy_lines:

@@ -9,8 +9,10 @@ gateway back online) updates its past bucket like any other.
 
 Upserts go in (sensor, bucket) order (``ORDER BY`` in the INSERT … SELECT): two replicas touching the same buckets (a producer
 without keys spreads one sensor over partitions) then lock rows in one order and cannot
-deadlock. The aggregation is per batch in Python (a dict update per reading, ~1 µs) so that the
-database receives one row per sensor-minute instead of re-reading the batch's rows.
+deadlock. The aggregation is per batch - in C on the native path (``iot_fastpath.Summary``), in
+Python otherwise (``by_minute``) - so that the database receives one row per sensor-minute
+instead of re-reading the batch's rows. (With ``--on-duplicate drop`` the rows actually
+inserted are aggregated in SQL instead: see duplicates.py.)
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ COLUMNS = (
 )
 # The batch's buckets go to a temporary table by COPY, then into the rollup in one statement:
 # measured 6.5 µs per reading against 11 µs with a VALUES list built in Python (bench/rollup_bench.py).
-_STAGE = """CREATE TEMP TABLE IF NOT EXISTS rollup_stage (
+STAGE_SQL = """CREATE TEMP TABLE IF NOT EXISTS rollup_stage (
     sensor_id uuid, bucket timestamptz, leituras integer, temperatura_soma double precision,
     temperatura_min double precision, temperatura_max double precision, umidade_soma double precision,
     umidade_min double precision, umidade_max double precision) ON COMMIT DELETE ROWS"""
-_UPSERT = """
-    INSERT INTO {table} AS r ({columns}) SELECT * FROM rollup_stage ORDER BY sensor_id, bucket
+# Adds an INSERT's buckets (aliased r) to the rows already there.
+ON_CONFLICT = """
     ON CONFLICT (sensor_id, bucket) DO UPDATE SET
         leituras = r.leituras + EXCLUDED.leituras,
         temperatura_soma = r.temperatura_soma + EXCLUDED.temperatura_soma,
@@ -48,6 +50,7 @@ _UPSERT = """
         umidade_min = least(r.umidade_min, EXCLUDED.umidade_min),
         umidade_max = greatest(r.umidade_max, EXCLUDED.umidade_max)
 """
+_UPSERT = "INSERT INTO {table} AS r ({columns}) SELECT * FROM rollup_stage ORDER BY sensor_id, bucket" + ON_CONFLICT
 
 # Both rollups computed from the readings in sensores (into empty tables): migration 5 fills
 # them for the data stored before rollups existed; tests use it as the reference.
@@ -128,13 +131,18 @@ def upsert(cur: psycopg2.extensions.cursor, readings: Iterable[Reading]) -> int:
     return len(minutes)
 
 
+def upsert_from_stage(cur: psycopg2.extensions.cursor, table: str) -> None:
+    """Add what rollup_stage holds to ``table`` (in (sensor, bucket) order: no deadlock)."""
+    cur.execute(_UPSERT.format(table=table, columns=COLUMNS))
+
+
 def upsert_staged(cur: psycopg2.extensions.cursor, minute_rows: bytes, hour_rows: bytes) -> None:
     """Add buckets already in rollup_stage's COPY text form (the native path's
     ``Summary.rollup_copy``) to both rollups inside the caller's transaction."""
     if not minute_rows:
         return
-    cur.execute(_STAGE)
+    cur.execute(STAGE_SQL)
     for table, rows in zip(TABLES, (minute_rows, hour_rows), strict=True):
         cur.copy_expert("COPY rollup_stage FROM STDIN", io.BytesIO(rows), size=1 << 20)
-        cur.execute(_UPSERT.format(table=table, columns=COLUMNS))
+        upsert_from_stage(cur, table)
         cur.execute("DELETE FROM rollup_stage")

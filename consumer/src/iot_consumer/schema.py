@@ -50,6 +50,7 @@ BEGIN
         GRANT SELECT, INSERT ON offset_gaps TO iot_consumer;
         GRANT USAGE ON SEQUENCE offset_gaps_id_seq TO iot_consumer;
         GRANT EXECUTE ON FUNCTION iot_expire_dead_letters(timestamptz, integer) TO iot_consumer;
+        GRANT SELECT ON retention_policy TO iot_consumer;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter') THEN
         GRANT SELECT ON sensores, sensores_minuto, sensores_hora TO iot_exporter;
@@ -316,6 +317,60 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         REVOKE ALL ON FUNCTION iot_expire_dead_letters(timestamptz, integer) FROM PUBLIC;
         """,
     ),
+    (
+        7,
+        "retention configured in the database: partitions inside it cannot be dropped",
+        """
+        -- Written by the owner only (the consumer running as the owner records its RETENTION_DAYS;
+        -- `iot-consumer retention` run as the owner does too). The service roles may read it.
+        CREATE TABLE retention_policy (
+            relation    regclass     PRIMARY KEY,
+            keep_days   integer      NOT NULL CHECK (keep_days >= 1),
+            updated_at  timestamptz  NOT NULL DEFAULT now()
+        );
+        COMMENT ON TABLE retention_policy IS 'Days each table keeps: iot_drop_expired_partitions refuses anything newer';
+        -- The drop function trusts no argument: without a configured retention it drops nothing, and it
+        -- never drops a partition that ends inside the configured days, whatever keep_from it is given.
+        CREATE OR REPLACE FUNCTION iot_drop_expired_partitions(parent regclass, keep_from timestamptz)
+        RETURNS TABLE (partition_name text, upper_bound timestamptz, bytes bigint)
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            part record;
+            allowed integer;
+        BEGIN
+            IF parent NOT IN ('sensores'::regclass, 'sensores_minuto'::regclass, 'sensores_hora'::regclass) THEN
+                RAISE EXCEPTION 'retention only drops partitions of sensores, sensores_minuto, sensores_hora, not %', parent;
+            END IF;
+            SELECT keep_days INTO allowed FROM retention_policy WHERE relation = parent;
+            IF allowed IS NULL THEN
+                RAISE EXCEPTION 'no retention is configured for % in the database: nothing is dropped', parent
+                    USING HINT = 'the schema owner sets it (iot-consumer retention --retention-days N, run as the owner)';
+            END IF;
+            IF keep_from IS NULL OR keep_from > now() - make_interval(days => allowed) + interval '1 hour' THEN
+                RAISE EXCEPTION 'refused: % keeps % days, so nothing after % may be dropped (asked: before %)',
+                    parent, allowed, now() - make_interval(days => allowed), keep_from;
+            END IF;
+            PERFORM set_config('lock_timeout', '5s', true);
+            FOR part IN
+                SELECT c.oid::regclass AS child, c.relname::text AS name,
+                       substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz AS upper
+                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = parent
+                ORDER BY 3
+            LOOP
+                CONTINUE WHEN part.upper IS NULL OR part.upper > keep_from;
+                partition_name := part.name;
+                upper_bound := part.upper;
+                bytes := pg_total_relation_size(part.child);
+                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part.child);
+                EXECUTE format('DROP TABLE %s', part.child);
+                RETURN NEXT;
+            END LOOP;
+        END
+        $fn$;
+        REVOKE ALL ON FUNCTION iot_drop_expired_partitions(regclass, timestamptz) FROM PUBLIC;
+        """,
+    ),
 ]
 
 
@@ -371,6 +426,7 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
 
 # One privilege per grant group of GRANTS, newest first: when a role lacks any, GRANTS runs again.
 REQUIRED_PRIVILEGES = (
+    ("iot_consumer", "retention_policy", "SELECT"),
     ("iot_consumer", "iot_expire_dead_letters(timestamptz, integer)", "EXECUTE"),
     ("iot_consumer", "sensores_hora", "UPDATE"),
     ("iot_exporter", "sensores_hora", "SELECT"),

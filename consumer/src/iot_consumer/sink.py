@@ -28,6 +28,7 @@ from iot_consumer import rollups
 from iot_consumer.alerts.engine import Evaluation
 from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.batch import MAX_STORED_KEY, MAX_STORED_PAYLOAD, Batch, DeadLetter
+from iot_consumer.duplicates import DuplicatePolicy, insert_new_readings
 from iot_consumer.gaps import OffsetGap
 from iot_consumer.schema import DailyPartitions
 
@@ -59,9 +60,11 @@ class PostgresSink:
         topic: str,
         days_ahead: int = 2,
         alerts: AlertStage | None = None,
+        duplicates: DuplicatePolicy = DuplicatePolicy.KEEP,
     ) -> None:
         self._settings = settings
         self.alerts = alerts
+        self.duplicates = duplicates
         self.group = group
         self.topic = topic
         self.day_partitions = DailyPartitions(days_ahead)  # PostgreSQL's daily partitions of sensores
@@ -210,7 +213,11 @@ class PostgresSink:
         alerts_written = False
         try:
             with conn.cursor() as cur:
-                if batch.rows:
+                if batch.rows and self.duplicates is DuplicatePolicy.DROP:
+                    started = time.perf_counter()
+                    batch.duplicates_dropped = insert_new_readings(cur, batch.copy_payload(), batch.rows)
+                    self.last_copy_seconds, self.last_rollup_seconds = time.perf_counter() - started, 0.0
+                elif batch.rows:
                     self._copy(cur, batch.copy_payload())
                     started = time.perf_counter()
                     summary = batch.summary
