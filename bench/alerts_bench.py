@@ -21,6 +21,7 @@ import psycopg2.extensions
 from bench.common import RESULTS, Table, consume_once, drop_topic, fmt, fresh_topic, prefill, readings_and_rounds, save
 from iot_consumer.alerts.engine import AlertEngine
 from iot_consumer.alerts.rules import load_rules
+from iot_consumer.readings import Reading
 
 
 def engine_cost(readings: int, rounds: int = 5) -> tuple[float, float]:
@@ -40,7 +41,7 @@ def engine_cost(readings: int, rounds: int = 5) -> tuple[float, float]:
             temperature = 35.0 if spiking[sensor] else rng.uniform(20, 30)
             spiking[sensor] = max(0, spiking[sensor] - 1)
             stamp = start + timedelta(seconds=i // len(sensors))
-            data.append((i % 6, sensor, stamp, temperature, rng.uniform(30, 80)))
+            data.append(Reading(i % 6, sensor, stamp, temperature, rng.uniform(30, 80)))
         timings = []
         for _ in range(rounds):
             engine = AlertEngine(load_rules(None))

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from bench.common import Table, connect, drop_database, fmt, fresh_database, save
 from iot_consumer import rollups
-from iot_consumer.alerts.engine import Reading
+from iot_consumer.readings import Reading
 from iot_consumer.schema import DailyPartitions, migrate
 from iot_consumer.sink import COPY_SQL
 
@@ -35,7 +35,7 @@ def batches(sensors: list[str], size: int, rounds: int, start: datetime) -> list
             sensor = sensors[offset % len(sensors)]
             stamp = start + timedelta(seconds=offset // len(sensors), microseconds=offset % 1000)
             temperatura, umidade = 20 + (offset % 1000) / 100, 30 + (offset % 5000) / 100
-            readings.append((offset % 6, sensor, stamp, temperatura, umidade))
+            readings.append(Reading(offset % 6, sensor, stamp, temperatura, umidade))
             lines.append(f"{sensor}\t{stamp.isoformat()}\t{temperatura!r}\t{umidade!r}\t{offset % 6}\t{offset}\t\\N\n")
             offset += 1
         out.append((readings, "".join(lines).encode()))

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iot_consumer.alerts.engine import AlertEngine, AlertEvent, Evaluation, Reading
+from iot_consumer.alerts.engine import AlertEngine, AlertEvent, Evaluation
 from iot_consumer.alerts.rules import load_rules, parse_rules
+from iot_consumer.readings import Reading
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SENSOR = str(uuid.UUID(int=1))
@@ -34,7 +35,7 @@ TEMPERATURE_ONLY = parse_rules(
 
 def temps(values: Sequence[float], sensor: str = SENSOR, start: int = 0, partition: int = 0) -> list[Reading]:
     """One reading per second with the given temperatures (humidity a steady 50 %)."""
-    return [(partition, sensor, T0 + timedelta(seconds=start + i), v, 50.0) for i, v in enumerate(values)]
+    return [Reading(partition, sensor, T0 + timedelta(seconds=start + i), v, 50.0) for i, v in enumerate(values)]
 
 
 def run(engine: AlertEngine, readings: Iterable[Reading], batch: int = 7) -> list[AlertEvent]:
@@ -106,7 +107,7 @@ def test_a_below_rule_mirrors_an_above_rule() -> None:
     )
     engine = AlertEngine(rules)
     humidity = [50.0] * 3 + [25.0, 24.0, 20.0, 29.0, 31.0, 29.5, 33.0, 50.0]
-    readings = [(0, SENSOR, T0 + timedelta(seconds=i), 25.0, h) for i, h in enumerate(humidity)]
+    readings = [Reading(0, SENSOR, T0 + timedelta(seconds=i), 25.0, h) for i, h in enumerate(humidity)]
     events = run(engine, readings, batch=2)
     assert kinds(events) == ["opened", "closed"]
     assert events[0].at == T0 + timedelta(seconds=5)
@@ -219,9 +220,9 @@ def test_a_reading_stamped_tomorrow_cannot_push_the_partition_clock_past_the_wal
     partition's silence detection is not blind until tomorrow."""
     engine = AlertEngine(SILENCE)
     now = datetime.now(UTC)
-    fleet: list[Reading] = [(0, str(uuid.UUID(int=10 + i)), now - timedelta(seconds=1), 25.0, 50.0) for i in range(5)]
+    fleet = [Reading(0, str(uuid.UUID(int=10 + i)), now - timedelta(seconds=1), 25.0, 50.0) for i in range(5)]
     engine.apply(engine.evaluate(fleet))
-    ahead = engine.evaluate([(0, SENSOR, now + timedelta(hours=23), 25.0, 50.0)])
+    ahead = engine.evaluate([Reading(0, SENSOR, now + timedelta(hours=23), 25.0, 50.0)])
     assert ahead.events == []
     assert ahead.clocks[0] <= datetime.now(UTC)
     engine.apply(ahead)

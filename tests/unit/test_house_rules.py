@@ -161,3 +161,44 @@ def test_no_import_cycles_inside_a_package() -> None:
         package = "iot_" + folder
         cycle = _find_cycle(_import_graph(REPO / folder / "src", package))
         assert cycle is None, " -> ".join(cycle or [])
+
+
+# The consumer's layers, lowest first: a module imports only from layers below its own (or its own
+# subpackage). Decoding below batches, batches below the sink, the sink below the loop.
+CONSUMER_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("readings", "gaps", "decoding"),
+    ("batch",),
+    ("writer", "metrics"),
+    ("alerts",),
+    ("rollups",),
+    ("schema", "duplicates"),
+    ("sink",),
+    ("housekeeping", "positions", "outages", "deadletters"),
+    ("loop", "verify"),
+    ("cli",),
+)
+
+
+def _consumer_layer(module: str) -> int:
+    name = module.removeprefix("iot_consumer.").split(".")[0]
+    for level, names in enumerate(CONSUMER_LAYERS):
+        if name in names:
+            return level
+    raise AssertionError(f"{module}: not placed in CONSUMER_LAYERS (give every new module its layer)")
+
+
+def test_the_consumer_imports_only_downward() -> None:
+    """Inside the consumer nothing imports upward: decoding < batch < sink < loop < cli (the
+    layers above). The named Reading lives in its own bottom module, so batch no longer reaches
+    up into alerts for it."""
+    graph = _import_graph(REPO / "consumer" / "src", "iot_consumer")
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module != "iot_consumer"
+        for target in targets
+        if target != "iot_consumer"
+        and target.split(".")[1] != module.split(".")[1]
+        and _consumer_layer(target) >= _consumer_layer(module)
+    ]
+    assert upward == []

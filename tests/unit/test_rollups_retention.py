@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iot_consumer.alerts.engine import Reading
 from iot_consumer.housekeeping import Retention, RetentionConfigError
+from iot_consumer.readings import Reading
 from iot_consumer.rollups import by_minute, coarser
 
 SENSORS = [str(uuid.UUID(int=i)) for i in range(1, 4)]
@@ -78,7 +78,7 @@ def test_a_late_reading_lands_in_its_own_past_bucket() -> None:
     sensor = SENSORS[0]
     today = datetime(2026, 11, 28, 10, 0, 5, tzinfo=UTC)
     late = datetime(2026, 11, 27, 23, 59, 59, 999000, tzinfo=UTC)
-    minutes = by_minute([(0, sensor, today, 25.0, 50.0), (0, sensor, late, 21.0, 40.0)])
+    minutes = by_minute([Reading(0, sensor, today, 25.0, 50.0), Reading(0, sensor, late, 21.0, 40.0)])
     assert set(minutes) == {(sensor, today.replace(second=0)), (sensor, late.replace(second=0, microsecond=0))}
     hours = coarser(minutes)
     assert hours[(sensor, datetime(2026, 11, 27, 23, tzinfo=UTC))][:4] == [1, 21.0, 21.0, 21.0]

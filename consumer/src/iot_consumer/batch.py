@@ -17,8 +17,8 @@ import orjson
 
 from iot_common.logging import get_logger
 from iot_common.schema import InvalidReading, ReadingLimits, ValidReading, validate_reading
-from iot_consumer.alerts.engine import Reading
 from iot_consumer.decoding import NativeRows, expand, fastpath, from_micros, to_micros
+from iot_consumer.readings import Reading
 
 EPOCH_DAY = date(1970, 1, 1)
 
@@ -246,7 +246,7 @@ def _add_partition(
             batch.with_extras += 1
         append(copy_line(reading, partition, offset))
         remember(record)
-        keep((partition, reading.sensor_id, stamp, reading.temperatura, reading.umidade))
+        keep(Reading(partition, reading.sensor_id, stamp, reading.temperatura, reading.umidade))
         if summary is not None:
             summary.add_reading(
                 partition, offset, reading.sensor_id, to_micros(stamp), reading.temperatura, reading.umidade

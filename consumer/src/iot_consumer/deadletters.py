@@ -21,8 +21,8 @@ import psycopg2.extensions
 
 from iot_common.schema import InvalidReading, ReadingLimits, validate_reading
 from iot_consumer import rollups
-from iot_consumer.alerts.engine import Reading
 from iot_consumer.batch import copy_line
+from iot_consumer.readings import Reading
 from iot_consumer.schema import PARTITION_LOCK_KEY
 from iot_consumer.sink import COPY_SQL
 
@@ -171,7 +171,9 @@ def replay(
                         continue
                     lines.append(copy_line(reading, int(partition), int(offset)))
                     readings.append(
-                        (int(partition), reading.sensor_id, reading.timestamp, reading.temperatura, reading.umidade)
+                        Reading(
+                            int(partition), reading.sensor_id, reading.timestamp, reading.temperatura, reading.umidade
+                        )
                     )
                     replayed_ids.append(int(letter_id))
                     days.add(reading.timestamp.date())

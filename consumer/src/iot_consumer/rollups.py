@@ -23,7 +23,7 @@ from datetime import datetime
 
 import psycopg2.extensions
 
-from iot_consumer.alerts.engine import Reading
+from iot_consumer.readings import Reading
 
 # (sensor_id, bucket start) -> [count, temperatura sum, min, max, umidade sum, min, max]
 Buckets = dict[tuple[str, datetime], list[float]]

@@ -29,11 +29,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from iot_consumer.alerts.rules import RuleSet, Severity, SilenceRule, ThresholdRule
+from iot_consumer.readings import Reading
 
 Phase = Literal["pending", "firing", "clearing"]
 StateKey = tuple[str, str]  # (sensor_id, rule name)
 # (kafka partition, sensor_id text, timestamp UTC, temperatura, umidade)
-Reading = tuple[int, str, datetime, float, float]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -175,7 +175,7 @@ class AlertEngine:
             ev.clocks[partition] = _EPOCH + timedelta(microseconds=newest_us)
         _no_later_than_now(ev.clocks)
         readings = [
-            (partition, sensor, _EPOCH + timedelta(microseconds=stamp_us), t, h)
+            Reading(partition, sensor, _EPOCH + timedelta(microseconds=stamp_us), t, h)
             for partition, sensor, stamp_us, t, h in (summary.readings_of(interesting) if interesting else ())
         ]
         self._run(ev, readings)

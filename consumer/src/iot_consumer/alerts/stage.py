@@ -14,10 +14,11 @@ from iot_common.errors import summary
 from iot_common.logging import get_logger
 from iot_common.postgres import CONNECTION_ERRORS
 from iot_consumer import metrics as m
-from iot_consumer.alerts.engine import AlertEngine, Evaluation, Reading
+from iot_consumer.alerts.engine import AlertEngine, Evaluation
 from iot_consumer.alerts.outbox import OutboxPublisher
 from iot_consumer.alerts.rules import RuleSet
 from iot_consumer.alerts.store import load_last_seen, load_states, write_evaluation
+from iot_consumer.readings import Reading
 
 log = get_logger(__name__)
 
