@@ -81,7 +81,7 @@ test-unit: dev ## Unit tests only (no servers needed)
 test-integration: dev stack-up ## Integration tests against the local Kafka and PostgreSQL
 	scripts/pytest.sh -m "integration and not chaos" tests
 
-test: dev lint typecheck stack-up ## Lint, types, unit, integration, deployment, image and Compose tests
+test: dev lint typecheck stack-up ## Lint, types, unit, integration, a short chaos run, deployment, image, Compose, Kubernetes tests
 	scripts/pytest.sh -m "not chaos" tests
 
 test-compose: dev stack-up ## docker compose up/down/up of docker-compose.yml for real (Docker daemon; stand-in images)
