@@ -63,6 +63,25 @@ END
 $grants$;
 """
 
+# The body of iot_drop_expired_partitions that detaches and drops (migrations 5 and 7 share it).
+_DROP_EXPIRED_LOOP = """            PERFORM set_config('lock_timeout', '5s', true);
+            FOR part IN
+                SELECT c.oid::regclass AS child, c.relname::text AS name,
+                       substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz AS upper
+                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = parent
+                ORDER BY 3
+            LOOP
+                CONTINUE WHEN part.upper IS NULL OR part.upper > keep_from;
+                partition_name := part.name;
+                upper_bound := part.upper;
+                bytes := pg_total_relation_size(part.child);
+                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part.child);
+                EXECUTE format('DROP TABLE %s', part.child);
+                RETURN NEXT;
+            END LOOP;
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -269,23 +288,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             IF parent NOT IN ('sensores'::regclass, 'sensores_minuto'::regclass, 'sensores_hora'::regclass) THEN
                 RAISE EXCEPTION 'retention only drops partitions of sensores, sensores_minuto, sensores_hora, not %', parent;
             END IF;
-            PERFORM set_config('lock_timeout', '5s', true);
-            FOR part IN
-                SELECT c.oid::regclass AS child, c.relname::text AS name,
-                       substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz AS upper
-                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                WHERE i.inhparent = parent
-                ORDER BY 3
-            LOOP
-                CONTINUE WHEN part.upper IS NULL OR part.upper > keep_from;
-                partition_name := part.name;
-                upper_bound := part.upper;
-                bytes := pg_total_relation_size(part.child);
-                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part.child);
-                EXECUTE format('DROP TABLE %s', part.child);
-                RETURN NEXT;
-            END LOOP;
-        END
+"""
+        + _DROP_EXPIRED_LOOP
+        + """        END
         $fn$;
         REVOKE ALL ON FUNCTION iot_drop_expired_partitions(regclass, timestamptz) FROM PUBLIC;
         """,
@@ -350,23 +355,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
                 RAISE EXCEPTION 'refused: % keeps % days, so nothing after % may be dropped (asked: before %)',
                     parent, allowed, now() - make_interval(days => allowed), keep_from;
             END IF;
-            PERFORM set_config('lock_timeout', '5s', true);
-            FOR part IN
-                SELECT c.oid::regclass AS child, c.relname::text AS name,
-                       substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz AS upper
-                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                WHERE i.inhparent = parent
-                ORDER BY 3
-            LOOP
-                CONTINUE WHEN part.upper IS NULL OR part.upper > keep_from;
-                partition_name := part.name;
-                upper_bound := part.upper;
-                bytes := pg_total_relation_size(part.child);
-                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part.child);
-                EXECUTE format('DROP TABLE %s', part.child);
-                RETURN NEXT;
-            END LOOP;
-        END
+"""
+        + _DROP_EXPIRED_LOOP
+        + """        END
         $fn$;
         REVOKE ALL ON FUNCTION iot_drop_expired_partitions(regclass, timestamptz) FROM PUBLIC;
         """,

@@ -12,7 +12,7 @@ import math
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from faker import Faker
@@ -198,7 +198,3 @@ class SensorFleet:
         sensor.last_timestamp = now
         sensor.readings += 1
         return SensorReading(sensor.sensor_id, now, round(temperature, 2), round(sensor.humidity, 2))
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

@@ -24,13 +24,14 @@ build() {  # build NAME DIR [FILES TO ADD...]
   fi
 }
 build iot-monitor/standin-kafka:4.3.1 tests/compose/standins/kafka .stack/kafka/libs
-build iot-monitor/standin-postgres:17 tests/compose/standins/postgres
+# Debian bookworm's PostgreSQL (15) behind the official image's entrypoint contract: the tag says what it holds.
+build iot-monitor/standin-postgres:15 tests/compose/standins/postgres
 build iot-monitor/standin-pushgateway:v1.11.1 tests/compose/standins/pushgateway "$tools/pushgateway"
 cp "$tools/prometheus-v0.305.0" "$ctx/prometheus-bin"
 build iot-monitor/standin-prometheus:v3.5.0 tests/compose/standins/prometheus "$ctx/prometheus-bin"
 cat <<VARS
 KAFKA_IMAGE=iot-monitor/standin-kafka:4.3.1
-POSTGRES_IMAGE=iot-monitor/standin-postgres:17
+POSTGRES_IMAGE=iot-monitor/standin-postgres:15
 PUSHGATEWAY_IMAGE=iot-monitor/standin-pushgateway:v1.11.1
 PROMETHEUS_IMAGE=iot-monitor/standin-prometheus:v3.5.0
 PYTHON_IMAGE=$BASE
