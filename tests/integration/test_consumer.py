@@ -188,7 +188,12 @@ MALFORMED: list[tuple[bytes | None, str]] = [
     (
         b'{"sensor_id": "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab", "timestamp": "1970-01-01T00:00:00Z", '
         b'"temperatura": 20, "umidade": 2}',
-        "out_of_range",
+        "too_old",
+    ),
+    (
+        b'{"sensor_id": "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab", "timestamp": "2999-01-01T00:00:00Z", '
+        b'"temperatura": 20, "umidade": 2}',
+        "future",
     ),
     (None, "empty"),
 ]

@@ -46,7 +46,7 @@ from iot_consumer.metrics import Totals
 from iot_consumer.outages import DatabaseOutage, StallWatch, Troubles, pause_partition, resume_partition
 from iot_consumer.positions import OffsetGapPolicy, PartitionPositions, group_caught_up, topic_id_of
 from iot_consumer.sink import FencedError, PostgresSink
-from iot_consumer.writer import BatchWriter, Written
+from iot_consumer.writer import Writer, Written
 
 log = get_logger(__name__)
 
@@ -101,18 +101,22 @@ class ConsumerService:
         stop: StopFlag,
     ) -> None:
         self.kafka_settings = kafka
-        self.sink = sink
         self.options = options
         self.stop = stop
         self.topic = kafka.topic
         self.positions = PartitionPositions(kafka.topic, options.on_offset_gap)
         self.troubles = Troubles(options.stall_after_s, options.backoff_initial_s, options.backoff_max_s)
-        self.database = DatabaseOutage(sink, stop, self._beat, options.backoff_initial_s, options.backoff_max_s)
+        # The loop's only handle on PostgreSQL (writer.py): batches, and everything else through
+        # writer.database(), which settles the batch in flight first.
+        self.writer = Writer(
+            sink, self._write, self._finished, overlap=options.write_overlap, waited=m.WRITER_WAIT_SECONDS.inc
+        )
+        self._duplicates = sink.duplicates.value
+        self.database = DatabaseOutage(self.writer, stop, self._beat, options.backoff_initial_s, options.backoff_max_s)
         self.totals = Totals()
         self.housekeeper = Housekeeper(options.retention, retry_in_s=options.housekeeping_interval_s)
         self._consumer: KafkaConsumer | None = None
         self.native = options.native_decoder and decoder_available()
-        self.writer = BatchWriter(self._write) if options.write_overlap else None
         self._started = time.monotonic()
         self._heartbeat = time.monotonic()
         self._last_activity = time.monotonic()
@@ -193,7 +197,7 @@ class ConsumerService:
 
     def run(self) -> None:
         """Consume until stopped (signal, or idle timeout in bounded mode)."""
-        self.database.connect_until_ok(lambda: self.sink.day_partitions.ensure_ahead(self.sink.connection()))
+        self.database.connect_until_ok(lambda sink: sink.day_partitions.ensure_ahead(sink.connection()))
         if self.stop.is_set():
             return
         self._consumer = consumer = self._make_consumer()
@@ -205,7 +209,7 @@ class ConsumerService:
             exit_when_idle_s=self.options.exit_when_idle_s,
             on_offset_gap=self.options.on_offset_gap.value,
             decoder="native" if self.native else "python",
-            on_duplicate=self.sink.duplicates.value,
+            on_duplicate=self._duplicates,
         )
         m.NATIVE_DECODER.set(1 if self.native else 0)
         if not self.native and self.options.native_decoder:
@@ -219,17 +223,12 @@ class ConsumerService:
                 if self._turn(consumer):
                     break
         finally:
-            try:
-                self._settle()  # the batch in flight commits (or not) before anything closes
-            finally:
-                if self.writer is not None:
-                    self.writer.close()
+            self.writer.close()  # the batch in flight commits (or not) before anything closes
             self._log_progress()
             try:
                 consumer.close(autocommit=False)
             except KafkaError as exc:
                 log.warning("consumer_close_failed", error=repr(exc))
-            self.sink.close()
             log.info(
                 "consumer_stopped",
                 consumed=self.totals.consumed,
@@ -243,7 +242,7 @@ class ConsumerService:
         """One turn of the loop; True when bounded mode is done."""
         self._beat()
         if not self.database.ok:
-            self._settle()
+            self.writer.settle()
             self.database.wait(consumer)
             self.positions.forget()
             return False
@@ -258,7 +257,7 @@ class ConsumerService:
             self._process(consumer, records)
             self._last_activity = time.monotonic()
         else:
-            self._settle()  # nothing to overlap with: let the batch in flight land now
+            self.writer.settle()  # nothing to overlap with: let the batch in flight land now
             if time.monotonic() - polled_at < 0.01:
                 # poll() can return at once with nothing (no assignment yet, all paused, halted
                 # or backing off, topic gone): rest until something is due, as long as a poll
@@ -285,33 +284,33 @@ class ConsumerService:
         self.positions.forget()
 
     def _check_database(self) -> None:
-        self._settle()
         try:
-            self.sink.ping()
+            with self.writer.database() as sink:
+                sink.ping()
         except CONNECTION_ERRORS as exc:
             self._database_lost(exc)
 
     def _ensure_day_partitions_ahead(self) -> None:
-        self._settle()
         try:
-            self.sink.day_partitions.ensure_ahead(self.sink.connection())
+            with self.writer.database() as sink:
+                sink.day_partitions.ensure_ahead(sink.connection())
         except CONNECTION_ERRORS as exc:
             self._database_lost(exc)
 
     def _housekeeping(self, job: Callable[[psycopg2.extensions.connection], bool]) -> bool:
         """Run a housekeeping job on the sink's connection (between batches); False if the database went away."""
-        self._settle()
         try:
-            return job(self.sink.connection())
+            with self.writer.database() as sink:
+                return job(sink.connection())
         except CONNECTION_ERRORS as exc:
             self._database_lost(exc)
             return False
 
     # ------------------------------------------------------------------ positions and polling
     def _sync(self, consumer: KafkaConsumer) -> bool:
-        self._settle()
         try:
-            synced = self.positions.sync(consumer, self.sink)
+            with self.writer.database() as sink:
+                synced = self.positions.sync(consumer, sink)
         except CONNECTION_ERRORS as exc:
             self._database_lost(exc)
             return False
@@ -383,12 +382,6 @@ class ConsumerService:
     def _process(self, consumer: KafkaConsumer, records: dict[Any, Any]) -> None:
         started = time.perf_counter()
         writer = self.writer
-        if writer is None:
-            batch = build_batch(records, self.positions.stored, self.positions.position, self.options.limits)
-            self._read_again_from_cuts(consumer, batch)
-            if batch.positions:
-                self._finished(consumer, self._write_now(batch, started))
-            return
         # Built while the previous batch may still be in flight: on the positions it will commit.
         batch = build_batch(
             records,
@@ -397,7 +390,7 @@ class ConsumerService:
             self.options.limits,
         )
         self._read_again_from_cuts(consumer, batch)
-        if not self._settle():
+        if not writer.settle():
             return  # the previous batch failed: positions are re-read, these records fetched again
         if batch.positions:
             writer.submit(batch, started)
@@ -410,34 +403,21 @@ class ConsumerService:
             log.info("batch_cut", partition=partition, offset=offset, days=len(batch.days), reason="day budget")
             consumer.seek(TopicPartition(self.topic, partition), offset)
 
-    def _write(self, batch: Batch, started: float) -> Batch:
+    @staticmethod
+    def _write(sink: PostgresSink, batch: Batch, started: float) -> Batch:
         """Write a batch (on the writer thread, or inline) and count it in the metrics right
         after its commit, so /metrics never lags the rows PostgreSQL shows."""
-        written = self.sink.write_with_rejects(batch)
+        written = sink.write_with_rejects(batch)
         seconds = time.perf_counter() - started
         if written.consumed:  # not a position-only move (``_move_past_skipped_offsets``)
-            m.record_batch(
-                written, datetime.now(UTC), seconds, self.sink.last_copy_seconds, self.sink.last_rollup_seconds
-            )
+            m.record_batch(written, datetime.now(UTC), seconds, sink.last_copy_seconds, sink.last_rollup_seconds)
         return written
 
-    def _write_now(self, batch: Batch, started: float) -> Written:
-        try:
-            return Written(batch, started, self._write(batch, started), None)
-        except Exception as exc:  # noqa: BLE001 - _finished handles each kind
-            return Written(batch, started, None, exc)
-
-    def _settle(self) -> bool:
-        """Wait for the batch in flight on the writer thread and account it; False if it failed."""
-        if self.writer is None or not self.writer.busy:
-            return True
-        outcome = self.writer.settle(m.WRITER_WAIT_SECONDS.inc)
-        assert outcome is not None
-        assert self._consumer is not None
-        return self._finished(self._consumer, outcome)
-
-    def _finished(self, consumer: KafkaConsumer, outcome: Written) -> bool:
-        """Account a write: positions move on after a commit; any failure makes them re-read."""
+    def _finished(self, outcome: Written) -> bool:
+        """Account a write (the writer calls this when it settles): positions move on after a
+        commit; any failure makes them re-read."""
+        consumer = self._consumer
+        assert consumer is not None
         batch = outcome.batch or outcome.submitted
         exc = outcome.error
         if isinstance(exc, FencedError):
@@ -504,7 +484,7 @@ class ConsumerService:
         records we were given, so anything beyond ours was skipped by the client. Partitions in
         trouble (a batch that could not be decoded) keep their position.
         """
-        if not self.database.ok or not self.positions.position or not self._settle() or not self.database.ok:
+        if not self.database.ok or not self.positions.position or not self.writer.settle() or not self.database.ok:
             return
         updates: list[PositionUpdate] = []
         for partition, ours in self.positions.position.items():
@@ -518,22 +498,21 @@ class ConsumerService:
                 updates.append(PositionUpdate(partition, self.positions.stored.get(partition), int(theirs.offset)))
         if updates:
             log.debug("positions_past_skipped_offsets", moves={u.partition: u.next_offset for u in updates})
-            self._finished(consumer, self._write_now(Batch(positions=updates), time.perf_counter()))
+            self.writer.submit(Batch(positions=updates), time.perf_counter())
 
     def _advance_alert_clocks(self, lags: dict[int, int]) -> None:
         """Silence needs a clock that moves without readings (see AlertStage.evaluate_idle)."""
-        alerts = self.sink.alerts
-        if alerts is None:
-            return
-        self._settle()  # the engine and the connection are the writer's while a batch is in flight
-        if not self.database.ok:
-            return
-        fence = self.positions.caught_up(lags)
-        evaluation = alerts.evaluate_idle(fence, self.options.alert_clock_grace_s)
-        if evaluation is None:
-            return
+        # the engine and the connection are the writer's while a batch is in flight
         try:
-            self.sink.write_alert_clock(evaluation, fence)
+            with self.writer.database() as sink:
+                alerts = sink.alerts
+                if alerts is None or not self.database.ok:
+                    return
+                fence = self.positions.caught_up(lags)
+                evaluation = alerts.evaluate_idle(fence, self.options.alert_clock_grace_s)
+                if evaluation is None:
+                    return
+                sink.write_alert_clock(evaluation, fence)
         except FencedError as exc:
             log.warning("alert_clock_fenced", error=str(exc))
             self.positions.forget()
@@ -565,7 +544,8 @@ class ConsumerService:
             self._next["day_partitions"] = now + self.options.day_partitions_check_interval_s
         if now >= self._next["housekeeping"] and self.database.ok:
             if self.options.retention.enabled and self._housekeeping(self.housekeeper.apply_retention):
-                self.sink.day_partitions.forget()  # a late reading may need a dropped day again
+                with self.writer.database() as sink:
+                    sink.day_partitions.forget()  # a late reading may need a dropped day again
             self._next["housekeeping"] = now + self.options.housekeeping_interval_s
         if now >= self._next["storage"] and self.database.ok:
             self._housekeeping(self.housekeeper.measure_storage)
@@ -600,9 +580,9 @@ class ConsumerService:
         idle = self.options.exit_when_idle_s
         if idle is None or now - self._last_activity < idle:
             return False
-        self._settle()
         try:
-            caught_up = group_caught_up(consumer, self.sink, self.topic)
+            with self.writer.database() as sink:
+                caught_up = group_caught_up(consumer, sink, self.topic)
         except CONNECTION_ERRORS as exc:
             self._database_lost(exc)
             return False

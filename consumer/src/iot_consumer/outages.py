@@ -29,6 +29,7 @@ from iot_common.postgres import CONNECTION_ERRORS
 from iot_common.retry import Backoff
 from iot_consumer import metrics as m
 from iot_consumer.sink import PostgresSink
+from iot_consumer.writer import Writer
 
 log = get_logger(__name__)
 
@@ -168,13 +169,13 @@ class DatabaseOutage:
 
     def __init__(
         self,
-        sink: PostgresSink,
+        writer: Writer,
         stop: StopFlag,
         heartbeat: Callable[[], None],
         wait_initial: float = 0.5,
         wait_max: float = 30.0,
     ) -> None:
-        self.sink = sink
+        self.writer = writer
         self.stop = stop
         self.heartbeat = heartbeat
         self.wait_initial = wait_initial
@@ -185,19 +186,20 @@ class DatabaseOutage:
         self.ok = ok
         m.DATABASE_UP.set(1 if ok else 0)
 
-    def connect_until_ok(self, prepare: Callable[[], None]) -> None:
+    def connect_until_ok(self, prepare: Callable[[PostgresSink], None]) -> None:
         """At start: retry until PostgreSQL answers and ``prepare`` (e.g. day partitions) ran."""
         backoff = Backoff(self.wait_initial, self.wait_max)
         while not self.stop.is_set():
             self.heartbeat()
             try:
-                self.sink.ping()
-                prepare()
+                with self.writer.database() as sink:
+                    sink.ping()
+                    prepare(sink)
                 self._set_ok(True)
                 return
             except CONNECTION_ERRORS as exc:
                 self._set_ok(False)
-                self.sink.discard_connection()
+                self._discard_connection()
                 delay = backoff.next_delay()
                 log.warning("database_unavailable", error=summary(exc), retry_in_s=round(delay, 2))
                 self.stop.wait(delay)
@@ -207,7 +209,11 @@ class DatabaseOutage:
         if self.ok:
             log.error("database_lost", error=summary(exc))
         self._set_ok(False)
-        self.sink.discard_connection()
+        self._discard_connection()
+
+    def _discard_connection(self) -> None:
+        with self.writer.database() as sink:
+            sink.discard_connection()
 
     def wait(self, consumer: KafkaConsumer) -> None:
         """Outage: keep every partition paused and the membership alive until PostgreSQL is back."""
@@ -226,9 +232,10 @@ class DatabaseOutage:
                     log.debug("kafka_error_while_paused", error=repr(exc))
                     self.stop.wait(0.2)
             try:
-                self.sink.ping()
+                with self.writer.database() as sink:
+                    sink.ping()
             except CONNECTION_ERRORS as exc:
-                self.sink.discard_connection()
+                self._discard_connection()
                 log.warning("database_still_unavailable", error=summary(exc), retry_in_s=round(backoff.peek(), 2))
                 continue
             self._set_ok(True)
