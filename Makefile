@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-compose test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-rollups bench-exporter clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-rollups bench-exporter clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ $(STAMP): $(PYPROJECTS)
 
 # The consumer's native decoder (a C extension): rebuilt when its source changes.
 FASTPATH := $(VENV)/.fastpath
-$(FASTPATH): $(STAMP) consumer/fastpath/iot_fastpath.c consumer/fastpath/setup.py consumer/fastpath/pyproject.toml
+$(FASTPATH): $(STAMP) consumer/fastpath/iot_fastpath.c $(wildcard consumer/fastpath/lib/*) consumer/fastpath/setup.py consumer/fastpath/pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e ./consumer/fastpath
 	touch $@
 
@@ -81,8 +81,11 @@ test-unit: dev ## Unit tests only (no servers needed)
 test-integration: dev stack-up ## Integration tests against the local Kafka and PostgreSQL
 	scripts/pytest.sh -m "integration and not chaos" tests
 
-test: dev lint typecheck stack-up ## Lint, types, unit, integration, a short chaos run, deployment, image, Compose, Kubernetes tests
+test: dev lint typecheck test-native stack-up ## Lint, types, the C units under sanitizers, unit, integration, a short chaos run, deployment, image, Compose, Kubernetes tests
 	scripts/pytest.sh -m "not chaos" tests
+
+test-native: dev ## The native decoder under AddressSanitizer + UBSan: its C test driver, then the fuzz tests on a sanitizer build
+	consumer/fastpath/tests/sanitize.sh
 
 test-compose: dev stack-up ## docker compose up/down/up of docker-compose.yml for real (Docker daemon; stand-in images)
 	scripts/pytest.sh -m compose tests/compose

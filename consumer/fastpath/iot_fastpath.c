@@ -1,5 +1,5 @@
 /*
- * iot_fastpath: the consumer's native hot path.
+ * iot_fastpath: the consumer's native hot path - the CPython binding.
  *
  * One pass over the raw bytes kafka-python fetched for one partition (record batches, message
  * format v2): check each batch's CRC-32C, walk its records, validate the strict common form of
@@ -14,8 +14,11 @@
  *   Summary()                                 what one consumer batch needs besides the COPY:
  *                                             rollup buckets, per-sensor ranges, alert inputs
  *
- * The Python side (iot_consumer.decoding / batch / rollups) is the specification; the
- * differential tests in tests/unit/test_fastpath.py hold both paths to the same results.
+ * The units below this file are plain C (lib/: crc32c, wire, reading, copy_text, calendar), so
+ * a C test driver (tests/driver.c) runs them under AddressSanitizer and UBSan; this file holds
+ * what touches Python objects. The Python side (iot_consumer.decoding / batch / rollups) is the
+ * specification; the differential tests in tests/unit/test_fastpath.py hold both paths to the
+ * same results.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -25,371 +28,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <nmmintrin.h>
-#define HAVE_X86_CRC 1
-#endif
-
-/* ------------------------------------------------------------------ CRC-32C (Castagnoli) */
-static uint32_t crc_table[8][256];
-static int crc_hardware = 0;
-
-static void crc_init(void) {
-    for (uint32_t n = 0; n < 256; n++) {
-        uint32_t c = n;
-        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        crc_table[0][n] = c;
-    }
-    for (uint32_t n = 0; n < 256; n++) {
-        uint32_t c = crc_table[0][n];
-        for (int k = 1; k < 8; k++) {
-            c = crc_table[0][c & 0xff] ^ (c >> 8);
-            crc_table[k][n] = c;
-        }
-    }
-#ifdef HAVE_X86_CRC
-    __builtin_cpu_init();
-    crc_hardware = __builtin_cpu_supports("sse4.2");
-#endif
-}
-
-static uint32_t crc32c_software(const uint8_t *p, size_t n) {
-    uint32_t crc = 0xffffffffu;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        w ^= crc;
-        crc = crc_table[7][w & 0xff] ^ crc_table[6][(w >> 8) & 0xff] ^ crc_table[5][(w >> 16) & 0xff] ^
-              crc_table[4][(w >> 24) & 0xff] ^ crc_table[3][(w >> 32) & 0xff] ^ crc_table[2][(w >> 40) & 0xff] ^
-              crc_table[1][(w >> 48) & 0xff] ^ crc_table[0][w >> 56];
-        p += 8;
-        n -= 8;
-    }
-#endif
-    while (n--) crc = crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    return ~crc;
-}
-
-#ifdef HAVE_X86_CRC
-__attribute__((target("sse4.2"))) static uint32_t crc32c_hardware(const uint8_t *p, size_t n) {
-    uint64_t crc = 0xffffffffu;
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        crc = _mm_crc32_u64(crc, w);
-        p += 8;
-        n -= 8;
-    }
-    uint32_t c = (uint32_t)crc;
-    while (n--) c = _mm_crc32_u8(c, *p++);
-    return ~c;
-}
-#endif
-
-static uint32_t crc32c(const uint8_t *p, size_t n) {
-#ifdef HAVE_X86_CRC
-    if (crc_hardware) return crc32c_hardware(p, n);
-#endif
-    return crc32c_software(p, n);
-}
-
-/* ------------------------------------------------------------------ small helpers */
-static inline int64_t be64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
-    return (int64_t)v;
-}
-static inline int32_t be32(const uint8_t *p) {
-    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3]);
-}
-static inline int16_t be16(const uint8_t *p) { return (int16_t)(((uint16_t)p[0] << 8) | p[1]); }
-
-/* Kafka's zig-zag varint/varlong; 0 when truncated or longer than 64 bits. */
-static inline int read_varint(const uint8_t **pp, const uint8_t *end, int64_t *out) {
-    const uint8_t *p = *pp;
-    uint64_t v = 0;
-    int shift = 0;
-    while (p < end) {
-        uint8_t b = *p++;
-        v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *pp = p;
-            *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
-            return 1;
-        }
-        shift += 7;
-        if (shift > 63) return 0;
-    }
-    return 0;
-}
-
-typedef struct {
-    char *data;
-    size_t len, cap;
-} Buffer;
-
-static int buffer_reserve(Buffer *b, size_t extra) {
-    if (b->len + extra <= b->cap) return 1;
-    size_t cap = b->cap ? b->cap : 1 << 16;
-    while (cap < b->len + extra) cap *= 2;
-    char *data = PyMem_RawRealloc(b->data, cap); /* callable without the GIL */
-    if (!data) return 0;
-    b->data = data;
-    b->cap = cap;
-    return 1;
-}
-
-static inline char *put_int(char *o, int64_t v) {
-    char tmp[24];
-    int n = 0;
-    uint64_t u = v < 0 ? (uint64_t)(-(v + 1)) + 1 : (uint64_t)v;
-    if (v < 0) *o++ = '-';
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    while (n) *o++ = tmp[--n];
-    return o;
-}
-
-static inline char *put_digits(char *o, int v, int width) {
-    for (int i = width - 1; i >= 0; i--) {
-        o[i] = (char)('0' + v % 10);
-        v /= 10;
-    }
-    return o + width;
-}
-
-static const char HEX[] = "0123456789abcdef";
-
-static char *put_uuid(char *o, const uint8_t id[16]) {
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
-        *o++ = HEX[id[i] >> 4];
-        *o++ = HEX[id[i] & 15];
-    }
-    return o;
-}
-
-static inline int hex_value(uint8_t c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* "8-4-4-4-12" hex, any case (the validator's regex) -> 16 bytes; 0 if not that form. */
-static int parse_uuid(const uint8_t *s, size_t n, uint8_t id[16]) {
-    if (n != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-') return 0;
-    int k = 0;
-    for (size_t i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) continue;
-        int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
-        if (hi < 0 || lo < 0) return 0;
-        id[k++] = (uint8_t)(hi << 4 | lo);
-        i++;
-    }
-    return 1;
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm) and back. */
-static int64_t days_from_civil(int64_t y, int m, int d) {
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int *year, int *month, int *day) {
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    int64_t doe = z - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    int64_t y = yoe + era * 400;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    int64_t mp = (5 * doy + 2) / 153;
-    int d = (int)(doy - (153 * mp + 2) / 5 + 1);
-    int m = (int)(mp < 10 ? mp + 3 : mp - 9);
-    *year = (int)(y + (m <= 2));
-    *month = m;
-    *day = d;
-}
-
-static inline int64_t floor_div(int64_t a, int64_t b) {
-    int64_t q = a / b;
-    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
-}
-
-#define US_PER_DAY 86400000000LL
-
-/* ------------------------------------------------------------------ the strict reading form */
-typedef struct {
-    double t_min, t_max, h_min, h_max;
-    Py_ssize_t max_payload;
-    int64_t earliest_us, latest_us;
-} Limits;
-
-typedef struct {
-    uint8_t sensor[16];
-    int64_t stamp_us;
-    double t, h;
-    const uint8_t *stamp_text, *t_text, *h_text;
-    size_t stamp_len, t_len, h_len;
-    int t_negative_zero_int, h_negative_zero_int;
-} Parsed;
-
-static inline const uint8_t *skip_ws(const uint8_t *p, const uint8_t *end) {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
-    return p;
-}
-
-/* A JSON string without escapes or control characters: [*start, *len). */
-static inline const uint8_t *plain_string(const uint8_t *p, const uint8_t *end, const uint8_t **start, size_t *len) {
-    if (p >= end || *p != '"') return NULL;
-    const uint8_t *s = ++p;
-    while (p < end && *p != '"') {
-        if (*p == '\\' || *p < 0x20 || *p >= 0x80) return NULL;
-        p++;
-    }
-    if (p >= end) return NULL;
-    *start = s;
-    *len = (size_t)(p - s);
-    return p + 1;
-}
-
-static inline int two(const uint8_t *s) {
-    return (s[0] >= '0' && s[0] <= '9' && s[1] >= '0' && s[1] <= '9') ? (s[0] - '0') * 10 + (s[1] - '0') : -1;
-}
-
-/* YYYY-MM-DDTHH:MM:SS[.fff|.ffffff](+00:00|Z): the instant in µs since the epoch; 0 if another form. */
-static int parse_utc_timestamp(const uint8_t *s, size_t n, int64_t *out) {
-    if (n < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':') return 0;
-    int y1 = two(s), y2 = two(s + 2), mo = two(s + 5), d = two(s + 8), hh = two(s + 11), mi = two(s + 14),
-        ss = two(s + 17);
-    if (y1 < 0 || y2 < 0 || mo < 1 || mo > 12 || d < 1 || hh < 0 || hh > 23 || mi < 0 || mi > 59 || ss < 0 || ss > 59)
-        return 0;
-    int year = y1 * 100 + y2;
-    static const int month_days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    if (year < 1 || d > month_days[mo - 1] + (mo == 2 && leap)) return 0;
-    size_t i = 19;
-    int64_t micro = 0;
-    if (i < n && s[i] == '.') {
-        size_t digits = 0;
-        i++;
-        while (i + digits < n && s[i + digits] >= '0' && s[i + digits] <= '9') digits++;
-        if (digits != 3 && digits != 6) return 0;
-        for (size_t k = 0; k < digits; k++) micro = micro * 10 + (s[i + k] - '0');
-        if (digits == 3) micro *= 1000;
-        i += digits;
-    }
-    if (!((n - i == 1 && s[i] == 'Z') || (n - i == 6 && memcmp(s + i, "+00:00", 6) == 0))) return 0;
-    int64_t days = days_from_civil(year, mo, d);
-    *out = ((days * 24 + hh) * 60 + mi) * 60000000LL + (int64_t)ss * 1000000LL + micro;
-    return 1;
-}
-
-/* A JSON number token (strict grammar) within [low, high]. */
-static const uint8_t *number(const uint8_t *p, const uint8_t *end, double low, double high, double *value,
-                             const uint8_t **text, size_t *len, int *negative_zero_int) {
-    const uint8_t *s = p;
-    int integer = 1;
-    if (p < end && *p == '-') p++;
-    if (p >= end) return NULL;
-    if (*p == '0') {
-        p++;
-    } else if (*p >= '1' && *p <= '9') {
-        while (p < end && *p >= '0' && *p <= '9') p++;
-    } else {
-        return NULL;
-    }
-    if (p < end && *p == '.') {
-        integer = 0;
-        p++;
-        const uint8_t *f = p;
-        while (p < end && *p >= '0' && *p <= '9') p++;
-        if (p == f) return NULL;
-    }
-    if (p < end && (*p == 'e' || *p == 'E')) {
-        integer = 0;
-        p++;
-        if (p < end && (*p == '+' || *p == '-')) p++;
-        const uint8_t *e = p;
-        while (p < end && *p >= '0' && *p <= '9') p++;
-        if (p == e) return NULL;
-    }
-    size_t n = (size_t)(p - s);
-    if (n >= 48) return NULL;
-    char tmp[48];
-    memcpy(tmp, s, n);
-    tmp[n] = 0;
-    char *stop = NULL;
-    double v = strtod(tmp, &stop);
-    if (stop != tmp + n || !isfinite(v) || !(v >= low && v <= high)) return NULL;
-    *value = v;
-    *text = s;
-    *len = n;
-    /* JSON "-0" is the integer 0 for the validator (written "0"); "-0.0" stays a float. */
-    *negative_zero_int = integer && s[0] == '-' && v == 0.0;
-    return p;
-}
-
-enum { F_SENSOR = 1, F_STAMP = 2, F_TEMP = 4, F_HUM = 8 };
-
-/* 1: the value is a reading in the strict form (fields filled); 0: the Python validator decides. */
-static int parse_reading(const uint8_t *p, Py_ssize_t size, const Limits *lim, Parsed *r) {
-    if (size <= 0 || size > lim->max_payload) return 0;
-    const uint8_t *end = p + size;
-    p = skip_ws(p, end);
-    if (p >= end || *p != '{') return 0;
-    p++;
-    int seen = 0;
-    for (int field = 0; field < 4; field++) {
-        const uint8_t *key;
-        size_t key_len;
-        p = skip_ws(p, end);
-        p = plain_string(p, end, &key, &key_len);
-        if (!p) return 0;
-        p = skip_ws(p, end);
-        if (p >= end || *p != ':') return 0;
-        p = skip_ws(p + 1, end);
-        if (key_len == 9 && memcmp(key, "sensor_id", 9) == 0 && !(seen & F_SENSOR)) {
-            const uint8_t *s;
-            size_t n;
-            p = plain_string(p, end, &s, &n);
-            if (!p || !parse_uuid(s, n, r->sensor)) return 0;
-            seen |= F_SENSOR;
-        } else if (key_len == 9 && memcmp(key, "timestamp", 9) == 0 && !(seen & F_STAMP)) {
-            p = plain_string(p, end, &r->stamp_text, &r->stamp_len);
-            if (!p || !parse_utc_timestamp(r->stamp_text, r->stamp_len, &r->stamp_us)) return 0;
-            if (r->stamp_us < lim->earliest_us || r->stamp_us > lim->latest_us) return 0;
-            seen |= F_STAMP;
-        } else if (key_len == 11 && memcmp(key, "temperatura", 11) == 0 && !(seen & F_TEMP)) {
-            p = number(p, end, lim->t_min, lim->t_max, &r->t, &r->t_text, &r->t_len, &r->t_negative_zero_int);
-            if (!p) return 0;
-            seen |= F_TEMP;
-        } else if (key_len == 7 && memcmp(key, "umidade", 7) == 0 && !(seen & F_HUM)) {
-            p = number(p, end, lim->h_min, lim->h_max, &r->h, &r->h_text, &r->h_len, &r->h_negative_zero_int);
-            if (!p) return 0;
-            seen |= F_HUM;
-        } else {
-            return 0; /* another field, or one repeated */
-        }
-        p = skip_ws(p, end);
-        if (p >= end) return 0;
-        if (field < 3) {
-            if (*p != ',') return 0;
-            p++;
-        } else if (*p != '}') {
-            return 0;
-        }
-    }
-    p = skip_ws(p + 1, end);
-    return p == end;
-}
+#include "calendar.h"
+#include "copy_text.h"
+#include "crc32c.h"
+#include "reading.h"
+#include "wire.h"
 
 /* ------------------------------------------------------------------ Rows: one take's valid readings */
 typedef struct {
@@ -560,11 +203,13 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
     long partition;
     Limits lim;
     long long earliest, latest;
+    Py_ssize_t max_payload;
     static char *kwlist[] = {"max_records", "partition", "t_min", "t_max", "h_min", "h_max",
                              "max_payload", "earliest_us", "latest_us", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "nlddddnLL", kwlist, &max_records, &partition, &lim.t_min, &lim.t_max,
-                                     &lim.h_min, &lim.h_max, &lim.max_payload, &earliest, &latest))
+                                     &lim.h_min, &lim.h_max, &max_payload, &earliest, &latest))
         return NULL;
+    lim.max_payload = max_payload;
     lim.earliest_us = earliest;
     lim.latest_us = latest;
     if (self->pending_error) {
@@ -690,7 +335,7 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
         self->next_fetch_offset = offset + 1;
         taken++;
         Parsed r;
-        last_is_row = value_len > 0 && parse_reading(value, (Py_ssize_t)value_len, &lim, &r);
+        last_is_row = value_len > 0 && parse_reading(value, value_len, &lim, &r);
         if (last_is_row) {
             if (n_rows == rows_cap) {
                 rows_cap = rows_cap ? rows_cap * 2 : 1024;
@@ -778,7 +423,7 @@ done:
         rows = NULL;
         if (!result->copy) { Py_DECREF(result); goto fail; }
     }
-    PyMem_RawFree(out.data);
+    buffer_free(&out);
     PyMem_RawFree(rows);
     PyObject *ret = Py_BuildValue("(OOsnO)", result ? (PyObject *)result : Py_None, fallbacks, status, taken,
                                   last_is_row ? Py_True : Py_False);
@@ -787,7 +432,7 @@ done:
     return ret;
 fail:
     HOLD_GIL();
-    PyMem_RawFree(out.data);
+    buffer_free(&out);
     PyMem_RawFree(rows);
     Py_DECREF(fallbacks);
     return NULL;
@@ -1116,25 +761,6 @@ static PyObject *summary_add_reading(SummaryObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static char *put_double(char *o, double v) { return o + sprintf(o, "%.17g", v); }
-
-static char *put_bucket_time(char *o, int64_t us) {
-    int64_t day = floor_div(us, US_PER_DAY);
-    int64_t sec = (us - day * US_PER_DAY) / 1000000;
-    int y, m, d;
-    civil_from_days(day, &y, &m, &d);
-    o = put_digits(o, y, 4);
-    *o++ = '-';
-    o = put_digits(o, m, 2);
-    *o++ = '-';
-    o = put_digits(o, d, 2);
-    *o++ = ' ';
-    o = put_digits(o, (int)(sec / 3600), 2);
-    *o++ = ':';
-    o = put_digits(o, (int)(sec / 60 % 60), 2);
-    memcpy(o, ":00+00", 6);
-    return o + 6;
-}
 
 static int write_bucket(Buffer *out, const uint8_t id[16], const Bucket *b) {
     if (!buffer_reserve(out, 36 + 24 + 24 + 6 * 26 + 16)) return 0;
@@ -1197,10 +823,10 @@ static PyObject *summary_rollup_copy(SummaryObject *self, PyObject *args) {
         if (!ok) goto oom;
     }
     result = PyBytes_FromStringAndSize(out.data ? out.data : "", (Py_ssize_t)out.len);
-    PyMem_RawFree(out.data);
+    buffer_free(&out);
     return result;
 oom:
-    PyMem_RawFree(out.data);
+    buffer_free(&out);
     return PyErr_NoMemory();
 }
 
@@ -1405,7 +1031,7 @@ static int seed_hash_key(void) {
 }
 
 PyMODINIT_FUNC PyInit_iot_fastpath(void) {
-    crc_init();
+    crc32c_init();
     if (seed_hash_key() < 0) return NULL;
     if (PyType_Ready(&RowsType) < 0 || PyType_Ready(&CursorType) < 0 || PyType_Ready(&SummaryType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
@@ -1415,7 +1041,7 @@ PyMODINIT_FUNC PyInit_iot_fastpath(void) {
         PyModule_AddObjectRef(m, "Cursor", (PyObject *)&CursorType) < 0 ||
         PyModule_AddObjectRef(m, "Rows", (PyObject *)&RowsType) < 0 ||
         PyModule_AddObjectRef(m, "Summary", (PyObject *)&SummaryType) < 0 ||
-        PyModule_AddStringConstant(m, "CRC_IMPLEMENTATION", crc_hardware ? "sse4.2" : "table") < 0) {
+        PyModule_AddStringConstant(m, "CRC_IMPLEMENTATION", crc32c_hardware_enabled() ? "sse4.2" : "table") < 0) {
         Py_DECREF(m);
         return NULL;
     }
