@@ -38,10 +38,11 @@ READING_COLUMNS = 'sensor_id, "timestamp", temperatura, umidade, kafka_partition
 _READING_STAGE = """CREATE TEMP TABLE IF NOT EXISTS reading_stage (
     sensor_id uuid, "timestamp" timestamptz, temperatura double precision, umidade double precision,
     kafka_partition integer, kafka_offset bigint, extras jsonb) ON COMMIT DELETE ROWS"""
-# The first copy of each (sensor, timestamp) in Kafka order, when sensores has none yet; the rows
-# inserted become the minute buckets of the rollups (rollup_stage), in the same statement.
+# The first copy of each (sensor, timestamp) in Kafka order, when sensores has none yet; those rows
+# are inserted and become the minute buckets of the rollups (rollup_stage), in the same statement.
+# (Aggregated from the CTE, not from RETURNING: the consumer's role may not read values back.)
 _INSERT_NEW = f"""
-    WITH fresh AS (
+    WITH fresh AS MATERIALIZED (
         SELECT DISTINCT ON (s.sensor_id, s."timestamp") s.*
         FROM reading_stage s
         WHERE NOT EXISTS (
@@ -49,15 +50,14 @@ _INSERT_NEW = f"""
         ORDER BY s.sensor_id, s."timestamp", s.kafka_partition, s.kafka_offset
     ), inserted AS (
         INSERT INTO sensores ({READING_COLUMNS}) SELECT {READING_COLUMNS} FROM fresh
-        RETURNING sensor_id, "timestamp", temperatura, umidade
     ), minutes AS (
         INSERT INTO rollup_stage ({ROLLUP_COLUMNS})
         SELECT sensor_id, date_trunc('minute', "timestamp", 'UTC'), count(*), sum(temperatura), min(temperatura),
                max(temperatura), sum(umidade), min(umidade), max(umidade)
-        FROM inserted GROUP BY 1, 2
+        FROM fresh GROUP BY 1, 2
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM minutes)
+    SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM minutes)
 """
 _HOURS_FROM_MINUTES = (
     f"""
