@@ -24,7 +24,9 @@ import pytest
 
 from tests.helpers import REPO, require_docker, standin_images, wait_until
 
-pytestmark = pytest.mark.compose
+# Cold, the fixtures build docker-compose and the stand-in images from the Go module proxy (over
+# 10 min on 2 cores, past the suite's default timeout): the k8s suite allows the same hour.
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(3600)]
 
 PROJECT = "iot-compose-test"
 TOOLS = Path(os.environ.get("IOT_TOOLS_CACHE", Path.home() / ".cache" / "iot-monitor" / "bin"))
