@@ -649,3 +649,32 @@ def test_transaction_markers_are_skipped_alike_and_the_position_moves_past_them(
     assert_same_batches(python, native)
     _, _, _, python_next = take_all(GuardedPartitionRecords, b"".join(pieces), 0, max_records)
     assert python_next == offset  # past every marker, the trailing one included
+
+
+strict_readings = st.builds(
+    lambda sensor, upper, micros, t, h: json.dumps(
+        {
+            "sensor_id": str(sensor).upper() if upper else str(sensor),
+            "timestamp": (datetime(2000, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).isoformat(),
+            "temperatura": t,
+            "umidade": h,
+        }
+    ).encode(),
+    st.uuids(),
+    st.booleans(),
+    st.integers(0, int((NOW - datetime(2000, 1, 1, tzinfo=UTC)).total_seconds() * 1e6)),
+    st.floats(-40.0, 85.0),
+    st.floats(0.0, 100.0),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(strict_readings, min_size=1, max_size=40), per_batch=st.integers(1, 12))
+def test_every_strict_reading_takes_the_native_path(values: list[bytes], per_batch: int) -> None:
+    """Readings in the strict form - ids in either case, any instant from 2000 to now, values
+    anywhere inside the limits - are all decoded natively (not one left to the Python path), and
+    the rows equal the Python path's."""
+    python, native, _ = python_and_native(batches([Message(v) for v in values], per_batch), 0, 1000, 0)
+    assert_same_batches(python, native)
+    assert native.native_rows == len(values)
+    assert native.copy_lines == []
