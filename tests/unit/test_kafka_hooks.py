@@ -12,6 +12,8 @@ from importlib.metadata import version
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
+from kafka.consumer.subscription_state import SubscriptionState
+from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecords
 
 from iot_common.schema import DEFAULT_LIMITS
@@ -20,6 +22,7 @@ from iot_consumer.decoding import (
     NativePartitionRecords,
     PartitionDecodeError,
     install_decode_guard,
+    install_lenient_header_keys,
     install_native_decoder,
 )
 
@@ -105,3 +108,19 @@ def test_native_decoder_is_installed_on_a_real_consumer() -> None:
         assert Fetcher.PartitionRecords is not consumer._fetcher.PartitionRecords
     finally:
         consumer.close()
+
+
+def test_the_hooks_of_the_misbehaving_device_fixes_are_where_they_expect_them() -> None:
+    """The lenient header-key re-read wraps DefaultRecordBatch._read_msg (once, process-wide),
+    and positions past transaction markers read SubscriptionState.position(tp) (.offset)."""
+    install_lenient_header_keys()
+    install_lenient_header_keys()
+    wrapped = DefaultRecordBatch._read_msg
+    assert getattr(wrapped, "lenient_header_keys", False)
+    originals = [cell.cell_contents for cell in wrapped.__closure__ or ()]
+    assert any("h_key_len" in inspect.getsource(f) for f in originals if inspect.isfunction(f))
+    state = SubscriptionState()
+    tp = TopicPartition("t", 0)
+    state.assign_from_user([tp])
+    state.seek(tp, 42)
+    assert state.position(tp).offset == 42
