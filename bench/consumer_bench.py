@@ -37,7 +37,7 @@ from bench.common import (
     prefill,
     save,
 )
-from iot_consumer.schema import DailyPartitions, migrate
+from iot_consumer.migrations import DailyPartitions, migrate
 
 IDLE_S = 3.0
 VARIANT_LABELS = {"": "", "no-overlap": ", no writer thread", "drop-duplicates": ", --on-duplicate drop"}

@@ -1,5 +1,6 @@
 """What the rollups cost the consumer: per batch, the COPY of the rows next to the rollup work
-done in the same transaction (aggregation in Python + the two upserts), on a real PostgreSQL.
+done in the same transaction (the Python path's batch summary and its rollup rows + the two
+upserts), on a real PostgreSQL.
 
 Batches of --batch readings from --sensors sensors at 1 Hz (each batch covers batch/sensors
 seconds, so it touches about sensors × minutes-spanned minute buckets), written one after the
@@ -20,8 +21,9 @@ from datetime import UTC, datetime, timedelta
 from bench.common import Table, connect, drop_database, fmt, fresh_database, save
 from iot_consumer import rollups
 from iot_consumer.readings import Reading
-from iot_consumer.schema import DailyPartitions, migrate
+from iot_consumer.migrations import DailyPartitions, migrate
 from iot_consumer.sink import COPY_SQL
+from iot_consumer.summary import summary_of
 
 
 def batches(sensors: list[str], size: int, rounds: int, start: datetime) -> list[tuple[list[Reading], bytes]]:
@@ -63,16 +65,18 @@ def main() -> None:
                 began = time.perf_counter()
                 cur.copy_expert(COPY_SQL, io.BytesIO(payload), size=1 << 20)
                 copied = time.perf_counter()
-                minutes = rollups.by_minute(readings)
-                rollups.coarser(minutes)
+                summary = summary_of(readings)
+                summarised = time.perf_counter()
+                summary.rollup_copy(60)
+                summary.rollup_copy(3600)
                 aggregated = time.perf_counter()
-                buckets.append(rollups.upsert(cur, readings))
+                buckets.append(rollups.upsert(cur, summary))
                 done = time.perf_counter()
             conn.commit()
             copy_s.append(copied - began)
             aggregate_s.append(aggregated - copied)
-            # upsert() aggregates again before writing: its own time minus the aggregation.
-            upsert_s.append(max(0.0, (done - aggregated) - (aggregated - copied)))
+            # upsert() writes the rollup rows again before staging them: its own time minus that.
+            upsert_s.append(max(0.0, (done - aggregated) - (aggregated - summarised)))
         conn.close()
     finally:
         drop_database(database)
@@ -83,7 +87,7 @@ def main() -> None:
     rows = [
         ["COPY of the rows (the consumer's write)", fmt(copy_us, 2), "1.00×"],
         [
-            "rollups: aggregation in Python (by minute, merged to hours)",
+            "rollups: aggregation in Python (PythonSummary: by minute, merged to hours)",
             fmt(aggregate_us, 2),
             f"{aggregate_us / copy_us:.2f}×",
         ],

@@ -21,7 +21,7 @@ import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
-from iot_consumer.schema import migrate
+from iot_consumer.migrations import migrate
 from tests.helpers import BIN, Service, Stack, scalar, send_raw, wait_until
 
 

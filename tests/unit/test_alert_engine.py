@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from iot_consumer.alerts.engine import AlertEngine, AlertEvent, Evaluation
 from iot_consumer.alerts.rules import load_rules, parse_rules
 from iot_consumer.readings import Reading
+from iot_consumer.summary import summary_of
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SENSOR = str(uuid.UUID(int=1))
@@ -45,12 +46,12 @@ def run(engine: AlertEngine, readings: Iterable[Reading], batch: int = 7) -> lis
     for reading in readings:
         chunk.append(reading)
         if len(chunk) == batch:
-            ev = engine.evaluate(chunk)
+            ev = engine.evaluate(summary_of(chunk))
             engine.apply(ev)
             events += ev.events
             chunk = []
     if chunk:
-        ev = engine.evaluate(chunk)
+        ev = engine.evaluate(summary_of(chunk))
         engine.apply(ev)
         events += ev.events
     return events
@@ -126,10 +127,10 @@ def test_sensors_are_independent() -> None:
 def test_evaluation_changes_nothing_until_applied() -> None:
     """A batch whose transaction fails must leave the engine as PostgreSQL has it."""
     engine = AlertEngine(TEMPERATURE_ONLY)
-    failed = engine.evaluate(temps([35.0] * 10))
+    failed = engine.evaluate(summary_of(temps([35.0] * 10)))
     assert kinds(failed.events) == ["opened"]
     assert engine.states == {}
-    retried = engine.evaluate(temps([35.0] * 10))
+    retried = engine.evaluate(summary_of(temps([35.0] * 10)))
     engine.apply(retried)
     assert kinds(retried.events) == ["opened"]
     assert len(engine.open_alerts()) == 1
@@ -211,7 +212,7 @@ def test_an_empty_evaluation_writes_nothing() -> None:
     """Readings that change no state produce nothing to write (no transaction work per batch)."""
     assert not Evaluation().writes_anything
     engine = AlertEngine(TEMPERATURE_ONLY)
-    assert not engine.evaluate(temps([25.0] * 50)).writes_anything
+    assert not engine.evaluate(summary_of(temps([25.0] * 50))).writes_anything
 
 
 def test_a_reading_stamped_tomorrow_cannot_push_the_partition_clock_past_the_wall_clock() -> None:
@@ -221,8 +222,8 @@ def test_a_reading_stamped_tomorrow_cannot_push_the_partition_clock_past_the_wal
     engine = AlertEngine(SILENCE)
     now = datetime.now(UTC)
     fleet = [Reading(0, str(uuid.UUID(int=10 + i)), now - timedelta(seconds=1), 25.0, 50.0) for i in range(5)]
-    engine.apply(engine.evaluate(fleet))
-    ahead = engine.evaluate([Reading(0, SENSOR, now + timedelta(hours=23), 25.0, 50.0)])
+    engine.apply(engine.evaluate(summary_of(fleet)))
+    ahead = engine.evaluate(summary_of([Reading(0, SENSOR, now + timedelta(hours=23), 25.0, 50.0)]))
     assert ahead.events == []
     assert ahead.clocks[0] <= datetime.now(UTC)
     engine.apply(ahead)

@@ -29,7 +29,6 @@ from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from kafka.record.util import calc_crc32c
 
 from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
-from iot_consumer import rollups
 from iot_consumer.alerts.engine import AlertEngine, AlertState, Evaluation
 from iot_consumer.alerts.rules import RuleSet, SilenceRule, ThresholdRule
 from iot_consumer.batch import MAX_OLD_DAYS_PER_BATCH, Batch, build_batch
@@ -41,10 +40,10 @@ from iot_consumer.decoding import (
     decoder_available,
     expand,
     fastpath,
-    from_micros,
     install_lenient_header_keys,
-    to_micros,
 )
+from iot_consumer.readings import Reading
+from iot_consumer.summary import BatchSummary, PythonSummary, from_micros, to_micros
 
 if not decoder_available() and os.environ.get("IOT_REQUIRE_FASTPATH") == "1":
     pytest.fail("IOT_REQUIRE_FASTPATH=1 but iot_fastpath does not import (make dev builds it)", pytrace=False)
@@ -157,10 +156,13 @@ def parse_buckets(text: bytes) -> dict[tuple[str, datetime], tuple[float, ...]]:
     return out
 
 
-def python_buckets(batch: Batch, seconds: int) -> dict[tuple[str, datetime], tuple[float, ...]]:
-    minutes = rollups.by_minute(batch.readings)
-    buckets = minutes if seconds == 60 else rollups.coarser(minutes)
-    return {key: tuple(float(v) for v in agg) for key, agg in buckets.items()}
+def readings_of(batch: Batch) -> list[Reading]:
+    """Every valid reading of the batch, from its summary, in partition then offset order."""
+    summary = batch.summary
+    return [
+        Reading(p, s, from_micros(stamp), t, h)
+        for p, s, stamp, t, h in summary.readings_of([sensor for sensor, *_ in summary.sensors()])
+    ]
 
 
 def same_buckets(a: dict[Any, tuple[float, ...]], b: dict[Any, tuple[float, ...]]) -> bool:
@@ -179,9 +181,21 @@ def assert_same_batches(python: Batch, native: Batch) -> None:
     assert native.rows == python.rows
     assert native.with_extras == python.with_extras
     assert native.last_by_offset == python.last_by_offset
-    if native.summary is not None:
-        for seconds in (60, 3600):
-            assert same_buckets(parse_buckets(native.summary.rollup_copy(seconds)), python_buckets(python, seconds))
+    assert_same_summaries(python.summary, native.summary)
+
+
+def assert_same_summaries(python: BatchSummary, native: BatchSummary) -> None:
+    """The one batch interface, two implementations: the same rollups, sensor ranges, newest
+    readings, clocks, days and readings (floats: the same doubles; sums up to addition order)."""
+    for seconds in (60, 3600):
+        assert same_buckets(parse_buckets(native.rollup_copy(seconds)), parse_buckets(python.rollup_copy(seconds)))
+    assert native.rows == python.rows
+    assert sorted(native.sensors()) == sorted(python.sensors())
+    assert sorted(native.clocks()) == sorted(python.clocks())
+    assert sorted(native.days()) == sorted(python.days())
+    sensors = [sensor for sensor, *_ in python.sensors()]
+    assert native.readings_of(sensors) == python.readings_of(sensors)
+    assert native.readings_of(sensors[:1]) == python.readings_of(sensors[:1])
 
 
 RULES = RuleSet(
@@ -371,10 +385,11 @@ def test_native_and_python_paths_raise_the_same_alerts(
     python, native, _ = python_and_native(batches(msgs, 7), 0, 1000, 0)
     assert_same_batches(python, native)
     states = [AlertState(s, "hot", 3, "firing", start, uuid.uuid4(), start, 30.0, 30.0) for s in existing]
-    expected = engine_with_states(states).evaluate(python.readings)
-    engine = engine_with_states(states)
-    got = engine.evaluate(native.readings) if native.summary is None else engine.evaluate_summary(native.summary)
-    assert evaluation_key(got) == evaluation_key(expected)
+    # the native path took every reading without an extra field (not all fell back to Python)
+    assert native.native_rows == sum(1 for index in range(len(readings)) if index not in odd)
+    expected = engine_with_states(states).evaluate_readings(readings_of(python))
+    assert evaluation_key(engine_with_states(states).evaluate(native.summary)) == evaluation_key(expected)
+    assert evaluation_key(engine_with_states(states).evaluate(python.summary)) == evaluation_key(expected)
 
 
 # ---------------------------------------------------------------------- fuzzed batches
@@ -451,7 +466,7 @@ def test_rebuild_gives_the_python_paths_batch() -> None:
     python, native, records = python_and_native(VALID_BUFFER, 1000, 1000, 1000)
     assert native.rebuild is not None
     rebuilt = native.rebuild()
-    assert rebuilt.summary is None
+    assert isinstance(rebuilt.summary, PythonSummary)  # rows can be probed one by one (reject_rows)
     assert rows_of(rebuilt) == rows_of(python)
     assert [r.offset for r in rebuilt.sources] == [r.offset for r in python.sources]
     tp = TopicPartition(TOPIC, 3)
@@ -523,6 +538,36 @@ def test_every_header_byte_of_two_batches_corrupted_gives_the_same_outcome() -> 
             data = bytearray(VALID_BUFFER)
             data[position] = byte
             assert outcome(Native, bytes(data)) == outcome(GuardedPartitionRecords, bytes(data)), (position, byte)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    readings=st.lists(
+        st.tuples(
+            st.integers(0, 5),  # partition
+            st.integers(0, 50),  # offset (any order: a batch's partitions interleave)
+            st.sampled_from(SENSORS),
+            # 2000-01-01 .. 2100-01-01: minutes, hours and days at their edges
+            st.integers(946_684_800_000_000, 4_102_444_800_000_000),
+            st.floats(-1e6, 1e6, allow_nan=False),
+            st.floats(-1e6, 1e6, allow_nan=False),
+        ),
+        max_size=80,
+    )
+)
+def test_the_python_summary_is_the_c_summary(readings: list[tuple[int, int, str, int, float, float]]) -> None:
+    """The one batch interface has two implementations; fed the same readings in the same order
+    they return the same rollup rows, ranges, newest readings, clocks, days and readings."""
+    assert fastpath is not None
+    native, python = fastpath.Summary(), PythonSummary()
+    for reading in readings:
+        native.add_reading(*reading)
+        python.add_reading(*reading)
+    assert_same_summaries(python, native)
+    for seconds in (60, 3600):  # not only the same values: the same rows, bucket texts included
+        assert [line.split(b"\t")[:3] for line in native.rollup_copy(seconds).splitlines()] == [
+            line.split(b"\t")[:3] for line in python.rollup_copy(seconds).splitlines()
+        ]
 
 
 def test_a_summary_spanning_a_year_and_many_partitions_keeps_every_day() -> None:

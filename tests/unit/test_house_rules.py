@@ -167,15 +167,18 @@ def test_no_import_cycles_inside_a_package() -> None:
 # subpackage). Decoding below batches, batches below the sink, the sink below the writer (the
 # loop's only handle on it), the writer below the loop.
 CONSUMER_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("readings", "gaps", "decoding"),
+    ("readings", "gaps", "timers"),
+    ("summary",),
+    ("decoding",),
     ("batch",),
     ("metrics",),
     ("alerts",),
     ("rollups",),
-    ("schema", "duplicates"),
+    ("migrations", "duplicates", "position_store"),
     ("sink",),
     ("writer",),
     ("housekeeping", "positions", "outages", "deadletters"),
+    ("polling", "writing", "watching"),
     ("loop", "verify"),
     ("cli",),
 )

@@ -11,9 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iot_consumer.decoding import fastpath
 from iot_consumer.housekeeping import Retention, RetentionConfigError
 from iot_consumer.readings import Reading
-from iot_consumer.rollups import by_minute, coarser
+from iot_consumer.summary import BatchSummary, PythonSummary, to_micros
+
+# The two implementations of the batch summary the rollups are written from (C when built).
+SUMMARIES: list[type[BatchSummary] | None] = [PythonSummary, fastpath.Summary if fastpath is not None else None]
 
 SENSORS = [str(uuid.UUID(int=i)) for i in range(1, 4)]
 START = datetime(2026, 11, 27, 22, 58, tzinfo=UTC)
@@ -62,25 +66,45 @@ def assert_same(
         assert got[4] == pytest.approx(want[4], rel=1e-9, abs=1e-9)
 
 
+def buckets(
+    kind: type[BatchSummary] | None, readings: list[Reading], seconds: int
+) -> dict[tuple[str, datetime], list[float]]:
+    """The rollup rows a summary of ``readings`` (in that order) writes, parsed."""
+    if kind is None:
+        pytest.skip("iot_fastpath is not built (make dev builds it)")
+    summary = kind()
+    for offset, (partition, sensor, stamp, temperatura, umidade) in enumerate(readings):
+        summary.add_reading(partition, offset, sensor, to_micros(stamp), temperatura, umidade)
+    found = {}
+    for line in summary.rollup_copy(seconds).decode().splitlines():
+        sensor, bucket, *values = line.split("\t")
+        found[(sensor, datetime.fromisoformat(bucket))] = [float(v) for v in values]
+    return found
+
+
+@pytest.mark.parametrize("kind", SUMMARIES, ids=["python", "c"])
 @settings(max_examples=200, deadline=None)
-@given(readings_strategy)
-def test_minute_and_hour_buckets_equal_a_group_by_over_the_same_readings(readings: list[Reading]) -> None:
+@given(readings=readings_strategy)
+def test_minute_and_hour_buckets_equal_a_group_by_over_the_same_readings(
+    kind: type[BatchSummary] | None, readings: list[Reading]
+) -> None:
     """Per sensor and UTC minute (and hour, merged from the minutes): the same count, min and
     max as a GROUP BY, and the same sums up to rounding - whatever the order of the readings."""
-    minutes = by_minute(readings)
-    assert_same(minutes, group_by(readings, timedelta(minutes=1)))
-    assert_same(coarser(minutes), group_by(readings, timedelta(hours=1)))
-    assert_same(by_minute(list(reversed(readings))), group_by(readings, timedelta(minutes=1)))
+    assert_same(buckets(kind, readings, 60), group_by(readings, timedelta(minutes=1)))
+    assert_same(buckets(kind, readings, 3600), group_by(readings, timedelta(hours=1)))
+    assert_same(buckets(kind, list(reversed(readings)), 60), group_by(readings, timedelta(minutes=1)))
 
 
-def test_a_late_reading_lands_in_its_own_past_bucket() -> None:
+@pytest.mark.parametrize("kind", SUMMARIES, ids=["python", "c"])
+def test_a_late_reading_lands_in_its_own_past_bucket(kind: type[BatchSummary] | None) -> None:
     """A reading from yesterday, in a batch of today's, updates yesterday's minute and hour."""
     sensor = SENSORS[0]
     today = datetime(2026, 11, 28, 10, 0, 5, tzinfo=UTC)
     late = datetime(2026, 11, 27, 23, 59, 59, 999000, tzinfo=UTC)
-    minutes = by_minute([Reading(0, sensor, today, 25.0, 50.0), Reading(0, sensor, late, 21.0, 40.0)])
+    readings = [Reading(0, sensor, today, 25.0, 50.0), Reading(0, sensor, late, 21.0, 40.0)]
+    minutes = buckets(kind, readings, 60)
     assert set(minutes) == {(sensor, today.replace(second=0)), (sensor, late.replace(second=0, microsecond=0))}
-    hours = coarser(minutes)
+    hours = buckets(kind, readings, 3600)
     assert hours[(sensor, datetime(2026, 11, 27, 23, tzinfo=UTC))][:4] == [1, 21.0, 21.0, 21.0]
 
 

@@ -1,9 +1,12 @@
-"""Turning one poll's records into one write: a COPY buffer, dead letters and new positions.
+"""Turning one poll's records into one write: COPY rows, a summary, dead letters and new positions.
 
 This is the per-message hot path. Records the native decoder already turned into rows arrive as
-one :class:`~iot_consumer.decoding.NativeRows` per take (COPY text + compact values, summarised
-per batch in C by an ``iot_fastpath.Summary``: rollup buckets, per-sensor ranges, alert inputs);
-every other record gets one validation and one formatted line here, as on the Python path.
+one :class:`~iot_consumer.decoding.NativeRows` per take (COPY text + compact values); every
+other record gets one validation and one formatted line here, as on the Python path. Either
+way, every valid reading also goes into the batch's :class:`~iot_consumer.summary.BatchSummary`
+(rollup buckets, per-sensor ranges, alert inputs, days): ``iot_fastpath.Summary`` when the poll
+was decoded natively, :class:`~iot_consumer.summary.PythonSummary` otherwise. What the batch
+holds is the same kind of object either way; nothing after this module asks which decoder ran.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import orjson
 
 from iot_common.logging import get_logger
 from iot_common.schema import InvalidReading, ReadingLimits, ValidReading, validate_reading
-from iot_consumer.decoding import NativeRows, expand, fastpath, from_micros, to_micros
-from iot_consumer.readings import Reading
+from iot_consumer.decoding import NativeRows, expand, fastpath
+from iot_consumer.summary import BatchSummary, PythonSummary, from_micros, to_micros
 
 EPOCH_DAY = date(1970, 1, 1)
 
@@ -67,8 +70,8 @@ class Batch:
     copy_lines: list[str] = field(default_factory=list)
     # The Kafka record behind each COPY line, to dead-letter a row PostgreSQL refuses.
     sources: list[Any] = field(default_factory=list)
-    # The parsed reading behind each COPY line, for the alert rules: (partition, sensor, time, temp, hum).
-    readings: list[Reading] = field(default_factory=list)
+    # Every valid reading of the batch, summarised for rollups and alerts (summary.py).
+    summary: BatchSummary = field(default_factory=PythonSummary)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     positions: list[PositionUpdate] = field(default_factory=list)
     days: set[date] = field(default_factory=set)
@@ -77,11 +80,9 @@ class Batch:
     with_extras: int = 0
     # Per partition: the timestamp of its last reading by offset (end-to-end latency sample).
     last_by_offset: dict[int, datetime] = field(default_factory=dict)
-    # Native path: the rows' COPY text per take, and the batch's iot_fastpath.Summary (which then
-    # holds every valid reading of the batch, for rollups and alerts; ``readings`` does not).
+    # Native path: the rows' COPY text per take.
     native_copy: list[bytes] = field(default_factory=list)
     native_rows: int = 0
-    summary: Any = None
     # Native path: the same batch built by the Python path (to find a row PostgreSQL refuses).
     rebuild: Callable[[], Batch] | None = None
     # Partition → offset of its first record left out (the day budget ran out): read again from there.
@@ -99,15 +100,32 @@ class Batch:
             return python_rows
         return b"".join([*self.native_copy, python_rows])
 
+    def add_reading(self, reading: ValidReading, partition: int, offset: int, record: Any = None) -> None:
+        """One valid reading as a row of the batch: its COPY line, its summary entry, its day."""
+        stamp = reading.timestamp
+        self.copy_lines.append(copy_line(reading, partition, offset))
+        self.sources.append(record)
+        self.summary.add_reading(
+            partition, offset, reading.sensor_id, to_micros(stamp), reading.temperatura, reading.umidade
+        )
+        self.days.add(stamp.date())
+        if reading.extras is not None:
+            self.with_extras += 1
+
     def reject_rows(self, rejected: list[tuple[int, str]]) -> None:
-        """Move rows PostgreSQL refused from the COPY buffer to the dead letters."""
+        """Move rows PostgreSQL refused from the COPY buffer (and the summary) to the dead letters."""
+        # Rows are probed one by one on the Python path only (``rebuild`` gives that batch).
+        assert isinstance(self.summary, PythonSummary), "reject rows of a rebuilt batch"
+        assert not self.native_rows, "reject rows of a rebuilt batch"
+        refused: set[tuple[int, int]] = set()
         for index, detail in sorted(rejected, reverse=True):
             record = self.sources.pop(index)
             del self.copy_lines[index]
-            del self.readings[index]
+            refused.add((record.partition, record.offset))
             self.dead_letters.append(
                 _dead_letter(record.topic, record.partition, record, "rejected_by_database", detail)
             )
+        self.summary = self.summary.without(refused)
 
 
 def copy_text(value: str) -> str:
@@ -159,24 +177,26 @@ def build_batch(
     batch = Batch()
     now = now or datetime.now(UTC)
     limits = limits.at(now)
-    days = batch.days
-    summary = None
-    if fastpath is not None and _has_native_rows(records_by_partition):
+    native = fastpath is not None and _has_native_rows(records_by_partition)
+    if native:
+        assert fastpath is not None
         by_partition = {tp: list(records) for tp, records in records_by_partition.items()}
         if _stale_native_rows(by_partition, position):
             # Rows before the position (a stale fetch after a seek): the Python path skips them one by one.
             return build_batch(expand(by_partition), stored, position, limits, now)
-        summary = batch.summary = fastpath.Summary()
+        batch.summary = fastpath.Summary()
         batch.rebuild = lambda: build_batch(expand(by_partition), stored, position, limits, now)
         records_by_partition = by_partition
-    budget = DayBudget(now.date())
+    # The Python path cuts a partition at the first record over the day budget as it goes; the
+    # native path learns its days from the summary afterwards, and is rebuilt if over.
+    budget = DayBudget(now.date(), cut=not native)
     for tp, records in records_by_partition.items():
         start = position.get(tp.partition)
         if start is not None:
             _add_partition(batch, tp, records, start, stored.get(tp.partition), limits, now, budget)
-    if summary is not None:
-        days.update(EPOCH_DAY + timedelta(days=day) for day in summary.days())
-        if budget.exceeded_by(days):
+    if native:
+        batch.days.update(EPOCH_DAY + timedelta(days=day) for day in batch.summary.days())
+        if budget.exceeded_by(batch.days):
             # A dead clock's days: the Python path cuts the batch at the first record over the budget.
             return build_batch(expand(by_partition), stored, position, limits, now)
     return batch
@@ -185,12 +205,13 @@ def build_batch(
 class DayBudget:
     """The days one batch may touch: the recent ones freely, :data:`MAX_OLD_DAYS_PER_BATCH` others."""
 
-    def __init__(self, today: date) -> None:
+    def __init__(self, today: date, cut: bool = True) -> None:
         self.recent = {today + timedelta(days=d) for d in range(-RECENT_DAYS_BEHIND, RECENT_DAYS_AHEAD + 1)}
+        self.cut = cut  # False: every day is allowed while adding (checked afterwards, ``exceeded_by``)
 
     def allows(self, days: set[date], day: date) -> bool:
         """``day`` may join a batch that touches ``days``."""
-        return day in days or day in self.recent or len(days - self.recent) < MAX_OLD_DAYS_PER_BATCH
+        return not self.cut or day in days or day in self.recent or len(days - self.recent) < MAX_OLD_DAYS_PER_BATCH
 
     def exceeded_by(self, days: set[date]) -> bool:
         return len(days - self.recent) > MAX_OLD_DAYS_PER_BATCH
@@ -209,11 +230,8 @@ def _add_partition(
     """One partition's records into ``batch`` (records before ``start`` are skipped; on the
     Python path, the partition stops at a record whose day the budget has no room for)."""
     partition = tp.partition
-    append = batch.copy_lines.append
-    remember = batch.sources.append
-    keep = batch.readings.append
     days = batch.days
-    summary = batch.summary
+    add = batch.add_reading
     last_offset = -1  # of the last record consumed (the new position follows it)
     last_valid = -1  # of the valid reading with the highest offset, and its timestamp (latency sample)
     last_stamp: datetime | None = None
@@ -236,21 +254,12 @@ def _add_partition(
         assert type(reading) is ValidReading
         stamp = reading.timestamp
         day = stamp.date()
-        if summary is None and not budget.allows(days, day):
+        if not budget.allows(days, day):
             batch.cuts[partition] = offset
             break
         last_offset = offset  # a native take lists the item with its last record last (decoding.NativeTake)
         batch.consumed += 1
-        days.add(day)
-        if reading.extras is not None:
-            batch.with_extras += 1
-        append(copy_line(reading, partition, offset))
-        remember(record)
-        keep(Reading(partition, reading.sensor_id, stamp, reading.temperatura, reading.umidade))
-        if summary is not None:
-            summary.add_reading(
-                partition, offset, reading.sensor_id, to_micros(stamp), reading.temperatura, reading.umidade
-            )
+        add(reading, partition, offset, record)
         if offset > last_valid:
             last_valid = offset
             last_stamp = stamp
@@ -273,7 +282,7 @@ def _judge(record: Any, topic: str, partition: int, limits: ReadingLimits, now: 
 
 def _add_native_rows(batch: Batch, native: NativeRows, partition: int) -> Any:
     rows = native.rows
-    batch.summary.add(rows, partition)
+    batch.summary.add(rows, partition)  # type: ignore[attr-defined]  # an iot_fastpath.Summary (build_batch)
     batch.native_copy.append(rows.copy)
     batch.native_rows += rows.count
     batch.consumed += rows.count

@@ -38,7 +38,7 @@ from iot_consumer.housekeeping import (
 )
 from iot_consumer.loop import ConsumerOptions, ConsumerService
 from iot_consumer.positions import OffsetGapPolicy, reset_positions
-from iot_consumer.schema import migrate, transaction
+from iot_consumer.migrations import migrate, transaction
 from iot_consumer.sink import PostgresSink
 from iot_consumer.verify import kafka_log, reconcile
 

@@ -6,25 +6,23 @@ also marks those dead letters replayed and writes an audit row in ``dead_letter_
 A dead letter is replayed only while ``replayed_at`` is NULL, under ``FOR UPDATE``: a second
 replay, or two at once, can never insert a reading twice. Rows keep their Kafka partition and
 offset, so ``iot-consumer verify`` still accounts for every message exactly once (a replayed
-dead letter counts as its row).
+dead letter counts as its row). The rows and their rollups are written by the consumer's own
+``sink.store_rows``.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg2.extensions
 
 from iot_common.schema import InvalidReading, ReadingLimits, validate_reading
-from iot_consumer import rollups
-from iot_consumer.batch import copy_line
-from iot_consumer.readings import Reading
-from iot_consumer.schema import PARTITION_LOCK_KEY
-from iot_consumer.sink import COPY_SQL
+from iot_consumer.batch import Batch
+from iot_consumer.migrations import create_day_partitions
+from iot_consumer.sink import store_rows
 
 CHUNK = 1000
 
@@ -106,16 +104,6 @@ class ReplayResult:
     still_invalid_by_reason: dict[str, int] = field(default_factory=dict)
 
 
-def _store(cur: psycopg2.extensions.cursor, lines: list[str], readings: list[Reading], days: set[date]) -> None:
-    """Write replayed readings and their rollups, as a consumer batch would."""
-    # Same lock as the consumers' partition creators (see schema.DailyPartitions).
-    cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
-    for day in sorted(days):
-        cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
-    cur.copy_expert(COPY_SQL, io.BytesIO("".join(lines).encode()))
-    rollups.upsert(cur, readings)
-
-
 def replay(
     conn: psycopg2.extensions.connection,
     which: DeadLetterFilter,
@@ -153,10 +141,8 @@ def replay(
                 if not chunk:
                     break
                 last_id = int(chunk[-1][0])
-                lines: list[str] = []
-                readings: list[Reading] = []
+                rows = Batch()  # what a consumer batch of these readings would write (no positions)
                 replayed_ids: list[int] = []
-                days: set[date] = set()
                 for letter_id, partition, offset, payload, truncated in chunk:
                     result.examined += 1
                     if payload is None or truncated:
@@ -169,16 +155,11 @@ def replay(
                         reason = exc.reason.value
                         result.still_invalid_by_reason[reason] = result.still_invalid_by_reason.get(reason, 0) + 1
                         continue
-                    lines.append(copy_line(reading, int(partition), int(offset)))
-                    readings.append(
-                        Reading(
-                            int(partition), reading.sensor_id, reading.timestamp, reading.temperatura, reading.umidade
-                        )
-                    )
+                    rows.add_reading(reading, int(partition), int(offset))
                     replayed_ids.append(int(letter_id))
-                    days.add(reading.timestamp.date())
-                if lines:
-                    _store(cur, lines, readings, days)
+                if replayed_ids:
+                    create_day_partitions(cur, rows.days)
+                    store_rows(cur, rows)
                     cur.execute(
                         "UPDATE dead_letters SET replayed_at = now(), replay_id = %s WHERE id = ANY(%s)",
                         (result.replay_id, replayed_ids),

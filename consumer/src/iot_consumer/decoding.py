@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from types import ModuleType
 from typing import Any, ClassVar
@@ -43,15 +43,13 @@ from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecords
 
 from iot_common.schema import ReadingLimits
+from iot_consumer.summary import to_micros
 
 try:
     import iot_fastpath
 except ImportError:  # not built (a platform without a C compiler): the Python path does everything
     iot_fastpath = None  # type: ignore[assignment]
 fastpath: ModuleType | None = iot_fastpath
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
 
 
 class Decoder(StrEnum):
@@ -65,14 +63,6 @@ class Decoder(StrEnum):
 def decoder_available() -> bool:
     """True when the native decoder (iot_fastpath) is importable."""
     return fastpath is not None
-
-
-def to_micros(stamp: datetime) -> int:
-    return (stamp - EPOCH) // MICROSECOND
-
-
-def from_micros(micros: int) -> datetime:
-    return EPOCH + timedelta(microseconds=micros)
 
 
 class PartitionDecodeError(KafkaError):  # type: ignore[misc]

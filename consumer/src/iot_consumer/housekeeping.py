@@ -23,7 +23,7 @@ import psycopg2.extensions
 from iot_common.errors import summary
 from iot_common.logging import get_logger
 from iot_consumer import metrics as m
-from iot_consumer.schema import PARTITION_LOCK_KEY
+from iot_consumer.migrations import PARTITION_LOCK_KEY
 
 log = get_logger(__name__)
 
@@ -112,7 +112,7 @@ def drop_expired(
             if not (row and row[0]):
                 conn.rollback()
                 return None
-            # Partition DDL of any kind is serialised (see schema.DailyPartitions).
+            # Partition DDL of any kind is serialised (see migrations.DailyPartitions).
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
             _record_policy_as_owner(cur, retention)
             for table, days in retention.days().items():

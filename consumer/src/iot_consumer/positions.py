@@ -192,7 +192,7 @@ class PartitionPositions:
         for partition in self.halted.keys() - halted.keys():
             log.info("offset_gap_resolved", partition=partition, position=position.get(partition))
         self.halted = halted
-        sink.topic_id = self.topic_id
+        sink.positions.topic_id = self.topic_id
         sink.load_alert_state(position)
         self.position = position
         self.stored = {}
@@ -263,7 +263,7 @@ class PartitionPositions:
             return None
         target = gap.log_start if self.policy is OffsetGapPolicy.RESUME_EARLIEST else gap.log_end
         skipped = (target - gap.log_start) if gap.kind is not GapKind.BEHIND_LOG_START else (target - gap.position)
-        sink.topic_id = self.topic_id
+        sink.positions.topic_id = self.topic_id
         sink.record_gap_and_move(gap, stored, target, self.policy.value, skipped)
         m.OFFSET_GAPS.labels(gap.kind.value, self.policy.value).inc()
         if skipped:

@@ -9,24 +9,19 @@ gateway back online) updates its past bucket like any other.
 
 Upserts go in (sensor, bucket) order (``ORDER BY`` in the INSERT … SELECT): two replicas touching the same buckets (a producer
 without keys spreads one sensor over partitions) then lock rows in one order and cannot
-deadlock. The aggregation is per batch - in C on the native path (``iot_fastpath.Summary``), in
-Python otherwise (``by_minute``) - so that the database receives one row per sensor-minute
-instead of re-reading the batch's rows. (With ``--on-duplicate drop`` the rows actually
-inserted are aggregated in SQL instead: see duplicates.py.)
+deadlock. The aggregation is per batch, in the batch's summary (summary.py: in C when the batch
+was decoded natively), so that the database receives one row per sensor-minute instead of
+re-reading the batch's rows. (With ``--on-duplicate drop`` the rows actually inserted are
+aggregated in SQL instead: see duplicates.py.)
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
-from datetime import datetime
 
 import psycopg2.extensions
 
-from iot_consumer.readings import Reading
-
-# (sensor_id, bucket start) -> [count, temperatura sum, min, max, umidade sum, min, max]
-Buckets = dict[tuple[str, datetime], list[float]]
+from iot_consumer.summary import BatchSummary
 
 TABLES = ("sensores_minuto", "sensores_hora")
 COLUMNS = (
@@ -66,83 +61,21 @@ REBUILD_SQL = f"""
 """
 
 
-def by_minute(readings: Iterable[Reading]) -> Buckets:
-    """Aggregate readings (partition, sensor, UTC time, temperatura, umidade) per sensor-minute."""
-    buckets: Buckets = {}
-    get = buckets.get
-    for _partition, sensor, stamp, temperatura, umidade in readings:
-        key = (sensor, stamp.replace(second=0, microsecond=0))
-        agg = get(key)
-        if agg is None:
-            buckets[key] = [1, temperatura, temperatura, temperatura, umidade, umidade, umidade]
-            continue
-        agg[0] += 1
-        agg[1] += temperatura
-        if temperatura < agg[2]:
-            agg[2] = temperatura
-        elif temperatura > agg[3]:
-            agg[3] = temperatura
-        agg[4] += umidade
-        if umidade < agg[5]:
-            agg[5] = umidade
-        elif umidade > agg[6]:
-            agg[6] = umidade
-    return buckets
-
-
-def coarser(minutes: Buckets) -> Buckets:
-    """Merge per-minute buckets into per-hour buckets."""
-    hours: Buckets = {}
-    for (sensor, minute), agg in minutes.items():
-        key = (sensor, minute.replace(minute=0))
-        into = hours.get(key)
-        if into is None:
-            hours[key] = list(agg)
-            continue
-        into[0] += agg[0]
-        into[1] += agg[1]
-        into[2] = min(into[2], agg[2])
-        into[3] = max(into[3], agg[3])
-        into[4] += agg[4]
-        into[5] = min(into[5], agg[5])
-        into[6] = max(into[6], agg[6])
-    return hours
-
-
-def _copy_text(buckets: Buckets) -> bytes:
-    """The buckets as COPY text rows of rollup_stage."""
-    lines = [
-        f"{sensor}\t{bucket.isoformat()}\t{int(a[0])}\t{a[1]!r}\t{a[2]!r}\t{a[3]!r}\t{a[4]!r}\t{a[5]!r}\t{a[6]!r}\n"
-        for (sensor, bucket), a in buckets.items()
-    ]
-    return "".join(lines).encode()
-
-
-def upsert(cur: psycopg2.extensions.cursor, readings: Iterable[Reading]) -> int:
-    """Add ``readings`` to both rollups inside the caller's transaction; the minute buckets touched.
-
-    The days' partitions of the rollups exist whenever ``sensores``' do
-    (``iot_ensure_sensores_partition`` creates all three).
-    """
-    minutes = by_minute(readings)
-    if not minutes:
+def upsert(cur: psycopg2.extensions.cursor, summary: BatchSummary) -> int:
+    """Add the batch's buckets to both rollups inside the caller's transaction; the minute
+    buckets touched. The days' partitions of the rollups exist whenever ``sensores``' do
+    (``iot_ensure_sensores_partition`` creates all three)."""
+    minute_rows = summary.rollup_copy(60)
+    if not minute_rows:
         return 0
-    upsert_staged(cur, _copy_text(minutes), _copy_text(coarser(minutes)))
-    return len(minutes)
+    cur.execute(STAGE_SQL)
+    for table, rows in zip(TABLES, (minute_rows, summary.rollup_copy(3600)), strict=True):
+        cur.copy_expert("COPY rollup_stage FROM STDIN", io.BytesIO(rows), size=1 << 20)
+        upsert_from_stage(cur, table)
+        cur.execute("DELETE FROM rollup_stage")
+    return minute_rows.count(b"\n")
 
 
 def upsert_from_stage(cur: psycopg2.extensions.cursor, table: str) -> None:
     """Add what rollup_stage holds to ``table`` (in (sensor, bucket) order: no deadlock)."""
     cur.execute(_UPSERT.format(table=table, columns=COLUMNS))
-
-
-def upsert_staged(cur: psycopg2.extensions.cursor, minute_rows: bytes, hour_rows: bytes) -> None:
-    """Add buckets already in rollup_stage's COPY text form (the native path's
-    ``Summary.rollup_copy``) to both rollups inside the caller's transaction."""
-    if not minute_rows:
-        return
-    cur.execute(STAGE_SQL)
-    for table, rows in zip(TABLES, (minute_rows, hour_rows), strict=True):
-        cur.copy_expert("COPY rollup_stage FROM STDIN", io.BytesIO(rows), size=1 << 20)
-        upsert_from_stage(cur, table)
-        cur.execute("DELETE FROM rollup_stage")

@@ -1,9 +1,11 @@
-"""PostgreSQL side of the consumer: one transaction per batch (rows + their rollups + dead
-letters + positions).
+"""PostgreSQL side of the consumer: one transaction per batch - its rows and their rollups,
+its dead letters, the alert rows it causes and the positions it moves - or nothing.
 
-The stored positions are the source of truth for where consumption stands. A batch commits
-only if every partition's stored position is still the one this process started from; a
-replica that lost a partition in a rebalance ("zombie") therefore cannot write it.
+:func:`store_rows` is the one place rows and rollups are written (the consumer's batches and a
+dead-letter replay alike); positions, their fencing and the offset-gap records are the
+:class:`~iot_consumer.position_store.PositionStore`'s. A batch commits only if every
+partition's stored position is still the one this process started from; a replica that lost a
+partition in a rebalance ("zombie") therefore cannot write it.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 import psycopg2
 import psycopg2.extensions
@@ -30,7 +30,8 @@ from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.batch import MAX_STORED_KEY, MAX_STORED_PAYLOAD, Batch, DeadLetter
 from iot_consumer.duplicates import DuplicatePolicy, insert_new_readings
 from iot_consumer.gaps import OffsetGap
-from iot_consumer.schema import DailyPartitions
+from iot_consumer.position_store import FencedError, PositionStore, StoredPosition
+from iot_consumer.migrations import DailyPartitions
 
 log = get_logger(__name__)
 
@@ -38,16 +39,58 @@ COPY_SQL = (
     'COPY sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset, extras) FROM STDIN'
 )
 
-
-class StoredPosition(NamedTuple):
-    """A row of ``consumer_positions``: the next offset, and the id of the topic it belongs to."""
-
-    next_offset: int
-    topic_id: uuid.UUID | None
+__all__ = ["COPY_SQL", "FencedError", "PostgresSink", "StoredPosition", "store_rows"]
 
 
-class FencedError(RuntimeError):
-    """Stored positions moved under us: another replica owns (or owned) the partition."""
+def store_rows(
+    cur: psycopg2.extensions.cursor, batch: Batch, duplicates: DuplicatePolicy = DuplicatePolicy.KEEP
+) -> tuple[float, float]:
+    """The batch's rows into ``sensores`` and its summary into both rollups, inside the caller's
+    transaction (the days' partitions exist). Sets ``batch.duplicates_dropped`` under
+    ``DuplicatePolicy.DROP``. Returns the seconds spent on the rows and on the rollups."""
+    if not batch.rows:
+        return 0.0, 0.0
+    started = time.perf_counter()
+    if duplicates is DuplicatePolicy.DROP:
+        # The rows actually inserted feed the rollups, in the same statement (duplicates.py).
+        batch.duplicates_dropped = insert_new_readings(cur, batch.copy_payload(), batch.rows)
+        return time.perf_counter() - started, 0.0
+    cur.copy_expert(COPY_SQL, io.BytesIO(batch.copy_payload()), size=1 << 20)
+    copied = time.perf_counter()
+    rollups.upsert(cur, batch.summary)
+    return copied - started, time.perf_counter() - copied
+
+
+def store_dead_letters(cur: psycopg2.extensions.cursor, group: str, letters: list[DeadLetter]) -> None:
+    """Dead letters into ``dead_letters``, payloads and keys bounded (their true sizes kept)."""
+    rows = [
+        (
+            group,
+            letter.topic,
+            letter.partition,
+            letter.offset,
+            datetime.fromtimestamp(letter.kafka_timestamp_ms / 1000, UTC)
+            if letter.kafka_timestamp_ms is not None
+            else None,
+            psycopg2.Binary(letter.key[:MAX_STORED_KEY]) if letter.key is not None else None,
+            psycopg2.Binary(letter.payload[:MAX_STORED_PAYLOAD]) if letter.payload is not None else None,
+            letter.payload_size,
+            letter.payload_size > MAX_STORED_PAYLOAD,
+            len(letter.key) if letter.key is not None else None,
+            letter.key is not None and len(letter.key) > MAX_STORED_KEY,
+            letter.reason,
+            letter.detail[:1000],
+        )
+        for letter in letters
+    ]
+    execute_values(
+        cur,
+        """INSERT INTO dead_letters (consumer_group, topic, kafka_partition, kafka_offset, kafka_timestamp,
+               message_key, payload, payload_size, payload_truncated, key_size, key_truncated, reason, detail)
+           VALUES %s""",
+        rows,
+        page_size=1000,
+    )
 
 
 class PostgresSink:
@@ -67,12 +110,11 @@ class PostgresSink:
         self.duplicates = duplicates
         self.group = group
         self.topic = topic
+        self.positions = PositionStore(group, topic)
         self.day_partitions = DailyPartitions(days_ahead)  # PostgreSQL's daily partitions of sensores
         self._conn: psycopg2.extensions.connection | None = None
         self.last_copy_seconds = 0.0
         self.last_rollup_seconds = 0.0
-        # The topic's id as Kafka reports it, stored with every position (detects a re-created topic).
-        self.topic_id: uuid.UUID | None = None
 
     # ------------------------------------------------------------------ connection
     def connection(self) -> psycopg2.extensions.connection:
@@ -114,20 +156,11 @@ class PostgresSink:
     # ------------------------------------------------------------------ positions
     def load_positions(self, partitions: Iterable[int]) -> dict[int, StoredPosition | None]:
         """Stored positions of ``partitions`` (None where nothing is stored yet)."""
-        wanted = sorted(set(partitions))
         conn = self.connection()
         with conn.cursor() as cur:
-            cur.execute(
-                """SELECT kafka_partition, next_offset, topic_id FROM consumer_positions
-                   WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)""",
-                (self.group, self.topic, wanted),
-            )
-            found = {
-                int(p): StoredPosition(int(o), uuid.UUID(str(t)) if t is not None else None)
-                for p, o, t in cur.fetchall()
-            }
+            found = self.positions.load(cur, partitions)
         conn.rollback()
-        return {p: found.get(p) for p in wanted}
+        return found
 
     def record_gap_and_move(
         self, gap: OffsetGap, expected: int | None, new_offset: int, action: str, skipped: int
@@ -137,28 +170,7 @@ class PostgresSink:
         conn = self.connection()
         try:
             with conn.cursor() as cur:
-                cur.execute(
-                    """INSERT INTO offset_gaps (consumer_group, topic, kafka_partition, kind, stored_position,
-                           log_start, log_end, records_lost, action, new_position, records_skipped,
-                           old_topic_id, topic_id)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                    (
-                        self.group,
-                        self.topic,
-                        gap.partition,
-                        gap.kind.value,
-                        gap.position,
-                        gap.log_start,
-                        gap.log_end,
-                        gap.records_lost,
-                        action,
-                        new_offset,
-                        skipped,
-                        str(gap.stored_topic_id) if gap.stored_topic_id else None,
-                        str(gap.topic_id) if gap.topic_id else None,
-                    ),
-                )
-                self._set_position(cur, gap.partition, expected, new_offset)
+                self.positions.record_gap(cur, gap, expected, new_offset, action, skipped)
             conn.commit()
         except BaseException:
             self._rollback(conn)
@@ -178,14 +190,7 @@ class PostgresSink:
         conn = self.connection()
         try:
             with conn.cursor() as cur:
-                cur.execute(
-                    """SELECT kafka_partition, next_offset FROM consumer_positions
-                       WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s) FOR UPDATE""",
-                    (self.group, self.topic, sorted(fence)),
-                )
-                found = {int(p): int(o) for p, o in cur.fetchall()}
-                if found != fence:
-                    raise FencedError(f"stored positions {found} are no longer {fence}")
+                self.positions.hold(cur, fence)
                 written = self.alerts.write(cur, evaluation)
             conn.commit()
         except BaseException:
@@ -196,7 +201,8 @@ class PostgresSink:
 
     # ------------------------------------------------------------------ writing
     def write(self, batch: Batch) -> None:
-        """Write the batch's rows, dead letters and positions in one transaction, or nothing.
+        """Write the batch's rows, rollups, dead letters, alert rows and positions in one
+        transaction, or nothing.
 
         Raises FencedError when a stored position is not the expected one, and the
         psycopg2 error otherwise; the transaction is rolled back in both cases.
@@ -205,32 +211,16 @@ class PostgresSink:
         if batch.days:
             self.day_partitions.ensure(conn, batch.days)
         alerts = self.alerts
-        evaluation = None
-        if alerts is not None:
-            evaluation = (
-                alerts.evaluate(batch.readings) if batch.summary is None else alerts.evaluate_summary(batch.summary)
-            )
+        evaluation = alerts.evaluate(batch.summary) if alerts is not None else None
         alerts_written = False
         try:
             with conn.cursor() as cur:
-                if batch.rows and self.duplicates is DuplicatePolicy.DROP:
-                    started = time.perf_counter()
-                    batch.duplicates_dropped = insert_new_readings(cur, batch.copy_payload(), batch.rows)
-                    self.last_copy_seconds, self.last_rollup_seconds = time.perf_counter() - started, 0.0
-                elif batch.rows:
-                    self._copy(cur, batch.copy_payload())
-                    started = time.perf_counter()
-                    summary = batch.summary
-                    if summary is None:
-                        rollups.upsert(cur, batch.readings)
-                    else:
-                        rollups.upsert_staged(cur, summary.rollup_copy(60), summary.rollup_copy(3600))
-                    self.last_rollup_seconds = time.perf_counter() - started
+                self.last_copy_seconds, self.last_rollup_seconds = store_rows(cur, batch, self.duplicates)
                 if batch.dead_letters:
-                    self._insert_dead_letters(cur, batch.dead_letters)
+                    store_dead_letters(cur, self.group, batch.dead_letters)
                 if alerts is not None and evaluation is not None:
                     alerts_written = alerts.write(cur, evaluation)
-                self._advance_positions(cur, batch)
+                self.positions.advance(cur, batch.positions)
             conn.commit()
         except BaseException:
             self._rollback(conn)
@@ -254,64 +244,6 @@ class PostgresSink:
             batch.reject_rows(rejected)
             self.write(batch)
         return batch
-
-    def _copy(self, cur: psycopg2.extensions.cursor, payload: bytes) -> None:
-        started = time.perf_counter()
-        cur.copy_expert(COPY_SQL, io.BytesIO(payload), size=1 << 20)
-        self.last_copy_seconds = time.perf_counter() - started
-
-    def _insert_dead_letters(self, cur: psycopg2.extensions.cursor, letters: list[DeadLetter]) -> None:
-        rows = [
-            (
-                self.group,
-                letter.topic,
-                letter.partition,
-                letter.offset,
-                datetime.fromtimestamp(letter.kafka_timestamp_ms / 1000, UTC)
-                if letter.kafka_timestamp_ms is not None
-                else None,
-                psycopg2.Binary(letter.key[:MAX_STORED_KEY]) if letter.key is not None else None,
-                psycopg2.Binary(letter.payload[:MAX_STORED_PAYLOAD]) if letter.payload is not None else None,
-                letter.payload_size,
-                letter.payload_size > MAX_STORED_PAYLOAD,
-                len(letter.key) if letter.key is not None else None,
-                letter.key is not None and len(letter.key) > MAX_STORED_KEY,
-                letter.reason,
-                letter.detail[:1000],
-            )
-            for letter in letters
-        ]
-        execute_values(
-            cur,
-            """INSERT INTO dead_letters (consumer_group, topic, kafka_partition, kafka_offset, kafka_timestamp,
-                   message_key, payload, payload_size, payload_truncated, key_size, key_truncated, reason, detail)
-               VALUES %s""",
-            rows,
-            page_size=1000,
-        )
-
-    def _advance_positions(self, cur: psycopg2.extensions.cursor, batch: Batch) -> None:
-        for update in batch.positions:
-            self._set_position(cur, update.partition, update.expected, update.next_offset)
-
-    def _set_position(self, cur: psycopg2.extensions.cursor, partition: int, expected: int | None, new: int) -> None:
-        """Move ``partition`` from ``expected`` (None: no row yet) to ``new``, or raise FencedError."""
-        topic_id = str(self.topic_id) if self.topic_id is not None else None
-        if expected is None:
-            cur.execute(
-                """INSERT INTO consumer_positions (consumer_group, topic, kafka_partition, next_offset, topic_id)
-                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                (self.group, self.topic, partition, new, topic_id),
-            )
-        else:
-            cur.execute(
-                """UPDATE consumer_positions
-                   SET next_offset = %s, topic_id = coalesce(%s::uuid, topic_id), updated_at = now()
-                   WHERE consumer_group = %s AND topic = %s AND kafka_partition = %s AND next_offset = %s""",
-                (new, topic_id, self.group, self.topic, partition, expected),
-            )
-        if cur.rowcount != 1:
-            raise FencedError(f"partition {partition}: stored position is no longer {expected}")
 
     def find_rejected_lines(self, lines: list[str]) -> list[tuple[int, str]]:
         """Indexes of COPY lines PostgreSQL refuses, each tried alone under a savepoint.

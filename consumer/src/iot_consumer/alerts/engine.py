@@ -15,6 +15,10 @@ partition's clock opens an alert; its next reading closes it. A partition's cloc
 reading timestamp seen on it, moved on by the wall clock only while the partition is fully
 consumed - so replaying a backlog after downtime does not make every sensor look silent.
 
+The engine reads a batch through its summary (summary.py), whichever decoder made it; the
+rules' plain definition over every reading, :meth:`AlertEngine.evaluate_readings`, is what the
+tests hold :meth:`AlertEngine.evaluate` to.
+
 The engine is pure: :meth:`AlertEngine.evaluate` returns what *would* change and
 :meth:`AlertEngine.apply` adopts it only after the batch's transaction committed, so a failed
 or fenced batch leaves the in-memory state as it was in PostgreSQL.
@@ -26,10 +30,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from iot_consumer.alerts.rules import RuleSet, Severity, SilenceRule, ThresholdRule
 from iot_consumer.readings import Reading
+from iot_consumer.summary import BatchSummary
 
 Phase = Literal["pending", "firing", "clearing"]
 StateKey = tuple[str, str]  # (sensor_id, rule name)
@@ -133,26 +138,8 @@ class AlertEngine:
         return [s for s in self.states.values() if s.is_open]
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, readings: Iterable[Reading]) -> Evaluation:
-        """Run the readings (in partition order) through every rule, then check for silence."""
-        ev = Evaluation()
-        seen = ev.seen
-        clocks = ev.clocks
-        listed = readings if isinstance(readings, list) else list(readings)
-        for partition, sensor, stamp, _, _ in listed:
-            # a sensor's newest reading by (timestamp, partition): independent of arrival order
-            newest = seen.get(sensor)
-            if newest is None or stamp > newest[1] or (stamp == newest[1] and partition > newest[0]):
-                seen[sensor] = (partition, stamp)
-            clock = clocks.get(partition)
-            if clock is None or stamp > clock:
-                clocks[partition] = stamp
-        _no_later_than_now(clocks)
-        self._run(ev, listed)
-        return ev
-
-    def evaluate_summary(self, summary: Any) -> Evaluation:
-        """:meth:`evaluate` for a natively decoded batch (an ``iot_fastpath.Summary``).
+    def evaluate(self, summary: BatchSummary) -> Evaluation:
+        """What a batch changes: its readings (in partition order) through every rule, then silence.
 
         Only sensors that can change state are run through the rules: those with a state now,
         and those whose batch minimum or maximum violates a threshold (rules compare one way, so
@@ -179,6 +166,25 @@ class AlertEngine:
             for partition, sensor, stamp_us, t, h in (summary.readings_of(interesting) if interesting else ())
         ]
         self._run(ev, readings)
+        return ev
+
+    def evaluate_readings(self, readings: Iterable[Reading]) -> Evaluation:
+        """The rules' definition: every reading (in partition order) through every rule, then
+        silence. The reference the tests hold :meth:`evaluate` to (the consumer uses :meth:`evaluate`)."""
+        ev = Evaluation()
+        seen = ev.seen
+        clocks = ev.clocks
+        listed = readings if isinstance(readings, list) else list(readings)
+        for partition, sensor, stamp, _, _ in listed:
+            # a sensor's newest reading by (timestamp, partition): independent of arrival order
+            newest = seen.get(sensor)
+            if newest is None or stamp > newest[1] or (stamp == newest[1] and partition > newest[0]):
+                seen[sensor] = (partition, stamp)
+            clock = clocks.get(partition)
+            if clock is None or stamp > clock:
+                clocks[partition] = stamp
+        _no_later_than_now(clocks)
+        self._run(ev, listed)
         return ev
 
     def _run(self, ev: Evaluation, readings: list[Reading]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -18,7 +17,7 @@ from iot_consumer.alerts.engine import AlertEngine, Evaluation
 from iot_consumer.alerts.outbox import OutboxPublisher
 from iot_consumer.alerts.rules import RuleSet
 from iot_consumer.alerts.store import load_last_seen, load_states, write_evaluation
-from iot_consumer.readings import Reading
+from iot_consumer.summary import BatchSummary
 
 log = get_logger(__name__)
 
@@ -54,12 +53,9 @@ class AlertStage:
         self._export_open()
         log.info("alert_state_loaded", partitions=partitions, states=len(states), sensors_known=len(last_seen))
 
-    def evaluate(self, readings: list[Reading]) -> Evaluation:
-        return self.engine.evaluate(readings)
-
-    def evaluate_summary(self, summary: Any) -> Evaluation:
-        """The same evaluation from a natively decoded batch (an ``iot_fastpath.Summary``)."""
-        return self.engine.evaluate_summary(summary)
+    def evaluate(self, batch: BatchSummary) -> Evaluation:
+        """What the batch's readings change (written in the batch's transaction, adopted after)."""
+        return self.engine.evaluate(batch)
 
     def evaluate_idle(self, fence: dict[int, int], grace_s: float) -> Evaluation | None:
         """Silence needs a clock that moves without readings: for partitions that are fully

@@ -8,7 +8,7 @@ together with a COPY's lock in two replicas would deadlock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
@@ -465,6 +465,14 @@ def partition_name(day: date) -> str:
     return f"sensores_{day:%Y%m%d}"
 
 
+def create_day_partitions(cur: psycopg2.extensions.cursor, days: Iterable[date]) -> None:
+    """Inside the caller's transaction: the partitions of sensores and its rollups for ``days``."""
+    # Serialise creators across replicas: CREATE TABLE IF NOT EXISTS alone can race.
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+    for day in sorted(days):
+        cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
+
+
 class DailyPartitions:
     """Creates ``sensores_YYYYMMDD`` partitions ahead of time and for late readings on demand."""
 
@@ -479,10 +487,7 @@ class DailyPartitions:
         for first in range(0, len(missing), DAYS_PER_TRANSACTION):
             chunk = missing[first : first + DAYS_PER_TRANSACTION]
             with transaction(conn), conn.cursor() as cur:
-                # Serialise creators across replicas: CREATE TABLE IF NOT EXISTS alone can race.
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
-                for day in chunk:
-                    cur.execute("SELECT iot_ensure_sensores_partition(%s)", (day,))
+                create_day_partitions(cur, chunk)
             self._known.update(chunk)
             log.info("partitions_ensured", days=[d.isoformat() for d in chunk])
 
