@@ -174,10 +174,12 @@ class DatabaseOutage:
         heartbeat: Callable[[], None],
         wait_initial: float = 0.5,
         wait_max: float = 30.0,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.writer = writer
         self.stop = stop
         self.heartbeat = heartbeat
+        self.on_lost = on_lost  # what else a lost connection invalidates (the positions read through it)
         self.wait_initial = wait_initial
         self.wait_max = wait_max
         self.ok = False
@@ -210,6 +212,8 @@ class DatabaseOutage:
             log.error("database_lost", error=summary(exc))
         self._set_ok(False)
         self._discard_connection()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def _discard_connection(self) -> None:
         with self.writer.database() as sink:
@@ -247,6 +251,11 @@ class DatabaseOutage:
                 log.warning("resume_failed", error=repr(exc))
             log.info("resuming_consumption")
             return
+
+
+def partition_key(partition: int) -> str:
+    """The name a partition's own trouble is kept under in :class:`Troubles`."""
+    return f"partition {partition}"
 
 
 def pause_partition(consumer: KafkaConsumer, topic: str, partition: int) -> None:
