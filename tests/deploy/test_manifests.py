@@ -26,6 +26,7 @@ from iot_consumer.alerts.rules import parse_rules
 from tests.helpers import REPO
 
 CHART = REPO / "charts" / "iot-monitor"
+VERSION = (REPO / "VERSION").read_text().strip()  # the images' default tag is the chart's appVersion
 K8S_VERSION = "1.33.0"
 REFERENCE = Path(__file__).resolve().parent / "reference"  # upstream CRDs and schemas, see its README
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -192,7 +193,7 @@ def test_services_have_probes_and_metrics_ports() -> None:
     for component in ("producer", "consumer"):
         deployment = deployments[f"iot-monitor-{component}"]
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        assert container["image"] == f"iot-{component}:0.1.0"
+        assert container["image"] == f"iot-{component}:{VERSION}"
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
         assert container["ports"] == [{"name": "metrics", "containerPort": 8000, "protocol": "TCP"}]
@@ -268,7 +269,7 @@ def test_service_monitors_and_managed_kafka_values() -> None:
     assert "iot-monitor-producer" not in by_kind(managed, "Deployment")
     consumer = by_kind(managed, "Deployment")["iot-monitor-consumer"]["spec"]["template"]["spec"]
     (container,) = consumer["containers"]
-    assert container["image"] == "registry.example.com/iot/iot-consumer:0.1.0"
+    assert container["image"] == f"registry.example.com/iot/iot-consumer:{VERSION}"
     sasl = next(e for e in container["env"] if e["name"] == "KAFKA_SASL_PASSWORD")
     assert sasl["valueFrom"]["secretKeyRef"] == {"name": "iot-kafka-user", "key": "password"}
     (config,) = by_kind(managed, "ConfigMap").values()
@@ -317,7 +318,7 @@ def test_alert_rules_dashboard_and_prometheus_rule_values() -> None:
 
     dashboard = by_kind(docs, "Deployment")["iot-monitor-dashboard"]["spec"]["template"]["spec"]
     (container,) = dashboard["containers"]
-    assert container["image"] == "iot-dashboard:0.1.0"
+    assert container["image"] == f"iot-dashboard:{VERSION}"
     env = {e["name"]: e for e in container["env"]}
     assert env["POSTGRES_USER"]["value"] == "iot_dashboard"
     assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {

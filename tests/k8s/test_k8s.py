@@ -19,6 +19,8 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,8 +120,34 @@ def images() -> list[str]:
     require_docker("IOT_REQUIRE_K8S_TESTS")
     require_cluster_tools()
     subprocess.run([str(REPO / "scripts" / "install-tools.sh"), "helm"], check=True, timeout=3600, capture_output=True)
-    standin_images()
+    BASE_IMAGES.update(standin_images())
     return [*STANDINS, *(f"iot-{service}:{TAG}" for service in SERVICES)]
+
+
+# The stand-in base images our images were built on (PYTHON_IMAGE=...), for the upgrade's build.
+BASE_IMAGES: dict[str, str] = {}
+
+
+def build_changed_images(tag: str, mark: str) -> None:
+    """Our four images built again by docker/build-images.sh, from a copy of this checkout in
+    which the consumer's and the producer's code differ: each logs ``upgrade_build`` with
+    ``mark`` when it starts (a new release, not the old images under a new tag)."""
+    with tempfile.TemporaryDirectory(prefix="iot-upgrade-") as tmp:
+        root = Path(tmp)
+        for folder in ("common", "producer", "consumer", "exporter", "dashboard", "docker"):
+            shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "build"))
+        shutil.copy(REPO / ".dockerignore", root / ".dockerignore")
+        line = f'\nimport sys as _sys\n_sys.stderr.write(\'{{"event": "upgrade_build", "mark": "{mark}"}}\\n\')\n'
+        for cli in ("consumer/src/iot_consumer/cli.py", "producer/src/iot_producer/cli.py"):
+            with (root / cli).open("a") as source:
+                source.write(line)
+        subprocess.run(
+            [str(root / "docker" / "build-images.sh"), tag],
+            check=True,
+            env={**os.environ, **BASE_IMAGES},
+            timeout=1800,
+            capture_output=True,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -293,13 +321,15 @@ def _image_of(pod: dict[str, Any]) -> str:
     return str(pod["spec"]["containers"][0]["image"])
 
 
-def test_helm_upgrade_to_a_new_image_tag_rolls_the_consumers_with_nothing_lost_or_duplicated(
+def test_helm_upgrade_to_new_code_rolls_the_consumers_with_nothing_lost_or_duplicated(
     release: None, images: list[str]
 ) -> None:
-    """`helm upgrade --set image.tag=<new>` replaces both consumer pods (and the others) while
-    readings keep flowing; afterwards `iot-consumer verify` finds 0 missing and 0 duplicated."""
-    for service in SERVICES:
-        subprocess.run(["docker", "tag", f"iot-{service}:{TAG}", f"iot-{service}:{UPGRADE_TAG}"], check=True)
+    """`helm upgrade --set image.tag=<new>` to images built from changed code replaces both
+    consumer pods (and the producer) while readings keep flowing; the new pods run the new code
+    (its marker is in their logs) and afterwards `iot-consumer verify` finds 0 missing and 0
+    duplicated."""
+    mark = uuid.uuid4().hex
+    build_changed_images(UPGRADE_TAG, mark)
     cluster("import", *(f"iot-{service}:{UPGRADE_TAG}" for service in SERVICES), timeout=1200)
     before = {p["metadata"]["name"] for p in pods("consumer")}
     rows_before = int(psql("SELECT count(*) FROM sensores"))
@@ -321,6 +351,8 @@ def test_helm_upgrade_to_a_new_image_tag_rolls_the_consumers_with_nothing_lost_o
     assert len(after) == 2
     assert before.isdisjoint(p["metadata"]["name"] for p in after), "the consumers were not replaced"
     assert all(_image_of(p).endswith(f":{UPGRADE_TAG}") for p in after + pods("producer"))
+    for pod in after + pods("producer"):
+        assert mark in kubectl("logs", pod["metadata"]["name"]), f"{pod['metadata']['name']} runs the old code"
     wait_until(
         lambda: int(psql("SELECT count(*) FROM sensores")) > rows_before + 200,
         timeout=120,

@@ -1,3 +1,8 @@
 """iot_common: what every iot-monitor service shares (settings, logging, HTTP, schema)."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("iot-common")  # written from the repository's VERSION (scripts/set-version.sh)
+except PackageNotFoundError:  # run from a source tree without installing
+    __version__ = "0+unknown"
