@@ -7,7 +7,7 @@ setup(
         Extension(
             "iot_fastpath",
             # the CPython binding, and the pure-C units it uses (tests/driver.c drives those alone)
-            sources=["iot_fastpath.c", "lib/crc32c.c", "lib/reading.c"],
+            sources=["iot_fastpath.c", "lib/crc32c.c", "lib/reading.c", "lib/record_batch.c", "lib/summary.c"],
             include_dirs=["lib"],
             extra_compile_args=[
                 "-O2",

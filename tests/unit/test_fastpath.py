@@ -82,12 +82,15 @@ class Message:
     timestamp_ms: int = 1_764_300_000_000
 
 
-def batches(messages: list[Message], per_batch: int, base_offset: int = 0, compression: int = 0) -> bytes:
-    """The messages as consecutive v2 record batches (what a fetch response carries)."""
+def batches(messages: list[Message], per_batch: int, base_offset: int = 0, compression: int | list[int] = 0) -> bytes:
+    """The messages as consecutive v2 record batches (what a fetch response carries); a list of
+    codecs (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd) is used batch by batch, round and round."""
     out = b""
     offset = base_offset
-    for start in range(0, len(messages), per_batch):
-        builder = MemoryRecordsBuilder(magic=2, compression_type=compression, batch_size=1 << 30)
+    codecs = compression if isinstance(compression, list) else [compression]
+    for number, start in enumerate(range(0, len(messages), per_batch)):
+        codec = codecs[number % len(codecs)]
+        builder = MemoryRecordsBuilder(magic=2, compression_type=codec, batch_size=1 << 30)
         for m in messages[start : start + per_batch]:
             builder.append(m.timestamp_ms, m.key, m.value, list(m.headers))
         builder.close()
@@ -343,12 +346,14 @@ def python_and_native(buffer: bytes, fetch_offset: int, max_records: int, positi
     base=st.integers(0, 2**40),
     skip=st.integers(0, 5),
     max_records=st.integers(1, 50),
+    codecs=st.lists(st.sampled_from([0, 0, 0, 1, 2, 3, 4]), min_size=1, max_size=4),
 )
 def test_native_and_python_paths_write_the_same(
-    msgs: list[Message], per_batch: int, base: int, skip: int, max_records: int
+    msgs: list[Message], per_batch: int, base: int, skip: int, max_records: int, codecs: list[int]
 ) -> None:
-    """Rows, dead letters (reason and detail), positions, days, rollups: identical."""
-    buffer = batches(msgs, per_batch, base)
+    """Rows, dead letters (reason and detail), positions, days, rollups: identical - whatever
+    mix of plain and compressed batches (every codec) the fetch holds."""
+    buffer = batches(msgs, per_batch, base, compression=codecs)
     fetch_offset = base + min(skip, len(msgs) - 1)
     python, native, _ = python_and_native(buffer, fetch_offset, max_records, fetch_offset)
     assert_same_batches(python, native)
