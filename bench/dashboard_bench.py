@@ -25,8 +25,8 @@ import psycopg2.extensions
 
 from bench.common import STACK, Table, connect, fmt, save
 from iot_consumer import rollups
-from iot_consumer.rollups import REBUILD_SQL
 from iot_consumer.migrations import DailyPartitions, migrate
+from iot_consumer.rollups import REBUILD_SQL
 from iot_dashboard import queries as q
 
 DATABASE = "iot_bench_dashboard"

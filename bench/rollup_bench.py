@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 
 from bench.common import Table, connect, drop_database, fmt, fresh_database, save
 from iot_consumer import rollups
-from iot_consumer.readings import Reading
 from iot_consumer.migrations import DailyPartitions, migrate
+from iot_consumer.readings import Reading
 from iot_consumer.sink import COPY_SQL
 from iot_consumer.summary import summary_of
 

@@ -20,8 +20,8 @@ import pytest
 from iot_common.schema import ValidReading
 from iot_common.settings import PostgresSettings
 from iot_consumer.batch import Batch, PositionUpdate, copy_line
-from iot_consumer.position_store import FencedError
 from iot_consumer.migrations import migrate
+from iot_consumer.position_store import FencedError
 from iot_consumer.sink import PostgresSink
 from tests.helpers import BIN, Service, Stack, end_offsets, read_topic, row_count, scalar, send_raw, wait_until
 

@@ -22,8 +22,8 @@ import pytest
 from openpyxl import load_workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
-from iot_consumer.rollups import REBUILD_SQL
 from iot_consumer.migrations import DailyPartitions, migrate
+from iot_consumer.rollups import REBUILD_SQL
 from iot_exporter.export import COLUMNS
 from tests.helpers import BIN, run_measured, scalar
 

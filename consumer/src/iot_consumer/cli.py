@@ -37,8 +37,8 @@ from iot_consumer.housekeeping import (
     storage,
 )
 from iot_consumer.loop import ConsumerOptions, ConsumerService
-from iot_consumer.positions import OffsetGapPolicy, reset_positions
 from iot_consumer.migrations import migrate, transaction
+from iot_consumer.positions import OffsetGapPolicy, reset_positions
 from iot_consumer.sink import PostgresSink
 from iot_consumer.verify import kafka_log, reconcile
 

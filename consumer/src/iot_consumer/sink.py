@@ -30,8 +30,8 @@ from iot_consumer.alerts.stage import AlertStage
 from iot_consumer.batch import MAX_STORED_KEY, MAX_STORED_PAYLOAD, Batch, DeadLetter
 from iot_consumer.duplicates import DuplicatePolicy, insert_new_readings
 from iot_consumer.gaps import OffsetGap
-from iot_consumer.position_store import FencedError, PositionStore, StoredPosition
 from iot_consumer.migrations import DailyPartitions
+from iot_consumer.position_store import FencedError, PositionStore, StoredPosition
 
 log = get_logger(__name__)
 
