@@ -33,7 +33,11 @@ stop() {
 }
 trap stop INT TERM
 
-METRICS_PORT=$CONSUMER_METRICS_PORT $BIN/iot-consumer run &
+# The schema's owner migrates; the consumer then runs as its own least-privilege role (the
+# local stack's development password, unless CONSUMER_DB_PASSWORD says otherwise).
+$BIN/iot-consumer migrate >/dev/null || exit 1
+POSTGRES_USER=iot_consumer POSTGRES_PASSWORD=${CONSUMER_DB_PASSWORD:-iot_consumer} \
+  METRICS_PORT=$CONSUMER_METRICS_PORT $BIN/iot-consumer run &
 pids+=($!)
 METRICS_PORT=$PRODUCER_METRICS_PORT $BIN/iot-producer "$@" &
 pids+=($!)

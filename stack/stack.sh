@@ -276,6 +276,15 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iot_dashboard') \gexec
 -- The dashboard only reads: even a bug in it cannot write.
 ALTER ROLE iot_dashboard SET default_transaction_read_only = on;
 SQL
+  # The owner manages the service roles (`iot-consumer migrate` sets their passwords), as the
+  # chart's migration Job does on a cluster: CREATEROLE, and on PostgreSQL 16+ (where a
+  # CREATEROLE role manages only roles it administers) ADMIN on these three - without
+  # inheriting their privileges or becoming them (the owner's own privileges stay its own).
+  pg_superuser_psql -d postgres -v role="$POSTGRES_USER" >/dev/null <<'SQL'
+SELECT format('ALTER ROLE %I CREATEROLE', :'role') \gexec
+SELECT format('GRANT iot_consumer, iot_exporter, iot_dashboard TO %I WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', :'role')
+WHERE current_setting('server_version_num')::int >= 160000 \gexec
+SQL
   log "database $POSTGRES_DB ready (owner role $POSTGRES_USER; service roles iot_consumer, iot_exporter, iot_dashboard)"
 }
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import openpyxl
 import psycopg2
+import psycopg2.errors
 import pytest
 
 from tests.helpers import REPO, require_docker, standin_images, wait_until
@@ -94,6 +95,7 @@ def all_up(env: dict[str, str]) -> bool:
     expected = {
         "kafka",
         "kafka-init",
+        "migrate",
         "postgres",
         "producer",
         "consumer",
@@ -106,7 +108,7 @@ def all_up(env: dict[str, str]) -> bool:
         return False
     for service, rows in found.items():
         for row in rows:
-            if service == "kafka-init":
+            if service in ("kafka-init", "migrate"):  # one-shot: done, successfully
                 if not (row["State"] == "exited" and "(0)" in row.get("Status", "")):
                     return False
             elif row["State"] != "running" or row.get("Health") not in ("", "healthy"):
@@ -196,3 +198,65 @@ def test_compose_runs_the_pipeline_and_down_up_keeps_every_reading(stack_up: dic
     assert (report["missing"], report["duplicates"], report["lag"]) == (0, 0, 0)
     logs = compose(env, "logs", "--no-color", "consumer").stdout
     assert '"event":"offset_gap"' not in logs
+
+
+def sessions_by_role() -> dict[str, set[str]]:
+    """Which roles the services' connections log in as (application name → roles)."""
+    found: dict[str, set[str]] = {}
+    for application, role in sql(
+        "SELECT application_name, usename FROM pg_stat_activity WHERE datname = 'iot' AND application_name <> ''"
+    ):
+        found.setdefault(str(application).split(":")[0], set()).add(str(role))
+    return found
+
+
+def as_role(role: str, password: str, statement: str) -> None:
+    conn = psycopg2.connect(host="127.0.0.1", port=POSTGRES_PORT, user=role, password=password, dbname="iot")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def test_compose_services_log_in_as_their_own_least_privilege_roles(stack_up: dict[str, str]) -> None:
+    """The one-shot `migrate` service (the owner) created iot_consumer, iot_exporter and
+    iot_dashboard and set their passwords; the consumers log in as iot_consumer, the dashboard as
+    iot_dashboard, and each role can do its job and nothing more: the consumer cannot DELETE,
+    TRUNCATE or DROP readings, the exporter and the dashboard cannot write."""
+    env = stack_up
+    if not all_up(env):
+        compose(env, "up", "-d", timeout=900)
+        wait_until(lambda: all_up(env), 300, "every service running and healthy", interval=3)
+    wait_until(lambda: "iot_consumer" in sessions_by_role().get("iot-consumer", set()), 60, "consumer sessions")
+    roles = sessions_by_role()
+    assert roles["iot-consumer"] == {"iot_consumer"}, roles
+    exported = compose(env, "exec", "-T", "exporter", "iot-exporter", "export", "--format", "csv", "--out", "/tmp")
+    assert exported.returncode == 0
+    allowed = [
+        ("iot_consumer", "iot_consumer", 'SELECT count(sensor_id) FROM sensores WHERE "timestamp" > now()'),
+        ("iot_exporter", "iot_exporter", "SELECT count(*) FROM sensores"),
+        ("iot_dashboard", "iot_dashboard", "SELECT count(*) FROM alertas"),
+    ]
+    for role, password, statement in allowed:
+        as_role(role, password, statement)
+    refused = [
+        ("iot_consumer", "iot_consumer", "DELETE FROM sensores"),
+        ("iot_consumer", "iot_consumer", "TRUNCATE sensores"),
+        ("iot_consumer", "iot_consumer", "DROP TABLE sensores"),
+        ("iot_consumer", "iot_consumer", "SELECT iot_drop_expired_partitions('sensores', 'infinity')"),
+        ("iot_exporter", "iot_exporter", "DELETE FROM sensores"),
+        ("iot_exporter", "iot_exporter", "UPDATE consumer_positions SET next_offset = 0"),
+        ("iot_dashboard", "iot_dashboard", "DELETE FROM alertas"),
+        ("iot_dashboard", "iot_dashboard", "INSERT INTO offset_gaps DEFAULT VALUES"),
+    ]
+    for role, password, statement in refused:
+        with pytest.raises(psycopg2.Error) as refusal:
+            as_role(role, password, statement)
+        assert isinstance(
+            refusal.value,
+            psycopg2.errors.InsufficientPrivilege
+            | psycopg2.errors.ReadOnlySqlTransaction
+            | psycopg2.errors.RaiseException,
+        ), (role, statement, refusal.value)

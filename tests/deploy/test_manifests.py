@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -135,9 +136,10 @@ def test_every_rendered_object_is_schema_valid(values: Path | None) -> None:
 
 
 def test_defaults_wire_to_strimzi_and_bitnami_names() -> None:
-    """Kafka bootstrap = <cluster>-kafka-bootstrap:9092; the password comes from the Bitnami
-    chart's Secret (release "postgresql", key "password"), never from the ConfigMap; the
-    producer, which never talks to PostgreSQL, does not need that Secret to start."""
+    """Kafka bootstrap = <cluster>-kafka-bootstrap:9092; each service logs in as its own role
+    with its password from the chart's roles Secret, never from the ConfigMap (and only the
+    migration Job uses the owner's, from the Bitnami chart's Secret); the producer, which never
+    talks to PostgreSQL, needs no Secret to start."""
     docs = render()
     (config,) = by_kind(docs, "ConfigMap").values()
     data = config["data"]
@@ -158,8 +160,54 @@ def test_defaults_wire_to_strimzi_and_bitnami_names() -> None:
         if name == "iot-monitor-producer":
             assert password == []
             assert "postgresql" not in json.dumps(pod)
-        else:
-            assert password[0]["valueFrom"]["secretKeyRef"] == {"name": "postgresql", "key": "password"}
+            continue
+        component = name.removeprefix("iot-monitor-")
+        user = [e["value"] for e in container["env"] if e["name"] == "POSTGRES_USER"]
+        assert user == [f"iot_{component}"]
+        assert password[0]["valueFrom"]["secretKeyRef"] == {
+            "name": "iot-monitor-db-roles",
+            "key": f"{component}-password",
+        }
+    assert "POSTGRES_USER" not in data  # no default role a service could fall back to
+
+
+def test_a_migration_hook_creates_the_service_roles_before_every_install_and_upgrade() -> None:
+    """The migration Job runs `iot-consumer migrate` as the owner (the Bitnami Secret), before
+    install and upgrade (a Helm hook, weight 0), with each service role's password from the roles
+    Secret - which is itself a hook (weight -10, so it exists first), generated with random
+    passwords and kept (resource-policy keep). Without the Job the chart refuses to guess."""
+    docs = render()
+    (job,) = by_kind(docs, "Job").values()
+    hooks = job["metadata"]["annotations"]
+    assert hooks["helm.sh/hook"] == "pre-install,pre-upgrade"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["migrate"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["POSTGRES_USER"] == "iot"
+    assert env["POSTGRES_PASSWORD"] == {"secretKeyRef": {"name": "postgresql", "key": "password"}}
+    for variable, key in (
+        ("CONSUMER_DB_PASSWORD", "consumer-password"),
+        ("EXPORTER_DB_PASSWORD", "exporter-password"),
+        ("DASHBOARD_DB_PASSWORD", "dashboard-password"),
+    ):
+        assert env[variable] == {"secretKeyRef": {"name": "iot-monitor-db-roles", "key": key}}
+    secret = by_kind(docs, "Secret")["iot-monitor-db-roles"]
+    annotations = secret["metadata"]["annotations"]
+    assert int(annotations["helm.sh/hook-weight"]) < int(hooks["helm.sh/hook-weight"])
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    passwords = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert sorted(passwords) == ["consumer-password", "dashboard-password", "exporter-password"]
+    assert all(len(p) == 32 and p.isalnum() for p in passwords.values())
+    assert len(set(passwords.values())) == 3
+    assert passwords != {
+        key: base64.b64decode(value).decode()
+        for key, value in by_kind(render(), "Secret")["iot-monitor-db-roles"]["data"].items()
+    }, "generated afresh where none exists (kept where one does)"
+    own = render("--set", "postgresql.serviceRoles.existingSecret=my-roles")
+    assert "iot-monitor-db-roles" not in by_kind(own, "Secret")
+    assert "name: my-roles" in yaml.safe_dump(by_kind(own, "Job"))
+    refused = render_refused("--set", "migrations.enabled=false")
+    assert "postgresql.serviceRoles.existingSecret" in refused
 
 
 def test_pods_are_hardened_with_resources() -> None:
@@ -322,8 +370,8 @@ def test_alert_rules_dashboard_and_prometheus_rule_values() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["POSTGRES_USER"]["value"] == "iot_dashboard"
     assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "iot-dashboard-db",
-        "key": "IOT_DASHBOARD_PASSWORD",
+        "name": "iot-monitor-db-roles",
+        "key": "dashboard-password",
     }
     assert env["DASHBOARD_WINDOW"]["value"] == "1 h"
     assert container["readinessProbe"]["httpGet"] == {"path": "/_stcore/health", "port": "http"}
@@ -333,10 +381,6 @@ def test_alert_rules_dashboard_and_prometheus_rule_values() -> None:
     assert dashboard["securityContext"]["runAsNonRoot"] is True
     service = by_kind(docs, "Service")["iot-monitor-dashboard"]
     assert {"name": "http", "port": 8501, "targetPort": "http", "protocol": "TCP"} in service["spec"]["ports"]
-    secret = yaml.safe_load((REPO / "k8s" / "dashboard-db-secret.yaml").read_text())
-    assert "IOT_DASHBOARD_PASSWORD" in secret["stringData"]
-    bitnami = yaml.safe_load((REPO / "k8s" / "postgresql-values.yaml").read_text())
-    assert bitnami["primary"]["extraEnvVarsSecret"] == secret["metadata"]["name"]
 
     (rule,) = by_kind(docs, "PrometheusRule").values()
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -396,7 +440,6 @@ def test_plain_manifests_are_valid_kubernetes() -> None:
     for path in (
         REPO / "k8s" / "namespace.yaml",
         REPO / "k8s" / "tools" / "pvc-reader.yaml",
-        REPO / "k8s" / "dashboard-db-secret.yaml",
     ):
         for doc in yaml.safe_load_all(path.read_text()):
             validate_object(doc)
@@ -430,10 +473,16 @@ def test_compose_file_matches_the_compose_spec() -> None:
     services = compose["services"]
     assert services["kafka"]["image"] == "${KAFKA_IMAGE:-apache/kafka:4.3.1}"
     assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert services["consumer"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["command"] == ["migrate"]
     assert services["consumer"]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    for name in ("consumer", "exporter", "dashboard"):  # each logs in as its own role, once migrate made it
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert services[name]["environment"]["POSTGRES_USER"] == f"iot_{name}"
+        assert services["migrate"]["environment"][f"{name.upper()}_DB_PASSWORD"].startswith("${")
     for name in (*SERVICES, "kafka", "postgres", "prometheus", "pushgateway"):
         assert services[name]["restart"] in ("always", "unless-stopped"), name
+    assert services["migrate"]["restart"] == "no"  # one-shot
     assert any(v.startswith("postgres-data:") for v in services["postgres"]["volumes"])
     for service in SERVICES:
         assert services[service]["build"]["dockerfile"] == f"{service}/Dockerfile"

@@ -346,7 +346,9 @@ def test_readiness_follows_postgres_availability(
     stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection, tmp_path: Path
 ) -> None:
     """/readyz: 200 while writing; 503 naming PostgreSQL while it is down; 200 again after,
-    with no restart of the consumer. /healthz stays 200 throughout (restarting would not help)."""
+    with no restart of the consumer. /healthz stays 200 throughout (restarting would not help).
+    A consumer started while PostgreSQL is down waits for it (logged, with backoff) instead of
+    exiting into a crash loop, and starts once it is back."""
     consumer = consume(env, tmp_path, 600)
     wait_until(
         lambda: any(e.get("event") == "observability_server_started" for e in consumer.events()), 30, "metrics server"
@@ -367,8 +369,15 @@ def test_readiness_follows_postgres_availability(
         wait_until(lambda: status("/readyz")[0] == 503, 60, "not ready while PostgreSQL is down")
         assert "PostgreSQL" in status("/readyz")[1]
         assert status("/healthz")[0] == 200
+        latecomer = consume(env, tmp_path, 600)
+        wait_until(lambda: latecomer.logged("database_unavailable"), 30, "the latecomer waiting for PostgreSQL")
+        time.sleep(3)
+        assert latecomer.proc.poll() is None, latecomer.log_path.read_text()[-2000:]
+        assert latecomer.event("database_unavailable")["during"] == "start"
     finally:
         stack.stack_command("up", "postgres")
     wait_until(lambda: status("/readyz")[0] == 200, 90, "ready again")
-    consumer.signal(signal.SIGTERM)
-    assert consumer.wait(60) == 0
+    wait_until(lambda: latecomer.logged("consumer_started"), 90, "the latecomer started")
+    for service in (consumer, latecomer):
+        service.signal(signal.SIGTERM)
+        assert service.wait(60) == 0

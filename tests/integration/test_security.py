@@ -22,7 +22,7 @@ import pytest
 from psycopg2 import sql
 
 from iot_consumer.migrations import migrate
-from tests.helpers import BIN, Service, Stack, scalar, send_raw, wait_until
+from tests.helpers import BIN, Service, Stack, run_cli, scalar, send_raw, wait_until
 
 
 def connect_as(stack: Stack, database: str, user: str, password: str) -> psycopg2.extensions.connection:
@@ -69,6 +69,10 @@ def test_services_run_with_least_privilege_roles(
     )
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "sensores_exportado.csv").read_text().count("\n") == 202
+    # the operator's check runs with the consumer's own role (offset columns only, no values)
+    verified = run_cli(["iot-consumer", "verify", "--json"], consumer_env)
+    assert verified.returncode == 0, verified.stderr
+    assert orjson.loads(verified.stdout)["consistent"] is True
 
     database = env["POSTGRES_DB"]
     as_consumer = connect_as(stack, database, "iot_consumer", "iot_consumer")
@@ -92,6 +96,9 @@ def test_services_run_with_least_privilege_roles(
         (as_consumer, "DELETE FROM sensores"),
         (as_consumer, "DROP TABLE sensores"),
         (as_consumer, "SELECT * FROM dead_letters"),
+        (as_consumer, "SELECT payload FROM dead_letters"),
+        (as_consumer, "TRUNCATE sensores"),
+        (as_consumer, "DROP TABLE dead_letters"),
         (
             as_consumer,
             "CREATE TABLE sensores_29991231 PARTITION OF sensores FOR VALUES FROM ('2999-12-31') TO ('3000-01-01')",
@@ -212,3 +219,36 @@ def test_the_consumers_role_cannot_drop_partitions_inside_the_retention(
         assert scalar(db, partitions) == before - 1
     finally:
         as_consumer.close()
+
+
+DEVELOPMENT_PASSWORDS = {  # what stack/stack.sh gives the service roles
+    "CONSUMER_DB_PASSWORD": "iot_consumer",
+    "EXPORTER_DB_PASSWORD": "iot_exporter",
+    "DASHBOARD_DB_PASSWORD": "iot_dashboard",
+}
+
+
+def test_migrate_sets_the_service_roles_passwords_from_the_environment(
+    stack: Stack, env: dict[str, str], db: psycopg2.extensions.connection
+) -> None:
+    """`iot-consumer migrate` as the owner sets each service role's password from
+    CONSUMER_DB_PASSWORD / EXPORTER_DB_PASSWORD / DASHBOARD_DB_PASSWORD (a SCRAM verifier
+    computed client-side: the password is neither in argv nor in any statement); each role then
+    logs in with its new password and no longer with the old one, and nothing prints it."""
+    migrate(db)
+    new = {variable: f"{uuid.uuid4().hex}-{variable.lower()}" for variable in DEVELOPMENT_PASSWORDS}
+    database = env["POSTGRES_DB"]
+    try:
+        result = run_cli(["iot-consumer", "migrate"], {**env, **new})
+        assert result.returncode == 0, result.stderr
+        assert all(password not in result.stdout + result.stderr for password in new.values())
+        for role in ("iot_consumer", "iot_exporter", "iot_dashboard"):
+            password = new[f"{role.removeprefix('iot_').upper()}_DB_PASSWORD"]
+            connect_as(stack, database, role, password).close()
+            with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+                connect_as(
+                    stack, database, role, DEVELOPMENT_PASSWORDS[f"{role.removeprefix('iot_').upper()}_DB_PASSWORD"]
+                )
+    finally:
+        restored = run_cli(["iot-consumer", "migrate"], {**env, **DEVELOPMENT_PASSWORDS})
+        assert restored.returncode == 0, restored.stderr

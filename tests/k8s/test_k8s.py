@@ -14,6 +14,7 @@ is skipped, unless IOT_REQUIRE_K8S_TESTS=1 (CI), which makes that a failure.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -245,6 +246,40 @@ def test_two_consumer_replicas_share_the_partitions_without_duplicates(release: 
     assert result["consistent"], result
     assert (result["missing"], result["duplicates"]) == (0, 0)
     assert psql("SELECT count(*) - count(DISTINCT (kafka_partition, kafka_offset)) FROM sensores") == "0"
+
+
+def test_services_log_in_as_their_own_roles_made_by_the_migration_hook(release: None) -> None:
+    """The chart's migration Job (a pre-install hook, as the owner) created the service roles and
+    set their generated passwords: the consumers' sessions are iot_consumer's, the dashboard's
+    iot_dashboard's; with its password from the chart's Secret, iot_consumer can read the
+    offsets but cannot DELETE, TRUNCATE or DROP readings."""
+    wait_until(
+        lambda: psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'iot-consumer:%'") != "0",
+        60,
+        "consumer sessions",
+    )
+    roles = psql(
+        "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity WHERE application_name LIKE 'iot-consumer:%'"
+    )
+    assert roles == "iot_consumer"
+    secret = json.loads(kubectl("get", "secret", f"{RELEASE}-db-roles", "-o", "json"))
+    password = base64.b64decode(secret["data"]["consumer-password"]).decode()
+
+    def as_consumer(statement: str) -> subprocess.CompletedProcess[str]:
+        # the password on stdin, never in an argv (ours, kubectl's or the pod's)
+        login = "read -r PGPASSWORD; export PGPASSWORD; exec psql -h 127.0.0.1 -U iot_consumer -d iot"
+        return subprocess.run(
+            [str(CLUSTER), "kubectl", "-n", NAMESPACE, "exec", "-i", "postgresql-0", "--", "sh", "-c",
+             f"{login} -v ON_ERROR_STOP=1 -Atc '{statement}'"],
+            input=password + "\n", capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    allowed = as_consumer("SELECT count(kafka_offset) FROM sensores")
+    assert allowed.returncode == 0, allowed.stderr
+    for statement in ("DELETE FROM sensores", "TRUNCATE sensores", "DROP TABLE sensores"):
+        refused = as_consumer(statement)
+        assert refused.returncode != 0
+        assert "permission denied" in refused.stderr or "must be owner" in refused.stderr, refused.stderr
 
 
 def test_kubectl_logs_show_json_lines(release: None) -> None:

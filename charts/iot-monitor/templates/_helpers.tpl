@@ -64,6 +64,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
+The Secret holding the service roles' passwords: the user's, or the one the chart generates.
+*/}}
+{{- define "iot-monitor.rolesSecret" -}}
+{{- if .Values.postgresql.serviceRoles.existingSecret -}}
+{{- .Values.postgresql.serviceRoles.existingSecret -}}
+{{- else if .Values.migrations.enabled -}}
+{{- printf "%s-db-roles" (include "iot-monitor.fullname" .) -}}
+{{- else -}}
+{{- fail "migrations.enabled=false: set postgresql.serviceRoles.existingSecret (the service roles' passwords) - the chart generates that Secret only with its migration Job" -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+A service's own PostgreSQL role, as the arguments of iot-monitor.env: (dict "ctx" $ "role" .Values.consumer.postgresql).
+*/}}
+{{- define "iot-monitor.roleArgs" -}}
+postgresUser: {{ .role.username | quote }}
+postgresSecret: {{ .role.existingSecret | default (include "iot-monitor.rolesSecret" .ctx) | quote }}
+postgresKey: {{ .role.passwordKey | quote }}
+{{- end }}
+
+{{/*
 Secrets by reference (settings come from the ConfigMap). Call with (dict "ctx" $ "postgres" true);
 a workload that never talks to PostgreSQL (the producer) passes "postgres" false and needs no
 PostgreSQL Secret; one with a role of its own passes "postgresUser", "postgresSecret", "postgresKey".

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,8 @@ from iot_common.errors import summary
 from iot_common.http import start_observability_server
 from iot_common.lifecycle import StopFlag
 from iot_common.logging import get_logger
-from iot_common.postgres import connect
+from iot_common.postgres import CONNECTION_ERRORS, connect
+from iot_common.retry import Backoff
 from iot_common.schema import ReadingLimits
 from iot_common.settings import TOPIC_NAME_PATTERN, ConfigError, KafkaSettings, PostgresSettings, load_settings
 from iot_consumer.alerts.outbox import OutboxPublisher
@@ -37,7 +39,7 @@ from iot_consumer.housekeeping import (
     storage,
 )
 from iot_consumer.loop import ConsumerOptions, ConsumerService
-from iot_consumer.migrations import migrate, transaction
+from iot_consumer.migrations import migrate, missing_service_roles, set_role_passwords, transaction
 from iot_consumer.positions import OffsetGapPolicy, reset_positions
 from iot_consumer.sink import PostgresSink
 from iot_consumer.verify import kafka_log, reconcile
@@ -161,6 +163,36 @@ def _migrate(postgres: PostgresSettings) -> int:
         return migrate(conn)
     finally:
         conn.close()
+
+
+# A connection refused for these reasons is a setting to fix, not an outage to wait out.
+_CONFIGURATION_ERRORS = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
+
+
+def _migrate_once_reachable(postgres: PostgresSettings, stop: StopFlag) -> int | None:
+    """`run` at start: migrate as soon as PostgreSQL answers. A consumer (re)started while the
+    database restarts waits for it - logged, with backoff - instead of exiting into a crash
+    loop; wrong credentials still fail at once. None when stopped before."""
+    backoff = Backoff(0.5, 30.0)
+    while not stop.is_set():
+        try:
+            conn = connect(postgres, application_name="iot-consumer:migrate")
+        except psycopg2.OperationalError as exc:
+            if any(reason in str(exc) for reason in _CONFIGURATION_ERRORS):
+                fail(f"cannot connect to {postgres.describe()}: {summary(exc)}", code=1)
+            delay = backoff.next_delay()
+            log.warning("database_unavailable", error=summary(exc), retry_in_s=round(delay, 2), during="start")
+            stop.wait(delay)
+            continue
+        try:
+            return migrate(conn)
+        except CONNECTION_ERRORS as exc:  # lost while migrating: the same wait
+            delay = backoff.next_delay()
+            log.warning("database_unavailable", error=summary(exc), retry_in_s=round(delay, 2), during="migration")
+            stop.wait(delay)
+        finally:
+            conn.close()
+    return None
 
 
 def _retention(raw_days: int, minute_days: int, hour_days: int, dead_letter_days: int = 0) -> Retention:
@@ -288,7 +320,9 @@ def run(
             "pip install ./consumer/fastpath (needs a C compiler), or use auto/python"
         )
     stop = StopFlag().install(force_exit_after=obs.shutdown_timeout_s)
-    version = _migrate(postgres)
+    version = _migrate_once_reachable(postgres, stop)
+    if version is None:
+        return  # stopped while waiting for the database
     log.info("schema_ready", version=version, database=postgres.describe())
     publisher = OutboxPublisher(kafka, postgres).start() if rules is not None else None
     stage = AlertStage(rules, group, alerts_topic, publisher) if rules is not None else None
@@ -343,13 +377,51 @@ def rules(alert_rules: RulesOption = None) -> None:
         typer.echo(f"  {rule.name:<22} {rule.severity:<9} {kind:<10} {rule.describe()}")
 
 
+# Where `migrate` finds each service role's password: the environment only (never argv, so no
+# process list shows it); Compose and the chart's migration Job fill these from their secrets.
+ROLE_PASSWORD_VARIABLES = {
+    "iot_consumer": "CONSUMER_DB_PASSWORD",
+    "iot_exporter": "EXPORTER_DB_PASSWORD",
+    "iot_dashboard": "DASHBOARD_DB_PASSWORD",
+}
+
+
 @app.command("migrate")
-def migrate_command() -> None:
-    """Create or upgrade the database schema, then exit (the `run` command does this too)."""
+def migrate_command(
+    require_service_roles: Annotated[
+        bool,
+        typer.Option(
+            envvar="MIGRATE_REQUIRE_SERVICE_ROLES",
+            help="Fail unless the roles iot_consumer, iot_exporter and iot_dashboard exist afterwards.",
+        ),
+    ] = True,
+) -> None:
+    """Create or upgrade the database schema and the service roles, then exit (run as the
+    schema's owner). Each role's password is set from CONSUMER_DB_PASSWORD,
+    EXPORTER_DB_PASSWORD and DASHBOARD_DB_PASSWORD when given (`run` migrates too, without roles)."""
     setup_service("iot-consumer")
     _, postgres = _settings()
-    version = _migrate(postgres)
+    conn = _connect(postgres, "migrate")
+    try:
+        version = migrate(conn)
+        missing = missing_service_roles(conn)
+        if missing and require_service_roles:
+            fail(
+                f"service roles {', '.join(missing)} do not exist and {postgres.user} may not create roles: "
+                "create them as an administrator, or give the owner CREATEROLE (docs/SECURITY.md)"
+            )
+        passwords = {
+            role: os.environ[variable]
+            for role, variable in ROLE_PASSWORD_VARIABLES.items()
+            if os.environ.get(variable) and role not in missing
+        }
+        if passwords:
+            set_role_passwords(conn, passwords)
+    finally:
+        conn.close()
     typer.echo(f"schema version {version} at {postgres.describe()}")
+    for role in sorted(passwords):
+        typer.echo(f"password of {role} set from {ROLE_PASSWORD_VARIABLES[role]}")
 
 
 @app.command()

@@ -8,11 +8,16 @@ together with a COPY's lock in two replicas would deadlock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import base64
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg2.extensions
+from psycopg2 import sql
 
 from iot_common.logging import get_logger
 from iot_consumer.alerts.store import MIGRATION_SQL as ALERTS_MIGRATION_SQL
@@ -24,8 +29,13 @@ log = get_logger(__name__)
 MIGRATION_LOCK_KEY = 0x10_7_3017_0001
 PARTITION_LOCK_KEY = 0x10_7_3017_0002
 
-# Least privilege: login roles are created by the administrator (stack/stack.sh does it
-# locally); on every migrate() the owner grants each existing role only what its service does.
+# Least privilege: each service logs in as its own role. migrate() creates the roles that are
+# missing (when the owner may: CREATEROLE) and grants each one only what its service does;
+# ``iot-consumer migrate`` also sets their passwords (set_role_passwords).
+SERVICE_ROLES = ("iot_consumer", "iot_exporter", "iot_dashboard")
+# These only read: their transactions are read-only by default, so even a bug cannot write.
+READ_ONLY_ROLES = ("iot_exporter", "iot_dashboard")
+
 GRANTS = """
 DO $grants$
 BEGIN
@@ -39,9 +49,12 @@ BEGIN
         -- rollups, updated with the rows; retention drops expired partitions through a function
         GRANT SELECT, INSERT, UPDATE ON sensores_minuto, sensores_hora TO iot_consumer;
         GRANT EXECUTE ON FUNCTION iot_drop_expired_partitions(regclass, timestamptz) TO iot_consumer;
-        -- alerts: the silence rule reads each sensor's newest reading time after a restart
-        -- (those columns only: the consumer never reads the values back)
-        GRANT SELECT (sensor_id, "timestamp", kafka_partition) ON sensores TO iot_consumer;
+        -- alerts: the silence rule reads each sensor's newest reading time after a restart, and
+        -- `iot-consumer verify` (run in the consumer's pod) counts rows per offset: those columns
+        -- only, the consumer never reads values or payloads back
+        GRANT SELECT (sensor_id, "timestamp", kafka_partition, kafka_offset) ON sensores TO iot_consumer;
+        GRANT SELECT (consumer_group, topic, kafka_partition, kafka_offset, replayed_at) ON dead_letters
+            TO iot_consumer;
         GRANT SELECT, INSERT, UPDATE ON alertas TO iot_consumer;
         GRANT SELECT, INSERT, UPDATE, DELETE ON alert_states TO iot_consumer;
         GRANT SELECT, INSERT, DELETE ON alert_outbox TO iot_consumer;
@@ -409,6 +422,7 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
                     )
                 log.info("migration_applied", version=version, description=description)
                 current = version
+            ensure_service_roles(conn)
             _grant_service_roles(conn)
         finally:
             cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
@@ -417,6 +431,7 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
 
 # One privilege per grant group of GRANTS, newest first: when a role lacks any, GRANTS runs again.
 REQUIRED_PRIVILEGES = (
+    ("iot_consumer", "dead_letters.kafka_offset", "SELECT"),
     ("iot_consumer", "retention_policy", "SELECT"),
     ("iot_consumer", "iot_expire_dead_letters(timestamptz, integer)", "EXECUTE"),
     ("iot_consumer", "sensores_hora", "UPDATE"),
@@ -429,11 +444,82 @@ REQUIRED_PRIVILEGES = (
     ("iot_consumer", "consumer_positions", "UPDATE"),
     ("iot_exporter", "sensores", "SELECT"),
 )
+
+
+def _has_privilege(role: str, thing: str, privilege: str) -> str:
+    if privilege == "EXECUTE":
+        return f"has_function_privilege('{role}', '{thing}', '{privilege}')"
+    if "." in thing:  # a column
+        table, column = thing.split(".")
+        return f"has_column_privilege('{role}', '{table}', '{column}', '{privilege}')"
+    return f"has_table_privilege('{role}', '{thing}', '{privilege}')"
+
+
 _ANY_PRIVILEGE_MISSING = " OR ".join(
-    f"(EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') AND NOT "
-    f"has_{'function' if privilege == 'EXECUTE' else 'table'}_privilege('{role}', '{thing}', '{privilege}'))"
+    f"(EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') AND NOT {_has_privilege(role, thing, privilege)})"
     for role, thing, privilege in REQUIRED_PRIVILEGES
 )
+
+
+def missing_service_roles(conn: psycopg2.extensions.connection) -> list[str]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(SERVICE_ROLES),))
+        present = {str(row[0]) for row in cur.fetchall()}
+    return [role for role in SERVICE_ROLES if role not in present]
+
+
+def ensure_service_roles(conn: psycopg2.extensions.connection) -> list[str]:
+    """Create the service roles that do not exist yet (LOGIN, no password until
+    :func:`set_role_passwords` sets one; the read-only ones read-only by default), when the
+    current role may create roles. Returns the roles still missing (nothing once done)."""
+    missing = missing_service_roles(conn)
+    if not missing:
+        return []
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+        row = cur.fetchone()
+        if not (row and row[0]):
+            log.warning("service_roles_missing", roles=missing, detail="the owner may not create roles (CREATEROLE)")
+            return missing
+        for role in missing:
+            with transaction(conn):
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+                if cur.fetchone() is None:  # another replica may have been first
+                    cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+                    if role in READ_ONLY_ROLES:
+                        cur.execute(
+                            sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(sql.Identifier(role))
+                        )
+            log.info("service_role_created", role=role)
+    return missing_service_roles(conn)
+
+
+def scram_sha256_verifier(password: str, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802 / 7677), computed
+    here so the password itself never reaches the server (nor its statement log)."""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = base64.b64encode
+    return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
+
+
+def set_role_passwords(conn: psycopg2.extensions.connection, passwords: Mapping[str, str]) -> None:
+    """Set the service roles' passwords (as SCRAM verifiers), each role only if given one."""
+    unknown = sorted(set(passwords) - set(SERVICE_ROLES))
+    if unknown:
+        raise ValueError(f"not a service role: {', '.join(unknown)}")
+    with transaction(conn), conn.cursor() as cur:
+        for role, password in passwords.items():
+            cur.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(scram_sha256_verifier(password))
+                )
+            )
+    log.info("service_role_passwords_set", roles=sorted(passwords))
 
 
 def _grant_service_roles(conn: psycopg2.extensions.connection) -> None:
