@@ -14,6 +14,7 @@ import orjson
 import psycopg2.extensions
 import pytest
 
+from iot_consumer.migrations import migrate
 from tests.helpers import Service, Stack, read_topic, run_cli, scalar, wait_until
 
 pytestmark = pytest.mark.integration
@@ -92,8 +93,12 @@ def test_a_spike_opens_exactly_one_alert_and_closes_it_below_the_clear_threshold
     stack: Stack, alert_env: dict[str, str], alerts_topic: str, db: psycopg2.extensions.connection, tmp_path: Path
 ) -> None:
     """A scripted spike above 30 °C opens exactly one alert after for_seconds and closes it once
-    below the clear level; the alerts topic carries one `opened` and one `closed` for that alert id."""
-    consumer = consume(alert_env, tmp_path, "--exit-when-idle", "4")
+    below the clear level; the alerts topic carries one `opened` and one `closed` for that alert id.
+    The consumer runs as its own role, as every deployment runs it: its outbox publisher may lock,
+    send and delete what it published (a real cluster found it could not)."""
+    migrate(db)  # as the owner, who grants the consumer's role
+    as_its_role = {**alert_env, "POSTGRES_USER": "iot_consumer", "POSTGRES_PASSWORD": "iot_consumer"}
+    consumer = consume(as_its_role, tmp_path, "--exit-when-idle", "4")
     producer = produce_spike(alert_env, tmp_path)
     assert producer.wait(120) == 0
     assert consumer.wait(120) == 0
@@ -110,6 +115,7 @@ def test_a_spike_opens_exactly_one_alert_and_closes_it_below_the_clear_threshold
     logged = [e["event"] for e in consumer.events() if e.get("event", "").startswith("alert_")]
     assert logged.count("alert_opened") == 1
     assert logged.count("alert_closed") == 1
+    assert not consumer.logged("alert_publish_failed")
 
 
 def test_killing_the_consumer_during_the_episode_still_gives_one_alert(

@@ -57,7 +57,8 @@ BEGIN
             TO iot_consumer;
         GRANT SELECT, INSERT, UPDATE ON alertas TO iot_consumer;
         GRANT SELECT, INSERT, UPDATE, DELETE ON alert_states TO iot_consumer;
-        GRANT SELECT, INSERT, DELETE ON alert_outbox TO iot_consumer;
+        -- the outbox publisher locks what it sends (SELECT ... FOR UPDATE needs UPDATE), deletes it once acked
+        GRANT SELECT, INSERT, UPDATE, DELETE ON alert_outbox TO iot_consumer;
         GRANT USAGE ON SEQUENCE alert_outbox_id_seq TO iot_consumer;
         -- offset gaps: the consumer records each position it moves past a gap in the log
         GRANT SELECT, INSERT ON offset_gaps TO iot_consumer;
@@ -431,6 +432,7 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
 
 # One privilege per grant group of GRANTS, newest first: when a role lacks any, GRANTS runs again.
 REQUIRED_PRIVILEGES = (
+    ("iot_consumer", "alert_outbox", "UPDATE"),
     ("iot_consumer", "dead_letters.kafka_offset", "SELECT"),
     ("iot_consumer", "retention_policy", "SELECT"),
     ("iot_consumer", "iot_expire_dead_letters(timestamptz, integer)", "EXECUTE"),
