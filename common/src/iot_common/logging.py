@@ -25,6 +25,8 @@ def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto", 
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        # the service on every line, from every thread (context variables stay in the thread that bound them)
+        _ServiceName(service),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -54,8 +56,18 @@ def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto", 
     # kafka-python is chatty below ERROR (every connection attempt, every rebalance step).
     logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLevelName(level)))
     structlog.contextvars.clear_contextvars()
-    if service:
-        structlog.contextvars.bind_contextvars(service=service)
+
+
+class _ServiceName:
+    """A processor naming the service on each event (unless the event names one itself)."""
+
+    def __init__(self, service: str | None) -> None:
+        self.service = service
+
+    def __call__(self, logger: Any, method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+        if self.service:
+            event.setdefault("service", self.service)
+        return event
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
