@@ -14,6 +14,7 @@ import base64
 import json
 import re
 import subprocess
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -136,14 +137,17 @@ def test_every_rendered_object_is_schema_valid(values: Path | None) -> None:
 
 
 def test_defaults_wire_to_strimzi_and_bitnami_names() -> None:
-    """Kafka bootstrap = <cluster>-kafka-bootstrap:9092; each service logs in as its own role
-    with its password from the chart's roles Secret, never from the ConfigMap (and only the
-    migration Job uses the owner's, from the Bitnami chart's Secret); the producer, which never
-    talks to PostgreSQL, needs no Secret to start."""
+    """Kafka bootstrap = <cluster>-kafka-bootstrap:9093 (Strimzi's tls listener) over SASL_SSL;
+    each service logs in as its own role with its password from the chart's roles Secret, never
+    from the ConfigMap (and only the migration Job uses the owner's, from the Bitnami chart's
+    Secret); the producer, which never talks to PostgreSQL, needs no Secret to start."""
     docs = render()
     (config,) = by_kind(docs, "ConfigMap").values()
     data = config["data"]
-    assert data["KAFKA_BOOTSTRAP_SERVERS"] == "iot-kafka-kafka-bootstrap:9092"
+    assert data["KAFKA_BOOTSTRAP_SERVERS"] == "iot-kafka-kafka-bootstrap:9093"
+    assert data["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert data["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert data["POSTGRES_SSLMODE"] == "verify-full"
     assert data["KAFKA_TOPIC"] == "iot_sensores"
     assert data["POSTGRES_HOST"] == "postgresql"
     assert data["LOG_FORMAT"] == "json"
@@ -169,6 +173,64 @@ def test_defaults_wire_to_strimzi_and_bitnami_names() -> None:
             "key": f"{component}-password",
         }
     assert "POSTGRES_USER" not in data  # no default role a service could fall back to
+
+
+def test_each_service_talks_to_kafka_as_its_own_kafka_user() -> None:
+    """The producer and the consumer log in as the KafkaUsers of k8s/kafka.yaml, each with the
+    password from the Secret Strimzi's User Operator creates for it, and trust the cluster CA;
+    the exporter, the dashboard (by default) and the migration Job get no Kafka credential, no
+    CA and no Kafka settings they could use."""
+    docs = render("--set", "dashboard.enabled=true")
+    kafka_users = {d["metadata"]["name"] for d in yaml.safe_load_all((REPO / "k8s" / "kafka.yaml").read_text()) if d
+                   and d["kind"] == "KafkaUser"}  # fmt: skip
+    pods = {
+        n.removeprefix("iot-monitor-"): d["spec"]["template"]["spec"] for n, d in by_kind(docs, "Deployment").items()
+    }
+    pods["exporter"] = by_kind(docs, "CronJob")["iot-monitor-exporter"]["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]
+    pods["migrate"] = by_kind(docs, "Job")["iot-monitor-migrate"]["spec"]["template"]["spec"]
+    for component, pod in pods.items():
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if component in ("producer", "consumer"):
+            user = f"iot-{component}"
+            assert user in kafka_users
+            assert env["KAFKA_SASL_USERNAME"]["value"] == user
+            assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": user, "key": "password"}
+            assert env["KAFKA_SSL_CAFILE"]["value"] == "/etc/kafka-ca/ca.crt"
+            assert volumes["kafka-ca"]["secret"]["secretName"] == "iot-kafka-cluster-ca-cert"
+        else:
+            assert not [name for name in env if name.startswith("KAFKA_SASL") or name == "KAFKA_SSL_CAFILE"], component
+            assert "kafka-ca" not in volumes, component
+    dashboard_env = {e["name"]: e.get("value") for e in pods["dashboard"]["containers"][0]["env"]}
+    assert dashboard_env["DASHBOARD_LAG_FROM_KAFKA"] == "false"
+    with_lag = render("--set", "dashboard.enabled=true", "--set", "dashboard.kafka.username=iot-dashboard")
+    (container,) = by_kind(with_lag, "Deployment")["iot-monitor-dashboard"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["DASHBOARD_LAG_FROM_KAFKA"]["value"] == "true"
+    assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "iot-dashboard", "key": "password"}
+
+
+def test_the_chart_refuses_insecure_transports_outside_a_development_install() -> None:
+    """Kafka in clear text (PLAINTEXT, SASL_PLAINTEXT) and PostgreSQL sslmode disable, allow or
+    prefer are refused with a message saying what to use instead, unless development=true;
+    verify-full without a CA and SASL without a user are refused too."""
+    for protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+        error = render_refused("--set", f"kafka.securityProtocol={protocol}")
+        assert f"kafka.securityProtocol={protocol}" in error, error
+        assert "development=true" in error, error
+    for mode in ("disable", "allow", "prefer"):
+        error = render_refused("--set", f"postgresql.sslmode={mode}")
+        assert f"postgresql.sslmode={mode}" in error, error
+        assert "verify-full" in error, error
+    assert "caSecret" in render_refused("--set", "postgresql.caSecret=")
+    assert "producer.kafka.username" in render_refused("--set", "producer.kafka.username=")
+    development = render("-f", str(CHART / "ci" / "development-values.yaml"))
+    (config,) = by_kind(development, "ConfigMap").values()
+    assert (config["data"]["KAFKA_SECURITY_PROTOCOL"], config["data"]["POSTGRES_SSLMODE"]) == ("PLAINTEXT", "prefer")
+    assert config["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "iot-kafka-kafka-bootstrap:9092"
 
 
 def test_a_migration_hook_creates_the_service_roles_before_every_install_and_upgrade() -> None:
@@ -318,12 +380,16 @@ def test_service_monitors_and_managed_kafka_values() -> None:
     consumer = by_kind(managed, "Deployment")["iot-monitor-consumer"]["spec"]["template"]["spec"]
     (container,) = consumer["containers"]
     assert container["image"] == f"registry.example.com/iot/iot-consumer:{VERSION}"
-    sasl = next(e for e in container["env"] if e["name"] == "KAFKA_SASL_PASSWORD")
-    assert sasl["valueFrom"]["secretKeyRef"] == {"name": "iot-kafka-user", "key": "password"}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KAFKA_SASL_USERNAME"]["value"] == "iot-monitor"
+    assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "iot-kafka-user", "key": "password"}
+    assert env["KAFKA_SSL_CAFILE"]["value"] == "/etc/kafka-ca/ca.crt"
     (config,) = by_kind(managed, "ConfigMap").values()
-    assert config["data"]["KAFKA_SSL_CAFILE"] == "/etc/kafka-ca/ca.crt"
     assert config["data"]["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "b-1.kafka.example.com:9096,b-2.kafka.example.com:9096"
     assert {"name": "kafka-ca", "mountPath": "/etc/kafka-ca", "readOnly": True} in container["volumeMounts"]
+    volumes = {v["name"]: v for v in consumer["volumes"]}
+    assert volumes["kafka-ca"]["secret"]["secretName"] == "iot-kafka-ca"
 
 
 def test_values_schema_rejects_bad_values() -> None:
@@ -428,6 +494,28 @@ def test_strimzi_resources_match_the_crds() -> None:
         "iot-alertas": ("iot_alertas", 6),
     }
     cluster = kinds["Kafka"]["metadata"]["name"]
+    # One client listener, TLS with SCRAM-SHA-512, and ACLs enforced.
+    (listener,) = kinds["Kafka"]["spec"]["kafka"]["listeners"]
+    assert (listener["port"], listener["tls"], listener["authentication"]) == (9093, True, {"type": "scram-sha-512"})
+    assert kinds["Kafka"]["spec"]["kafka"]["authorization"] == {"type": "simple"}
+    assert "userOperator" in kinds["Kafka"]["spec"]["entityOperator"]
+    users = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "KafkaUser"}
+    granted = {
+        name: {(a["resource"]["type"], a["resource"]["name"], op) for a in spec["authorization"]["acls"] for op in a["operations"]}
+        for name, spec in users.items()
+    }  # fmt: skip
+    assert granted == {
+        "iot-producer": {("topic", "iot_sensores", "Write"), ("topic", "iot_sensores", "Describe")},
+        "iot-consumer": {
+            ("topic", "iot_sensores", "Read"), ("topic", "iot_sensores", "Describe"),
+            ("group", "iot-consumer", "Read"), ("group", "iot-consumer", "Describe"),
+            ("topic", "iot_alertas", "Write"), ("topic", "iot_alertas", "Describe"),
+        },
+    }  # fmt: skip
+    defaults_all = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert defaults_all["producer"]["kafka"]["username"] == "iot-producer"
+    assert defaults_all["consumer"]["kafka"]["username"] == "iot-consumer"
+    assert defaults_all["consumer"]["group"] == "iot-consumer"
     assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics.values()} == {cluster}
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     assert defaults["kafka"]["clusterName"] == cluster
@@ -454,6 +542,12 @@ def test_bitnami_values_pull_from_the_legacy_repository() -> None:
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())["postgresql"]
     assert values["auth"]["username"] == defaults["username"]
     assert values["auth"]["database"] == defaults["database"]
+    # No committed password: the Bitnami chart generates them into its Secret.
+    assert not {"password", "postgresPassword"} & set(values["auth"])
+    # TLS with the chart's generated certificate, whose Secret (<release>-crt) is our CA's.
+    assert values["tls"] == {"enabled": True, "autoGenerated": True}
+    assert defaults["caSecret"] == "postgresql-crt"
+    assert defaults["sslmode"] == "verify-full"
 
 
 def test_kind_config_names_the_cluster() -> None:
@@ -638,7 +732,7 @@ def test_a_postgres_ca_reaches_every_pod_that_talks_to_postgres() -> None:
         assert {"name": "postgres-ca", "mountPath": "/etc/postgres-ca", "readOnly": True} in container["volumeMounts"]
     exporter_env = {e["name"]: e for e in pods["iot-monitor-exporter"]["containers"][0]["env"]}
     assert exporter_env["EXPORT_X"]["value"] == "one"
-    assert "caSecret" in render_refused("--set", "postgresql.sslmode=verify-full")
+    assert "caSecret" in render_refused("--set", "postgresql.sslmode=verify-full", "--set", "postgresql.caSecret=")
 
 
 def test_exporter_alerts_need_a_pushgateway() -> None:
@@ -662,3 +756,244 @@ def test_docs_named_by_deployment_files_exist() -> None:
     for path in files:
         for doc in re.findall(r"docs/[A-Za-z_.-]+\.md", path.read_text()):
             assert (REPO / doc).is_file(), f"{path.relative_to(REPO)} names {doc}"
+
+
+# ------------------------------------------------------------------------------- network policies
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against labels; {} selects everything."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if (
+            (operator == "In" and labels.get(key) not in values)
+            or (operator == "NotIn" and labels.get(key) in values)
+            or (operator == "Exists" and not present)
+            or (operator == "DoesNotExist" and present)
+        ):
+            return False
+    return True
+
+
+@dataclass(frozen=True, eq=False)  # compared (and hashed) by identity: one pod, one object
+class Pod:
+    namespace: str
+    labels: dict[str, str]
+    ports: dict[str, int] = field(default_factory=dict)  # named container ports
+
+
+NAMESPACE_LABELS = {ns: {"kubernetes.io/metadata.name": ns} for ns in ("iot", "kube-system", "monitoring", "other")}
+
+
+def _peer_matches(peer: dict[str, Any], pod: Pod, policy_namespace: str) -> bool:
+    if "ipBlock" in peer:
+        return False  # pods are matched by selectors here; ipBlocks are for traffic from outside
+    if "namespaceSelector" in peer:
+        if not _selects(peer["namespaceSelector"], NAMESPACE_LABELS[pod.namespace]):
+            return False
+    elif pod.namespace != policy_namespace:
+        return False
+    return _selects(peer.get("podSelector", {}), pod.labels)
+
+
+def _port_matches(rule: dict[str, Any], port: int, target: Pod) -> bool:
+    if "ports" not in rule:
+        return True
+    for allowed in rule["ports"]:
+        value = allowed.get("port")
+        named = isinstance(value, str) and target.ports.get(value) == port
+        if (value is None or value == port or named) and allowed.get("protocol", "TCP") == "TCP":
+            return True
+    return False
+
+
+def allowed(policies: list[dict[str, Any]], source: Pod, target: Pod, port: int) -> bool:
+    """NetworkPolicy semantics for one TCP connection: the source's egress and the target's
+    ingress must both allow it, where some policy selects that pod for that direction."""
+
+    def direction(pod: Pod, kind: str, peer_key: str, other: Pod, target_pod: Pod) -> bool:
+        selecting = [
+            p for p in policies
+            if p["metadata"].get("namespace", "iot") == pod.namespace
+            and _selects(p["spec"]["podSelector"], pod.labels) and kind in p["spec"]["policyTypes"]
+        ]  # fmt: skip
+        if not selecting:
+            return True
+        return any(
+            _port_matches(rule, port, target_pod)
+            and (peer_key not in rule or any(_peer_matches(peer, other, pod.namespace) for peer in rule[peer_key]))
+            for policy in selecting
+            for rule in policy["spec"].get(kind.lower(), [])
+        )
+
+    return direction(source, "Egress", "to", target, target) and direction(target, "Ingress", "from", source, target)
+
+
+def _workload(component: str, **ports: int) -> Pod:
+    labels = {"app.kubernetes.io/name": "iot-monitor", "app.kubernetes.io/instance": "iot-monitor",
+              "app.kubernetes.io/component": component}  # fmt: skip
+    return Pod("iot", labels, {"metrics": 8000, **ports})
+
+
+def test_network_policies_let_each_pod_reach_only_what_its_service_uses() -> None:
+    """On by default, one policy per workload. Judged connection by connection with the
+    NetworkPolicy rules: the producer reaches DNS and Kafka's TLS port only; the consumer DNS,
+    Kafka and PostgreSQL; the exporter and the migration PostgreSQL (and DNS); the dashboard
+    PostgreSQL but not Kafka; a rogue pod in the namespace reaches none of our pods, and only
+    the monitoring namespace scrapes /metrics; the page is open only to the allowed peers."""
+    docs = render("--set", "dashboard.enabled=true")
+    policies = list(by_kind(docs, "NetworkPolicy").values())
+    assert {p["metadata"]["name"] for p in policies} == {
+        f"iot-monitor-{c}" for c in ("producer", "consumer", "exporter", "dashboard", "migrate")
+    }
+    for policy in policies:
+        validate_object(policy)
+    producer, consumer = _workload("producer"), _workload("consumer")
+    exporter, migrate = _workload("exporter"), _workload("migrate")
+    dashboard = _workload("dashboard", http=8501)
+    kafka = Pod("iot", {"strimzi.io/cluster": "iot-kafka", "strimzi.io/kind": "Kafka"})
+    postgres = Pod("iot", {"app.kubernetes.io/name": "postgresql"})
+    dns = Pod("kube-system", {"k8s-app": "kube-dns"})
+    rogue = Pod("iot", {"app": "rogue"})
+    prometheus = Pod("monitoring", {"app": "prometheus"})
+    client = Pod("iot", {"iot-monitor.io/dashboard-client": "true"})
+    elsewhere = Pod("other", {"iot-monitor.io/dashboard-client": "true"})
+    expected = {
+        (producer, dns, 53): True, (producer, kafka, 9093): True, (producer, kafka, 9092): False,
+        (producer, postgres, 5432): False, (producer, rogue, 80): False,
+        (consumer, kafka, 9093): True, (consumer, postgres, 5432): True, (consumer, dns, 53): True,
+        (consumer, producer, 8000): False, (consumer, rogue, 443): False,
+        (exporter, postgres, 5432): True, (exporter, kafka, 9093): False,
+        (migrate, postgres, 5432): True, (migrate, kafka, 9093): False,
+        (dashboard, postgres, 5432): True, (dashboard, kafka, 9093): False,
+        (rogue, consumer, 8000): False, (rogue, producer, 8000): False, (rogue, dashboard, 8501): False,
+        (prometheus, consumer, 8000): True, (prometheus, producer, 8000): True, (prometheus, dashboard, 8000): True,
+        (prometheus, dashboard, 8501): False, (prometheus, consumer, 9999): False,
+        (client, dashboard, 8501): True, (client, dashboard, 8000): False, (elsewhere, dashboard, 8501): False,
+        (rogue, postgres, 5432): True,  # the database's own policy is the Bitnami chart's (primary.networkPolicy)
+    }  # fmt: skip
+    judged = {key: allowed(policies, *key) for key in expected}
+    assert judged == expected, {k: v for k, v in judged.items() if v != expected[k]}
+
+
+def test_network_policy_peers_and_ports_follow_the_values() -> None:
+    """Plaintext development Kafka opens 9092 instead of 9093; the exporter may push to its
+    Pushgateway's port; custom peers replace the defaults; networkPolicy.enabled=false renders none."""
+    plain = by_kind(render("-f", str(CHART / "ci" / "development-values.yaml"), "--set", "networkPolicy.enabled=true"),
+                    "NetworkPolicy")  # fmt: skip
+    ports = [r["ports"] for r in plain["iot-monitor-producer"]["spec"]["egress"]]
+    assert [{"protocol": "TCP", "port": 9092}] in ports
+    pushing = by_kind(render("--set", "exporter.pushgatewayUrl=http://pgw.monitoring:9091"), "NetworkPolicy")
+    assert {"ports": [{"protocol": "TCP", "port": 9091}]} in pushing["iot-monitor-exporter"]["spec"]["egress"]
+    custom = by_kind(
+        render(
+            "--set", "networkPolicy.kafka.to[0].ipBlock.cidr=10.0.0.0/8", "--set", "networkPolicy.kafka.ports={9096}"
+        ),
+        "NetworkPolicy",
+    )
+    assert {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"protocol": "TCP", "port": 9096}]} in custom[
+        "iot-monitor-consumer"
+    ]["spec"]["egress"]
+    assert not by_kind(render("--set", "networkPolicy.enabled=false"), "NetworkPolicy")
+
+
+# ------------------------------------------------------------------------------- the dashboard's door
+def test_the_dashboard_asks_for_a_password_and_has_its_own_service() -> None:
+    """On by default: the page's password from a generated Secret (kept on uninstall), the page's
+    Service apart from its metrics Service, each with its own type; exposing the page beyond the
+    cluster without the login is refused."""
+    docs = render("--set", "dashboard.enabled=true", "--set", "dashboard.service.type=LoadBalancer")
+    services = by_kind(docs, "Service")
+    assert services["iot-monitor-dashboard"]["spec"]["type"] == "LoadBalancer"
+    assert [p["name"] for p in services["iot-monitor-dashboard"]["spec"]["ports"]] == ["http"]
+    assert services["iot-monitor-dashboard-metrics"]["spec"]["type"] == "ClusterIP"
+    secret = by_kind(docs, "Secret")["iot-monitor-dashboard-auth"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert len(base64.b64decode(secret["data"]["password"])) == 32
+    (container,) = by_kind(docs, "Deployment")["iot-monitor-dashboard"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["DASHBOARD_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "iot-monitor-dashboard-auth",
+        "key": "password",
+    }
+    own = render("--set", "dashboard.enabled=true", "--set", "dashboard.auth.existingSecret=mine")
+    assert "iot-monitor-dashboard-auth" not in by_kind(own, "Secret")
+    error = render_refused(
+        "--set", "dashboard.enabled=true", "--set", "dashboard.service.type=NodePort", "--set", "dashboard.auth.enabled=false"
+    )  # fmt: skip
+    assert "auth" in error
+    open_inside = render("--set", "dashboard.enabled=true", "--set", "dashboard.auth.enabled=false")
+    (container,) = by_kind(open_inside, "Deployment")["iot-monitor-dashboard"]["spec"]["template"]["spec"]["containers"]
+    assert "DASHBOARD_PASSWORD" not in {e["name"] for e in container["env"]}
+
+
+# ------------------------------------------------------------------------------- no committed secrets
+SECRET_KEY = re.compile(r"(?i)(password|passwd|secret_?key|token)$")
+# NAME=value or name: value with a literal value (not a ${reference}, $VAR, a Secret's key name or empty).
+LITERAL_PASSWORD = re.compile(r"""(?i)\b[A-Z_]*PASS(WORD)?\b\s*[=:]\s*["']?(?![$"'{<\s%:?]|\.\.\.)([^\s"'`]{3,})""")
+VARIABLE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")  # "password: DASHBOARD_PASSWORD in ..." names a variable
+DEPLOYMENT_YAML = [
+    *(REPO / "k8s").rglob("*.yaml"), CHART / "values.yaml", *CI_VALUES, REPO / "docker-compose.yml",
+    *REPO.glob("skaffold*.yaml"), *(REPO / "tests" / "k8s").glob("*.yaml"),
+]  # fmt: skip
+SCRIPTS = [REPO / "Makefile", REPO / "stack" / "stack.sh", *(REPO / "scripts").glob("*.sh"), *(REPO / "docker").glob("*.sh"),
+           REPO / "README.md", *(REPO / "docs").glob("*.md"), REPO / ".ci" / "run"]  # fmt: skip
+
+
+def _literal_secrets(node: Any, where: str) -> list[str]:
+    found = []
+    if isinstance(node, dict):
+        if node.get("kind") == "Secret" and (node.get("data") or node.get("stringData")):
+            found.append(f"{where}: a Secret with its values committed")
+        for key, value in node.items():
+            if isinstance(value, str) and SECRET_KEY.search(str(key)) and value and not value.startswith("${"):
+                found.append(f"{where}: {key}: {value!r}")
+            found += _literal_secrets(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            found += _literal_secrets(item, f"{where}[{index}]")
+    return found
+
+
+def test_no_password_is_committed_in_deployment_files_scripts_or_docs() -> None:
+    """Development passwords are generated at install time (the Bitnami chart, the chart's own
+    Secrets, scripts/dev-secrets.sh for Compose and the local stack, the k8s test harness): no
+    manifest, values file, Compose file, script or document of the repository holds one."""
+    found = []
+    for path in DEPLOYMENT_YAML:
+        for doc in yaml.safe_load_all(path.read_text()):
+            found += _literal_secrets(doc, str(path.relative_to(REPO)))
+    for path in SCRIPTS:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = LITERAL_PASSWORD.search(line)
+            if match and not VARIABLE_NAME.match(match.group(2)):
+                found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert found == []
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: v.name if v else "defaults")
+def test_rendered_secrets_appear_only_in_secrets_and_reach_pods_by_reference(values: Path | None) -> None:
+    """Every value of a Secret the chart renders (the generated passwords) appears in no other
+    object; every variable named *PASSWORD* in a pod comes from a secretKeyRef, and no ConfigMap
+    carries one."""
+    docs = render(*(["-f", str(values)] if values else []), "--set", "dashboard.enabled=true")
+    secrets = by_kind(docs, "Secret")
+    generated = [base64.b64decode(v).decode() for s in secrets.values() for v in s.get("data", {}).values()]
+    assert generated, "the chart generates the roles' and the dashboard's passwords"
+    others = json.dumps([d for d in docs if d["kind"] != "Secret"])
+    assert [g for g in generated if g in others] == []
+
+    def pods(doc: dict[str, Any]) -> list[dict[str, Any]]:
+        spec = doc.get("spec", {})
+        template = spec.get("jobTemplate", {}).get("spec", spec).get("template", {})
+        return [template["spec"]] if "spec" in template else []
+
+    for doc in docs:
+        for pod in pods(doc):
+            for container in pod["containers"] + pod.get("initContainers", []):
+                for variable in container.get("env", []):
+                    if "PASSWORD" in variable["name"]:
+                        assert "secretKeyRef" in variable.get("valueFrom", {}), (doc["metadata"]["name"], variable)
+        if doc["kind"] == "ConfigMap":
+            assert not [k for k in doc.get("data", {}) if "PASSWORD" in k or "SECRET" in k], doc["metadata"]["name"]

@@ -5,8 +5,11 @@ tests/k8s/build-binaries.sh, cached in ~/.cache/iot-monitor) inside a network an
 of its own. Our four images (docker/build-images.sh) and the test-only Kafka and PostgreSQL
 stand-ins (tests/compose/standins) are imported into the node's containerd; tests/k8s/platform.yaml
 runs Kafka 4.3.1 and PostgreSQL as StatefulSets under the names Strimzi and Bitnami would give
-them, so the chart is installed with its defaults plus tests/k8s/values.yaml (image tag,
-dashboard on). The tests run in file order against one release and end with the teardown.
+them, secured as k8s/kafka.yaml and k8s/postgresql-values.yaml secure them (SASL_SSL with the
+KafkaUsers' ACLs, PostgreSQL over TLS; tests/k8s/standin_operators.py plays the operators), so
+the chart is installed with its defaults plus tests/k8s/values.yaml (image tag, dashboard on).
+A pod in namespace "monitoring" stands for Prometheus. The tests run in file order against one
+release and end with the teardown.
 
 Needs root, a Docker daemon, containerd, runc, the CNI plugins and Go. Without them the module
 is skipped, unless IOT_REQUIRE_K8S_TESTS=1 (CI), which makes that a failure.
@@ -30,7 +33,8 @@ from typing import Any
 import openpyxl
 import pytest
 
-from tests.helpers import REPO, require_docker, standin_images, wait_until
+from tests.helpers import REPO, argv_exposing, require_docker, standin_images, wait_until
+from tests.k8s.standin_operators import LOCAL_BOOTSTRAP, Platform, kafka_users, manifest_stream
 
 # The first test also builds the images (and, once per machine, Kubernetes itself: ~20 min).
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(3600)]
@@ -44,6 +48,8 @@ SERVICES = ("producer", "consumer", "exporter", "dashboard")
 STANDINS = ("iot-monitor/standin-kafka:4.3.1", "iot-monitor/standin-postgres:15")
 TOPICS = {"iot_sensores": 6, "iot_alertas": 3}
 SENSORS = 20  # tests/k8s/values.yaml
+MONITORING = "monitoring"  # where the chart's NetworkPolicies let scrapers (and, in the test values, the page) in
+PROBE = "probe"  # a pod there: Prometheus's place, with our consumer image's Python
 BACKFILLED = 120  # readings a "gateway" sends for yesterday, for the exporter's daily file
 
 
@@ -92,10 +98,18 @@ def verify() -> dict[str, Any]:
     return dict(json.loads(out[out.index("{") :]))
 
 
-def http_get_from_pod(url: str) -> str:
-    """GET a URL from inside a consumer pod: cluster DNS, the Service's ClusterIP, kube-proxy."""
+def http_get_from_monitoring(url: str) -> str:
+    """GET a URL from the probe pod in namespace "monitoring", where Prometheus would scrape
+    from: cluster DNS, the Service's ClusterIP, kube-proxy (and what the NetworkPolicies allow)."""
     code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
-    return kubectl("exec", f"deploy/{RELEASE}-consumer", "--", "python3", "-c", code)
+    return cluster("kubectl", "-n", MONITORING, "exec", PROBE, "--", "python3", "-c", code)
+
+
+def python_in(workload: str, code: str) -> Any:
+    """Run Python in a pod of the release, with that service's own settings (its env); the last
+    line it prints, as JSON."""
+    out = kubectl("exec", f"deploy/{RELEASE}-{workload}", "--", "python3", "-c", code, timeout=180)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def require_cluster_tools() -> None:
@@ -164,12 +178,23 @@ def node(images: list[str]) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def platform(node: None) -> None:
-    """Kafka and PostgreSQL Ready, the topics created (Strimzi's KafkaTopics on the user's path)."""
+def platform(node: None) -> Platform:
+    """Kafka and PostgreSQL Ready with TLS, the topics created (Strimzi's KafkaTopics on the
+    user's path), the KafkaUsers of k8s/kafka.yaml with their Secrets and ACLs; a probe pod in
+    namespace "monitoring"."""
     cluster("kubectl", "create", "namespace", NAMESPACE)
+    cluster("kubectl", "create", "namespace", MONITORING)
+    users = kafka_users(REPO / "k8s" / "kafka.yaml")
+    generated, secrets = Platform.secrets(users)
+    kubectl("apply", "-f", "-", stdin=manifest_stream(secrets))
     kubectl("apply", "-f", str(REPO / "tests" / "k8s" / "platform.yaml"))
+    cluster(
+        "kubectl", "-n", MONITORING, "run", PROBE, f"--image=iot-consumer:{TAG}", "--image-pull-policy=IfNotPresent",
+        "--restart=Never", "--command", "--", "sleep", "infinity",
+    )  # fmt: skip
     for statefulset in ("iot-kafka", "postgresql"):
         kubectl("rollout", "status", f"statefulset/{statefulset}", "--timeout=240s", timeout=300)
+    generated.apply_users(kubectl, users)
     for topic, partitions in TOPICS.items():
         kubectl(
             "exec",
@@ -177,7 +202,7 @@ def platform(node: None) -> None:
             "--",
             "/opt/kafka/bin/kafka-topics.sh",
             "--bootstrap-server",
-            "localhost:9092",
+            LOCAL_BOOTSTRAP,
             "--create",
             "--if-not-exists",
             "--topic",
@@ -188,10 +213,12 @@ def platform(node: None) -> None:
             "1",
             timeout=120,
         )
+    cluster("kubectl", "-n", MONITORING, "wait", "--for=condition=Ready", f"pod/{PROBE}", "--timeout=120s", timeout=150)
+    return generated
 
 
 @pytest.fixture(scope="module")
-def release(platform: None) -> None:
+def release(platform: Platform) -> None:
     """`helm install iot-monitor charts/iot-monitor` with the test values, waited for."""
     helm(
         "install",
@@ -282,6 +309,112 @@ def test_services_log_in_as_their_own_roles_made_by_the_migration_hook(release: 
         assert "permission denied" in refused.stderr or "must be owner" in refused.stderr, refused.stderr
 
 
+# Run in a pod with that service's own Kafka settings: each attempt's outcome, by name.
+KAFKA_ATTEMPTS = """
+import json
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from iot_common.settings import KafkaSettings, load_settings
+options = load_settings(KafkaSettings).client_options()
+options["bootstrap_timeout_ms"] = 10_000
+outcomes = {}
+def attempt(name, action):
+    try:
+        outcomes[name] = action()
+    except Exception as exc:
+        outcomes[name] = type(exc).__name__
+def send(topic, **changes):
+    producer = KafkaProducer(acks="all", max_block_ms=15_000, **{**options, **changes})
+    try:
+        producer.send(topic, b'{"probe": true}').get(timeout=20)
+        return "allowed"
+    finally:
+        producer.close(timeout=5)
+def read(topic, group=None):
+    consumer = KafkaConsumer(group_id=group, enable_auto_commit=False, **options)
+    try:
+        if group:
+            consumer.subscribe([topic])
+        else:
+            partition = TopicPartition(topic, 0)
+            consumer.assign([partition])
+            consumer.seek_to_beginning(partition)
+        for _ in range(5):
+            if consumer.poll(timeout_ms=3_000):
+                return "allowed"
+        return "nothing"
+    finally:
+        consumer.close()
+def metadata(**changes):
+    consumer = KafkaConsumer(**{**options, **changes})
+    try:
+        return "allowed" if consumer.topics() is not None else "nothing"
+    finally:
+        consumer.close()
+"""
+
+
+def test_each_kafka_user_may_do_only_what_its_service_does(release: None, platform: Platform) -> None:
+    """The broker serves only SASL_SSL and enforces the ACLs of k8s/kafka.yaml's KafkaUsers: the
+    producer's credential cannot read readings (alone or in the consumers' group) nor publish
+    alert events; the consumer's cannot write readings; a wrong password and a plaintext client
+    are turned away, while the same pod's own credential connects."""
+    producer = python_in(
+        "producer",
+        KAFKA_ATTEMPTS
+        + """
+attempt("own_credential", lambda: metadata())
+attempt("read_readings", lambda: read("iot_sensores"))
+attempt("read_in_group", lambda: read("iot_sensores", "iot-consumer"))
+attempt("publish_alerts", lambda: send("iot_alertas"))
+attempt("wrong_password", lambda: metadata(sasl_plain_password="not-" + options["sasl_plain_password"]))
+attempt("plaintext", lambda: metadata(security_protocol="PLAINTEXT"))
+print(json.dumps(outcomes))
+""",
+    )
+    assert producer["own_credential"] == "allowed", producer
+    assert producer["read_readings"] == "TopicAuthorizationFailedError", producer
+    assert producer["read_in_group"] == "GroupAuthorizationFailedError", producer
+    assert producer["publish_alerts"] == "TopicAuthorizationFailedError", producer
+    assert producer["wrong_password"] != "allowed", producer
+    assert producer["plaintext"] != "allowed", producer
+    consumer = python_in(
+        "consumer",
+        KAFKA_ATTEMPTS
+        + """
+attempt("write_readings", lambda: send("iot_sensores"))
+print(json.dumps(outcomes))
+""",
+    )
+    assert consumer["write_readings"] == "TopicAuthorizationFailedError", consumer
+    assert set(platform.kafka_passwords) == {"iot-producer", "iot-consumer"}
+
+
+def test_the_consumers_reach_postgresql_over_verified_tls(release: None) -> None:
+    """With the chart's defaults (sslmode verify-full, the CA from Secret postgresql-crt, the
+    server's certificate for Service "postgresql") every session of the consumers is encrypted:
+    pg_stat_ssl says so for each of them."""
+    config = json.loads(kubectl("get", "configmap", RELEASE, "-o", "jsonpath={.data}"))
+    assert config["POSTGRES_SSLMODE"] == "verify-full"
+    encrypted = psql(
+        "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'iot_consumer'"
+    ).split()
+    assert encrypted, "no session of iot_consumer"
+    assert set(encrypted) == {"t"}, encrypted
+
+
+def test_no_password_shows_in_any_process_argv_on_the_node(release: None, platform: Platform) -> None:
+    """The KafkaUsers' and PostgreSQL's passwords (generated by the harness, as the operators
+    would), the service roles' and the dashboard's (generated by the chart) reach the pods as
+    Secrets, never in an argv: no process on the node - kubelet, containerd, the pods' own -
+    shows one in its command line."""
+    secrets = [*platform.kafka_passwords.values(), platform.postgres_password]
+    for name in (f"{RELEASE}-db-roles", f"{RELEASE}-dashboard-auth"):
+        data = json.loads(kubectl("get", "secret", name, "-o", "jsonpath={.data}"))
+        secrets += [base64.b64decode(value).decode() for value in data.values()]
+    assert len(secrets) == 7
+    assert argv_exposing(secrets) == []
+
+
 def test_kubectl_logs_show_json_lines(release: None) -> None:
     """`kubectl logs` of every service prints one JSON object per line, with event, level,
     service and a UTC timestamp."""
@@ -299,14 +432,19 @@ def test_kubectl_logs_show_json_lines(release: None) -> None:
 
 def test_metrics_answer_through_the_services(release: None) -> None:
     """/metrics of the producer and consumer, and the dashboard's page and metrics, answer by
-    Service name from inside the cluster (cluster DNS, ClusterIP, kube-proxy)."""
-    producer = http_get_from_pod(f"http://{RELEASE}-producer-metrics:8000/metrics")
+    Service name from the monitoring namespace (cluster DNS, ClusterIP, kube-proxy); the page and
+    its metrics are two Services."""
+    service = RELEASE
+    producer = http_get_from_monitoring(f"http://{service}-producer-metrics.{NAMESPACE}:8000/metrics")
     assert "iot_producer_" in producer
-    consumer = http_get_from_pod(f"http://{RELEASE}-consumer-metrics:8000/metrics")
+    consumer = http_get_from_monitoring(f"http://{service}-consumer-metrics.{NAMESPACE}:8000/metrics")
     assert "iot_consumer_rows_inserted_total" in consumer
-    assert http_get_from_pod(f"http://{RELEASE}-dashboard:8501/_stcore/health").strip() == "ok"
-    assert "<html" in http_get_from_pod(f"http://{RELEASE}-dashboard:8501/").lower()
-    assert "iot_dashboard_" in http_get_from_pod(f"http://{RELEASE}-dashboard:8000/metrics")
+    assert http_get_from_monitoring(f"http://{service}-dashboard.{NAMESPACE}:8501/_stcore/health").strip() == "ok"
+    assert "<html" in http_get_from_monitoring(f"http://{service}-dashboard.{NAMESPACE}:8501/").lower()
+    metrics = http_get_from_monitoring(f"http://{service}-dashboard-metrics.{NAMESPACE}:8000/metrics")
+    assert "iot_dashboard_logins_total" in metrics
+    ports = json.loads(kubectl("get", "service", f"{RELEASE}-dashboard", "-o", "jsonpath={.spec.ports}"))
+    assert [p["name"] for p in ports] == ["http"]
 
 
 def exports_dir() -> Path:
@@ -324,7 +462,8 @@ def test_exporter_job_from_the_cronjob_writes_csv_and_xlsx_on_the_claim(release:
     # A gateway that was offline sends yesterday's readings late (kafka-python in the producer pod).
     send = (
         "import json, uuid, datetime as d; from kafka import KafkaProducer\n"
-        "p = KafkaProducer(bootstrap_servers='iot-kafka-kafka-bootstrap:9092', acks='all')\n"
+        "from iot_common.settings import KafkaSettings, load_settings\n"
+        "p = KafkaProducer(acks='all', **load_settings(KafkaSettings).client_options())\n"
         f"start = d.datetime.fromisoformat({start.isoformat()!r}); sensor = str(uuid.UUID(int=7))\n"
         f"for i in range({BACKFILLED}):\n"
         "    reading = {'sensor_id': sensor, 'timestamp': (start + d.timedelta(seconds=i)).isoformat(),"

@@ -56,6 +56,15 @@ def _settings() -> tuple[KafkaSettings, PostgresSettings]:
         fail(str(exc))
 
 
+def _postgres_settings() -> PostgresSettings:
+    """For the commands that never talk to Kafka (migrate, retention, dead letters): they need
+    no Kafka credential, which the migration Job, for one, does not have."""
+    try:
+        return load_settings(PostgresSettings)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
 def _rules(path: Path | None) -> RuleSet:
     try:
         return load_rules(path)
@@ -400,7 +409,7 @@ def migrate_command(
     schema's owner). Each role's password is set from CONSUMER_DB_PASSWORD,
     EXPORTER_DB_PASSWORD and DASHBOARD_DB_PASSWORD when given (`run` migrates too, without roles)."""
     setup_service("iot-consumer")
-    _, postgres = _settings()
+    postgres = _postgres_settings()
     conn = _connect(postgres, "migrate")
     try:
         version = migrate(conn)
@@ -491,7 +500,7 @@ def retention_command(
     """Drop the partitions of sensores and its rollups older than their retention, now (the
     running consumer does this on its own clock), then show each table's size on disk."""
     setup_service("iot-consumer")
-    _kafka, postgres = _settings()
+    postgres = _postgres_settings()
     retention = _retention(retention_days, minute_rollup_retention_days, hour_rollup_retention_days)
     _migrate(postgres)
     conn = _connect(postgres, "retention")
@@ -623,7 +632,7 @@ def dead_letters_list(
 ) -> None:
     """Dead letters not replayed yet, by reason, with a few samples."""
     setup_service("iot-consumer")
-    _, postgres = _settings()
+    postgres = _postgres_settings()
     which = _filter(group, reason, since, until)
     conn = _connect(postgres, "dead-letters")
     try:
@@ -658,7 +667,7 @@ def dead_letters_replay(
     """Re-validate stored dead letters with today's rules and move the valid ones into
     `sensores`, exactly once (a second replay does nothing); audited in dead_letter_replays."""
     setup_service("iot-consumer")
-    _, postgres = _settings()
+    postgres = _postgres_settings()
     limits = _limits(
         temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes, earliest, max_reading_age_days
     )

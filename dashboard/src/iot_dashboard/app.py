@@ -8,7 +8,9 @@ failing database shows as a message on the page instead of a blank screen.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +28,7 @@ from iot_common.logging import configure_logging, get_logger
 from iot_common.postgres import connect_kwargs
 from iot_common.settings import KafkaSettings, ObservabilitySettings, PostgresSettings, load_settings
 from iot_dashboard import queries as q
-from iot_dashboard.metrics import REFRESHES
+from iot_dashboard.metrics import LOGINS, REFRESHES
 from iot_dashboard.settings import WINDOWS, DashboardSettings
 
 log = get_logger("iot_dashboard")
@@ -40,7 +42,7 @@ class Runtime:
 
     dashboard: DashboardSettings
     postgres: PostgresSettings
-    kafka: KafkaSettings
+    kafka: KafkaSettings | None  # None: no Kafka access (DASHBOARD_LAG_FROM_KAFKA=false)
     pool: psycopg2.pool.ThreadedConnectionPool | None = None
     kafka_client: KafkaConsumer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,7 +63,7 @@ class Runtime:
 
     def end_offsets(self) -> dict[int, int] | None:
         """Kafka's end offset per partition of the readings topic, None when Kafka does not answer."""
-        if not self.dashboard.lag_from_kafka:
+        if self.kafka is None:
             return None
         with self.lock:
             try:
@@ -90,7 +92,9 @@ def runtime() -> Runtime:
     metrics server already up); read them again here."""
     observability = load_settings(ObservabilitySettings)
     configure_logging(observability.log_level, observability.log_format, service="iot-dashboard")
-    rt = Runtime(load_settings(DashboardSettings), load_settings(PostgresSettings), load_settings(KafkaSettings))
+    dashboard = load_settings(DashboardSettings)
+    kafka = load_settings(KafkaSettings) if dashboard.lag_from_kafka else None
+    rt = Runtime(dashboard, load_settings(PostgresSettings), kafka)
     log.info("dashboard_started", database=rt.postgres.describe(), refresh_seconds=rt.dashboard.refresh_seconds)
     return rt
 
@@ -294,7 +298,7 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
                 st.caption(f"{len(latest) - len(shown)} more sensors not shown.")
     with right:
         st.subheader("Pipeline health")
-        topics = ", ".join(sorted(set(positions["topic"]))) if not positions.empty else rt.kafka.topic
+        topics = ", ".join(sorted(set(positions["topic"]))) if not positions.empty else "-"
         st.caption(f"Consumer group {settings.consumer_group!r} on {topics}: stored position vs Kafka's end")
         if positions.empty:
             st.caption(f"No stored positions for consumer group {settings.consumer_group!r} yet.")
@@ -316,10 +320,39 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
             st.table(dead.assign(latest=dead["latest"].map(lambda s: ago(s, now))).set_index("reason"))
 
 
+# A refused password costs the next guess this long (a session's script runs one at a time).
+REFUSED_LOGIN_DELAY_S = 1.0
+
+
+def signed_in(settings: DashboardSettings) -> bool:
+    """Whether this browser session may see the page: no password is configured, or it gave the
+    right one. Until then only the sign-in form is drawn - not one query has run."""
+    if settings.password is None or st.session_state.get("signed_in"):
+        return True
+    with st.form("sign-in"):
+        st.subheader("iot-monitor: sign in")
+        given = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Sign in")
+    if submitted:
+        expected = settings.password.get_secret_value().encode()
+        if hmac.compare_digest(given.encode(), expected):
+            LOGINS.labels("accepted").inc()
+            log.info("login_accepted")
+            st.session_state["signed_in"] = True
+            st.rerun()
+        LOGINS.labels("refused").inc()
+        log.warning("login_refused")
+        time.sleep(REFUSED_LOGIN_DELAY_S)
+        st.error("Wrong password.")
+    return False
+
+
 def main() -> None:
     st.set_page_config(page_title="iot-monitor", layout="wide")
     rt = runtime()
     settings = rt.dashboard
+    if not signed_in(settings):
+        return
     st.title("iot-monitor")
     with st.sidebar:
         st.header("View")

@@ -36,13 +36,15 @@ def serve(
     until someone does.
 
     Settings: DASHBOARD_PORT (8501), DASHBOARD_REFRESH_SECONDS (5), DASHBOARD_WINDOW,
-    DASHBOARD_CONSUMER_GROUP, POSTGRES_* (use the read-only role iot_dashboard), KAFKA_* (lag).
+    DASHBOARD_CONSUMER_GROUP, DASHBOARD_PASSWORD (asked for before the page shows anything),
+    POSTGRES_* (use the read-only role iot_dashboard), KAFKA_* (lag, with DASHBOARD_LAG_FROM_KAFKA).
     """
     observability = setup_service("iot-dashboard")
     try:
         dashboard = load_settings(DashboardSettings)
         postgres = load_settings(PostgresSettings)
-        load_settings(KafkaSettings)
+        if dashboard.lag_from_kafka:
+            load_settings(KafkaSettings)
     except ConfigError as exc:
         fail(str(exc))
     if check_database:
@@ -67,7 +69,11 @@ def serve(
         address=f"http://{dashboard.host}:{dashboard.port}/",
         metrics_port=observability.metrics_port,
         database=postgres.describe(),
+        login=dashboard.password is not None,
+        lag_from_kafka=dashboard.lag_from_kafka,
     )
+    if dashboard.password is None and dashboard.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("dashboard_without_login", host=dashboard.host, hint="set DASHBOARD_PASSWORD")
     bootstrap.run(str(APP), False, [], flags)
 
 

@@ -16,3 +16,6 @@ QUERY_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 REFRESHES = Counter("iot_dashboard_refreshes_total", "Dashboard data refreshes by outcome", ["outcome"])
+LOGINS = Counter(
+    "iot_dashboard_logins_total", "Sign-in attempts on the page by outcome (accepted, refused)", ["outcome"]
+)

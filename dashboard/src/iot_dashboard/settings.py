@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Window = Literal["5 min", "15 min", "1 h", "6 h", "24 h", "7 d", "30 d"]
@@ -19,6 +19,9 @@ WINDOWS: dict[str, int] = {
 }
 
 
+MIN_PASSWORD_LENGTH = 12
+
+
 class DashboardSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DASHBOARD_", extra="ignore")
 
@@ -29,7 +32,17 @@ class DashboardSettings(BaseSettings):
     max_sensors: int = Field(12, ge=1, le=200)  # series drawn by default (the busiest first)
     consumer_group: str = "iot-consumer"  # whose stored positions give the lag
     lag_from_kafka: bool = True  # compare positions with Kafka's end offsets (else: positions only)
+    # The page asks for it before showing anything (the chart sets it from a Secret). Unset: no
+    # login, for a page only reachable through `kubectl port-forward` or on localhost.
+    password: SecretStr | None = None
     # Dashed reference lines on the charts (the default alert thresholds).
     temperature_limit: float = 30.0
     humidity_min: float = 30.0
     humidity_max: float = 80.0
+
+    @field_validator("password")
+    @classmethod
+    def _long_enough(cls, password: SecretStr | None) -> SecretStr | None:
+        if password is not None and len(password.get_secret_value()) < MIN_PASSWORD_LENGTH:
+            raise ValueError(f"must be at least {MIN_PASSWORD_LENGTH} characters (a guesser finds a shorter one fast)")
+        return password
