@@ -56,12 +56,13 @@ stack-status: ## Show what runs where, and where the logs are
 
 run: dev stack-up ## Start the stack, then producer + consumer in the foreground (Ctrl-C stops them)
 	PRODUCER_ANOMALY_RATE=$(PRODUCER_ANOMALY_RATE) PRODUCER_SEED=$(PRODUCER_SEED) PRODUCER_METRICS_PORT=$(PRODUCER_METRICS_PORT) \
-	  CONSUMER_METRICS_PORT=$(CONSUMER_METRICS_PORT) scripts/run-pipeline.sh
+	  CONSUMER_METRICS_PORT=$(CONSUMER_METRICS_PORT) scripts/with-stack-secrets.sh scripts/run-pipeline.sh
 
-dashboard: dev stack-up ## Live dashboard on http://localhost:8501 (read-only role; run beside `make run`)
-	$(BIN)/iot-consumer migrate
-	POSTGRES_USER=iot_dashboard POSTGRES_PASSWORD=iot_dashboard METRICS_PORT=$(DASHBOARD_METRICS_PORT) \
-	  DASHBOARD_PORT=$(DASHBOARD_PORT) $(BIN)/iot-dashboard
+dashboard: dev stack-up ## Live dashboard on http://localhost:8501 (read-only role, sign-in password DASHBOARD_PASSWORD in .stack/secrets.env)
+	scripts/with-stack-secrets.sh $(BIN)/iot-consumer migrate
+	@echo "dashboard: http://localhost:$(DASHBOARD_PORT)  sign-in password: DASHBOARD_PASSWORD in .stack/secrets.env"
+	POSTGRES_USER=iot_dashboard METRICS_PORT=$(DASHBOARD_METRICS_PORT) DASHBOARD_PORT=$(DASHBOARD_PORT) \
+	  scripts/with-stack-secrets.sh sh -c 'POSTGRES_PASSWORD=$$DASHBOARD_DB_PASSWORD exec $(BIN)/iot-dashboard'
 
 lint: dev ## ruff check + format check + spelling
 	$(BIN)/ruff check .

@@ -18,7 +18,6 @@ KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 KAFKA_SASL_PORT=${KAFKA_SASL_PORT:-9095}
 STACK_SCRAM_USER=${STACK_SCRAM_USER:-iot}
-STACK_SCRAM_PASSWORD=${STACK_SCRAM_PASSWORD:-iot-scram-secret}
 KAFKA_TOPIC=${KAFKA_TOPIC:-iot_sensores}
 KAFKA_PARTITIONS=${KAFKA_PARTITIONS:-6}
 KAFKA_ALERTS_TOPIC=${KAFKA_ALERTS_TOPIC:-iot_alertas}
@@ -26,7 +25,10 @@ KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
 POSTGRES_PORT=${POSTGRES_PORT:-5432}
 POSTGRES_DB=${POSTGRES_DB:-iot}
 POSTGRES_USER=${POSTGRES_USER:-iot}
-POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-iot}
+# The passwords (owner, service roles, SCRAM user, dashboard sign-in) are generated once per
+# checkout into $STACK_SECRETS by scripts/dev-secrets.sh - none is committed; a variable already
+# set in the environment wins. Use them in a shell with: set -a; . .stack/secrets.env; set +a
+STACK_SECRETS=$STACK_DIR/secrets.env
 
 KAFKA_HOME=$STACK_DIR/kafka
 KAFKA_LIBS=$KAFKA_HOME/libs
@@ -38,6 +40,16 @@ PG_HOME=$STACK_DIR/postgres
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+load_secrets() {
+  "$REPO_DIR/scripts/dev-secrets.sh" "$STACK_SECRETS"
+  local line name
+  while IFS= read -r line; do
+    [[ $line =~ ^([A-Z_]+)=(.*)$ ]] || continue
+    name=${BASH_REMATCH[1]}
+    [[ -n ${!name:-} ]] || export "$name=${BASH_REMATCH[2]}"  # export is a builtin: no argv
+  done <"$STACK_SECRETS"
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -91,10 +103,14 @@ kafka_tls() {
 
 kafka_scram_user() {
   # SCRAM credentials live in the cluster metadata; (re)setting them is idempotent.
+  # The password reaches the tool in a 0600 file, not in its argv (which anyone may read in ps).
+  local config=$KAFKA_HOME/scram.properties
+  # (In a file the value has no brackets: --add-config-file reads a properties file.)
+  (umask 077 && printf 'SCRAM-SHA-512=iterations=4096,password=%s\n' "$STACK_SCRAM_PASSWORD" >"$config")
   kafka_tool kafka.admin.ConfigCommand --bootstrap-server "localhost:$KAFKA_PORT" --alter \
-    --add-config "SCRAM-SHA-512=[iterations=4096,password=$STACK_SCRAM_PASSWORD]" \
-    --entity-type users --entity-name "$STACK_SCRAM_USER" >/dev/null \
-    || die "could not create SCRAM user $STACK_SCRAM_USER"
+    --add-config-file "$config" --entity-type users --entity-name "$STACK_SCRAM_USER" >/dev/null \
+    2>/dev/null || { rm -f "$config"; die "could not create SCRAM user $STACK_SCRAM_USER (the tool's message would show the password)"; }
+  rm -f "$config"
   log "SASL_SSL listener on localhost:$KAFKA_SASL_PORT (SCRAM-SHA-512 user $STACK_SCRAM_USER, CA $KAFKA_TLS/ca.pem)"
 }
 
@@ -252,7 +268,9 @@ pg_superuser_psql() {
 }
 
 pg_ensure_database() {
-  pg_superuser_psql -d postgres -v role="$POSTGRES_USER" -v pw="$POSTGRES_PASSWORD" >/dev/null <<'SQL'
+  # Passwords reach psql in its environment (\getenv), never in its argv.
+  pg_superuser_psql -d postgres -v role="$POSTGRES_USER" >/dev/null <<'SQL'
+\getenv pw POSTGRES_PASSWORD
 SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'role', :'pw')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
 SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'pw') \gexec
@@ -267,12 +285,14 @@ SQL
   fi
   # Least-privilege login roles for the services (the schema's owner grants them on migrate).
   pg_superuser_psql -d postgres >/dev/null <<'SQL'
-SELECT 'CREATE ROLE iot_consumer LOGIN PASSWORD ''iot_consumer'''
-WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iot_consumer') \gexec
-SELECT 'CREATE ROLE iot_exporter LOGIN PASSWORD ''iot_exporter'''
-WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iot_exporter') \gexec
-SELECT 'CREATE ROLE iot_dashboard LOGIN PASSWORD ''iot_dashboard'''
-WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iot_dashboard') \gexec
+\getenv consumer_pw CONSUMER_DB_PASSWORD
+\getenv exporter_pw EXPORTER_DB_PASSWORD
+\getenv dashboard_pw DASHBOARD_DB_PASSWORD
+SELECT format('CREATE ROLE %I LOGIN', r) FROM unnest(ARRAY['iot_consumer', 'iot_exporter', 'iot_dashboard']) AS r
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gexec
+SELECT format('ALTER ROLE iot_consumer LOGIN PASSWORD %L', :'consumer_pw') \gexec
+SELECT format('ALTER ROLE iot_exporter LOGIN PASSWORD %L', :'exporter_pw') \gexec
+SELECT format('ALTER ROLE iot_dashboard LOGIN PASSWORD %L', :'dashboard_pw') \gexec
 -- The dashboard only reads: even a bug in it cannot write.
 ALTER ROLE iot_dashboard SET default_transaction_read_only = on;
 SQL
@@ -285,7 +305,19 @@ SELECT format('ALTER ROLE %I CREATEROLE', :'role') \gexec
 SELECT format('GRANT iot_consumer, iot_exporter, iot_dashboard TO %I WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', :'role')
 WHERE current_setting('server_version_num')::int >= 160000 \gexec
 SQL
-  log "database $POSTGRES_DB ready (owner role $POSTGRES_USER; service roles iot_consumer, iot_exporter, iot_dashboard)"
+  # For psql by hand: PGPASSFILE=.stack/pgpass psql -h localhost -U iot -d iot (no password typed or in argv).
+  (
+    umask 077
+    {
+      printf 'localhost:%s:*:%s:%s\n' "$POSTGRES_PORT" "$POSTGRES_USER" "$POSTGRES_PASSWORD"
+      printf 'localhost:%s:*:iot_consumer:%s\n' "$POSTGRES_PORT" "$CONSUMER_DB_PASSWORD"
+      printf 'localhost:%s:*:iot_exporter:%s\n' "$POSTGRES_PORT" "$EXPORTER_DB_PASSWORD"
+      printf 'localhost:%s:*:iot_dashboard:%s\n' "$POSTGRES_PORT" "$DASHBOARD_DB_PASSWORD"
+    } >"$STACK_DIR/pgpass.tmp"
+    chmod 0600 "$STACK_DIR/pgpass.tmp"
+    mv "$STACK_DIR/pgpass.tmp" "$STACK_DIR/pgpass"
+  )
+  log "database $POSTGRES_DB ready (owner role $POSTGRES_USER; service roles iot_consumer, iot_exporter, iot_dashboard; passwords in $STACK_SECRETS, psql: PGPASSFILE=$STACK_DIR/pgpass)"
 }
 
 pg_down() {
@@ -322,7 +354,7 @@ components() { if [[ $# -eq 0 ]]; then echo "postgres kafka"; else echo "$@"; fi
 
 cmd=${1:-}; shift || true
 case $cmd in
-  up)      for c in $(components "$@"); do case $c in kafka) kafka_up ;; postgres) pg_up ;; *) die "unknown component '$c' (kafka|postgres)";; esac; done ;;
+  up)      load_secrets; for c in $(components "$@"); do case $c in kafka) kafka_up ;; postgres) pg_up ;; *) die "unknown component '$c' (kafka|postgres)";; esac; done ;;
   down)    for c in $(components "$@"); do case $c in kafka) kafka_down ;; postgres) pg_down ;; *) die "unknown component '$c' (kafka|postgres)";; esac; done ;;
   restart) "$0" down "$@"; "$0" up "$@" ;;
   status)  status ;;

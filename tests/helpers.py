@@ -35,13 +35,30 @@ BIN = REPO / ".venv" / "bin"
 ARTIFACTS = REPO / ".artifacts"
 
 
+# The service roles' passwords in the local stack, by the variable that carries each.
+ROLE_PASSWORD_VARIABLES = {
+    "iot_consumer": "CONSUMER_DB_PASSWORD",
+    "iot_exporter": "EXPORTER_DB_PASSWORD",
+    "iot_dashboard": "DASHBOARD_DB_PASSWORD",
+}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """NAME=value lines (scripts/dev-secrets.sh's format), comments and blanks skipped."""
+    values = {}
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() and not name.lstrip().startswith("#"):
+            values[name.strip()] = value.strip()
+    return values
+
+
 @dataclass(frozen=True)
 class Stack:
     repo: Path
     kafka_port: int
     postgres_port: int
     pg_user: str
-    pg_password: str
     stack_dir: Path
 
     @classmethod
@@ -51,9 +68,32 @@ class Stack:
             kafka_port=int(os.environ.get("KAFKA_PORT", "9092")),
             postgres_port=int(os.environ.get("POSTGRES_PORT", "5432")),
             pg_user=os.environ.get("POSTGRES_USER", "iot"),
-            pg_password=os.environ.get("POSTGRES_PASSWORD", "iot"),
             stack_dir=Path(os.environ.get("STACK_DIR", repo / ".stack")),
         )
+
+    def secret(self, name: str) -> str:
+        """One of the stack's development passwords: the environment's, else the one
+        stack/stack.sh generated into .stack/secrets.env (nothing is committed)."""
+        if os.environ.get(name):
+            return os.environ[name]
+        path = self.stack_dir / "secrets.env"
+        try:
+            return read_env_file(path)[name]
+        except (OSError, KeyError):
+            raise RuntimeError(f"{name} is neither set nor in {path}: run stack/stack.sh up") from None
+
+    @property
+    def pg_password(self) -> str:
+        """The schema owner's password."""
+        return self.secret("POSTGRES_PASSWORD")
+
+    def role_password(self, role: str) -> str:
+        """The password of a service role (iot_consumer, iot_exporter, iot_dashboard)."""
+        return self.secret(ROLE_PASSWORD_VARIABLES[role])
+
+    def role_env(self, role: str) -> dict[str, str]:
+        """POSTGRES_USER / POSTGRES_PASSWORD of a service role, for a service's environment."""
+        return {"POSTGRES_USER": role, "POSTGRES_PASSWORD": self.role_password(role)}
 
     @property
     def bootstrap(self) -> str:
@@ -418,3 +458,22 @@ def run_measured(
     )
     figures = json.loads(report.read_text())
     return int(figures["returncode"]), figures["peak_rss_kb"] / 1024, result
+
+
+def argv_exposing(secrets: list[str]) -> list[str]:
+    """Every process on this machine (containers and the test node's pods included: their
+    processes are in this /proc too) whose command line contains one of ``secrets``, as
+    "pid: argv[0]" - any user can read another's argv with `ps`."""
+    wanted = [s.encode() for s in secrets if s]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if any(secret in argv for secret in wanted):
+            program = argv.split(b"\x00")[0].decode(errors="replace")
+            found.append(f"{entry.name}: {program}")
+    return found

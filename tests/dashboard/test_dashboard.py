@@ -24,10 +24,13 @@ from pathlib import Path
 import orjson
 import psycopg2.extensions
 import pytest
+import streamlit as st
 from playwright.sync_api import expect, sync_playwright
 from streamlit.testing.v1 import AppTest
 
 import iot_dashboard
+from iot_consumer.migrations import migrate
+from iot_dashboard.metrics import LOGINS, QUERY_SECONDS
 from tests.helpers import ARTIFACTS, Service, Stack, free_port, run_cli, scalar, send_raw, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -46,6 +49,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = ARTIFACTS / "dashboard.png"
+PASSWORD = f"test-{uuid.uuid4().hex}"  # the page's sign-in password (DASHBOARD_PASSWORD)
 
 
 def http_ok(url: str) -> bool:
@@ -101,13 +105,13 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
     port = free_port()
     dashboard_env = {
         **env,
-        "POSTGRES_USER": "iot_dashboard",
-        "POSTGRES_PASSWORD": "iot_dashboard",
+        **stack.role_env("iot_dashboard"),
         "DASHBOARD_PORT": str(port),
         "DASHBOARD_HOST": "127.0.0.1",
         "DASHBOARD_REFRESH_SECONDS": "1",
         "DASHBOARD_WINDOW": "5 min",
         "DASHBOARD_CONSUMER_GROUP": env["CONSUMER_GROUP"],
+        "DASHBOARD_PASSWORD": PASSWORD,
     }
     dashboard = Service(["iot-dashboard"], dashboard_env, tmp_path / "dashboard.log")
     try:
@@ -128,6 +132,12 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded", timeout=60_000)
+            # Nothing but the sign-in form until the password is given.
+            password = page.get_by_label("Password", exact=True)
+            expect(password).to_be_visible(timeout=60_000)
+            expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(0)
+            password.fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
 
             # Both charts render, one line per sensor: the legend names every sensor.
             charts = page.locator('[data-testid="stVegaLiteChart"]')
@@ -252,7 +262,7 @@ def test_the_dashboard_refuses_to_start_when_the_database_refuses_the_login(env:
 
 
 def test_metrics_answer_and_the_start_is_logged_before_anyone_opens_the_page(
-    env: dict[str, str], tmp_path: Path
+    stack: Stack, env: dict[str, str], tmp_path: Path
 ) -> None:
     """As soon as the dashboard serves, /metrics answers with the dashboard's own metrics and the
     start is logged as JSON - before any browser session has run the page script (a Prometheus
@@ -260,8 +270,7 @@ def test_metrics_answer_and_the_start_is_logged_before_anyone_opens_the_page(
     port, metrics_port = free_port(), free_port()
     dashboard_env = {
         **env,
-        "POSTGRES_USER": "iot_dashboard",
-        "POSTGRES_PASSWORD": "iot_dashboard",
+        **stack.role_env("iot_dashboard"),
         "DASHBOARD_PORT": str(port),
         "DASHBOARD_HOST": "127.0.0.1",
         "METRICS_PORT": str(metrics_port),
@@ -282,12 +291,70 @@ def test_metrics_answer_and_the_start_is_logged_before_anyone_opens_the_page(
         assert dashboard.wait(30) in (0, -signal.SIGTERM)
 
 
-def test_the_page_script_runs_again_for_a_second_session(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_page_script_runs_again_for_a_second_session(
+    stack: Stack, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Streamlit executes app.py once per browser session: a second viewer (or a reload) runs it
     again in the same process, and that must not fail (e.g. by registering a metric twice)."""
-    for name, value in {**env, "POSTGRES_USER": "iot_dashboard", "POSTGRES_PASSWORD": "iot_dashboard"}.items():
+    for name, value in {**env, **stack.role_env("iot_dashboard")}.items():
         monkeypatch.setenv(name, value)
     script = str(Path(iot_dashboard.__file__).with_name("app.py"))
     for session in (1, 2):
         app = AppTest.from_file(script, default_timeout=60).run()
         assert not app.exception, f"session {session}: {[e.value for e in app.exception]}"
+
+
+def _query_count() -> float:
+    """Queries the dashboard ran in this process, from its own histogram."""
+    return sum(m.value for metric in QUERY_SECONDS.collect() for m in metric.samples if m.name.endswith("_count"))
+
+
+def test_with_a_password_the_page_shows_only_the_sign_in_form_until_it_is_given(
+    stack: Stack, env: dict[str, str], db: psycopg2.extensions.connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DASHBOARD_PASSWORD set: a new session sees the sign-in form and nothing else - no title,
+    no data, not one query run; a wrong password is refused and counted; the right one shows the
+    page, and the session stays signed in across re-runs."""
+    for name, value in {
+        **env,
+        **stack.role_env("iot_dashboard"),
+        "DASHBOARD_PASSWORD": PASSWORD,
+    }.items():
+        monkeypatch.setenv(name, value)
+    script = str(Path(iot_dashboard.__file__).with_name("app.py"))
+    migrate(db)  # the page's queries then succeed (and are counted) once signed in
+    st.cache_resource.clear()  # the settings are read once per process: not another test's
+    queries = _query_count()
+    refused = LOGINS.labels("refused")._value.get()
+    app = AppTest.from_file(script, default_timeout=60).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert [t.label for t in app.text_input] == ["Password"]
+    assert not app.title
+    assert _query_count() == queries
+
+    app.text_input[0].input("not-the-password")
+    app.button[0].click()
+    app.run()
+    assert [e.value for e in app.error] == ["Wrong password."]
+    assert not app.title
+    assert _query_count() == queries
+    assert LOGINS.labels("refused")._value.get() == refused + 1
+
+    app.text_input[0].input(PASSWORD)
+    app.button[0].click()
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert [t.value for t in app.title] == ["iot-monitor"]
+    assert _query_count() > queries
+    app.run()  # a refresh of the same session
+    assert [t.value for t in app.title] == ["iot-monitor"]
+    assert not app.text_input
+
+
+def test_a_short_dashboard_password_is_refused_at_start(env: dict[str, str]) -> None:
+    """A password a guesser would find fast stops the dashboard at start (exit 2), without echoing it."""
+    result = run_cli(["iot-dashboard"], {**env, "DASHBOARD_PASSWORD": "hunter2"})
+    assert result.returncode == 2
+    assert "DASHBOARD_PASSWORD" in result.stderr
+    assert "at least 12 characters" in result.stderr
+    assert "hunter2" not in result.stderr

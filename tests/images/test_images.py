@@ -26,8 +26,13 @@ TAG = "test"
 SERVICES = ("producer", "consumer", "exporter", "dashboard")
 
 
-def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
+def docker(
+    *args: str, check: bool = True, timeout: float = 600, secrets: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The docker CLI; ``secrets`` reach it in its environment (pass ``-e NAME`` without a value),
+    never in its argv."""
+    env = {**os.environ, **(secrets or {})}
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +115,7 @@ def test_containers_move_readings_from_kafka_into_postgres(
         "-e",
         f"POSTGRES_PORT={stack.postgres_port}",
         "-e",
-        f"POSTGRES_PASSWORD={stack.pg_password}",
+        "POSTGRES_PASSWORD",
         "-e",
         "METRICS_PORT=0",
     ]
@@ -129,6 +134,7 @@ def test_containers_move_readings_from_kafka_into_postgres(
         "--rate",
         "1000",
         check=False,
+        secrets={"POSTGRES_PASSWORD": stack.pg_password},
     )
     assert produced.returncode == 0, produced.stderr[-2000:]
     consumed = docker(
@@ -145,6 +151,7 @@ def test_containers_move_readings_from_kafka_into_postgres(
         "--exit-when-idle",
         "3",
         check=False,
+        secrets={"POSTGRES_PASSWORD": stack.pg_password},
     )
     assert consumed.returncode == 0, consumed.stderr[-2000:]
     conn = stack.connect(database)
@@ -171,6 +178,7 @@ def test_containers_move_readings_from_kafka_into_postgres(
         "--format",
         "csv",
         check=False,
+        secrets={"POSTGRES_PASSWORD": stack.pg_password},
     )
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (export_dir / "sensores_exportado.csv").read_text().count("\n") == 501
@@ -201,13 +209,14 @@ def test_dashboard_container_serves_the_page_on_a_read_only_root(
         "-e",
         "POSTGRES_USER=iot_dashboard",
         "-e",
-        "POSTGRES_PASSWORD=iot_dashboard",
+        "POSTGRES_PASSWORD",
         "-e",
         f"DASHBOARD_PORT={port}",
         "-e",
         "METRICS_PORT=0",
         images["dashboard"],
         check=False,
+        secrets={"POSTGRES_PASSWORD": stack.role_password("iot_dashboard")},
     )
     assert started.returncode == 0, started.stderr
     try:

@@ -97,7 +97,7 @@ def test_a_spike_opens_exactly_one_alert_and_closes_it_below_the_clear_threshold
     The consumer runs as its own role, as every deployment runs it: its outbox publisher may lock,
     send and delete what it published (a real cluster found it could not)."""
     migrate(db)  # as the owner, who grants the consumer's role
-    as_its_role = {**alert_env, "POSTGRES_USER": "iot_consumer", "POSTGRES_PASSWORD": "iot_consumer"}
+    as_its_role = {**alert_env, **stack.role_env("iot_consumer")}
     consumer = consume(as_its_role, tmp_path, "--exit-when-idle", "4")
     producer = produce_spike(alert_env, tmp_path)
     assert producer.wait(120) == 0

@@ -208,7 +208,7 @@ def test_readings_a_gateway_re_sends_follow_the_duplicate_policy(
     assert consume({**env, "CONSUMER_ON_DUPLICATE": policy}, tmp_path, 3.0, "--no-alerts").wait(120) == 0
     send_raw(stack.bootstrap, topic, again + first)  # re-sent, and re-sent again within one batch
     # the second run as the consumer's own least-privilege role (it may not read values back)
-    least = {"POSTGRES_USER": "iot_consumer", "POSTGRES_PASSWORD": "iot_consumer"}
+    least = stack.role_env("iot_consumer")
     consumer = consume({**env, **least, "CONSUMER_ON_DUPLICATE": policy}, tmp_path, 3.0, "--no-alerts")
     assert consumer.wait(120) == 0
     stored = 300 if policy == "keep" else 100

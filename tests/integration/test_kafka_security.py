@@ -12,14 +12,14 @@ from tests.helpers import Service, Stack, scalar
 SASL_PORT = 9095
 
 
-def sasl_env(env: dict[str, str], stack: Stack, password: str = "iot-scram-secret") -> dict[str, str]:
+def sasl_env(env: dict[str, str], stack: Stack, password: str | None = None) -> dict[str, str]:
     return {
         **env,
         "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{SASL_PORT}",
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "KAFKA_SASL_USERNAME": "iot",
-        "KAFKA_SASL_PASSWORD": password,
+        "KAFKA_SASL_PASSWORD": password or stack.secret("STACK_SCRAM_PASSWORD"),
         "KAFKA_SSL_CAFILE": str(stack.stack_dir / "kafka" / "tls" / "ca.pem"),
         "KAFKA_BOOTSTRAP_TIMEOUT_MS": "30000",
     }
@@ -39,7 +39,7 @@ def test_pipeline_over_sasl_ssl_scram(
     assert consumer.wait(180) == 0, consumer.log_path.read_text()[-3000:]
     assert scalar(db, "SELECT count(*) FROM sensores") == 500
     for log in (producer.log_path, consumer.log_path):
-        assert "iot-scram-secret" not in log.read_text()
+        assert stack.secret("STACK_SCRAM_PASSWORD") not in log.read_text()
 
 
 def test_wrong_scram_password_fails_at_start_with_a_clear_message(

@@ -8,6 +8,7 @@ function), the exporter as `iot_exporter` (read sensores), the dashboard as `iot
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import urllib.request
 import uuid
@@ -22,7 +23,18 @@ import pytest
 from psycopg2 import sql
 
 from iot_consumer.migrations import migrate
-from tests.helpers import BIN, Service, Stack, run_cli, scalar, send_raw, wait_until
+from tests.helpers import (
+    BIN,
+    ROLE_PASSWORD_VARIABLES,
+    Service,
+    Stack,
+    argv_exposing,
+    read_env_file,
+    run_cli,
+    scalar,
+    send_raw,
+    wait_until,
+)
 
 
 def connect_as(stack: Stack, database: str, user: str, password: str) -> psycopg2.extensions.connection:
@@ -51,7 +63,7 @@ def test_services_run_with_least_privilege_roles(
         )
         == 0
     )
-    consumer_env = {**env, "POSTGRES_USER": "iot_consumer", "POSTGRES_PASSWORD": "iot_consumer"}
+    consumer_env = {**env, **stack.role_env("iot_consumer")}
     consumer = Service(["iot-consumer", "run", "--exit-when-idle", "3"], consumer_env, tmp_path / "c.log")
     assert consumer.wait(120) == 0, consumer.log_path.read_text()[-3000:]
     assert scalar(db, "SELECT count(*) FROM sensores") == 201
@@ -59,7 +71,7 @@ def test_services_run_with_least_privilege_roles(
     late_partition = f"sensores_{late_stamp:%Y%m%d}"
     assert scalar(db, "SELECT to_regclass(%s) IS NOT NULL", (late_partition,)) is True
 
-    exporter_env = {**env, "POSTGRES_USER": "iot_exporter", "POSTGRES_PASSWORD": "iot_exporter"}
+    exporter_env = {**env, **stack.role_env("iot_exporter")}
     exported = subprocess.run(
         [str(BIN / "iot-exporter"), "export", "--format", "csv", "--out", str(tmp_path)],
         env=exporter_env,
@@ -75,9 +87,9 @@ def test_services_run_with_least_privilege_roles(
     assert orjson.loads(verified.stdout)["consistent"] is True
 
     database = env["POSTGRES_DB"]
-    as_consumer = connect_as(stack, database, "iot_consumer", "iot_consumer")
-    as_exporter = connect_as(stack, database, "iot_exporter", "iot_exporter")
-    as_dashboard = connect_as(stack, database, "iot_dashboard", "iot_dashboard")
+    as_consumer = connect_as(stack, database, "iot_consumer", stack.role_password("iot_consumer"))
+    as_exporter = connect_as(stack, database, "iot_exporter", stack.role_password("iot_exporter"))
+    as_dashboard = connect_as(stack, database, "iot_dashboard", stack.role_password("iot_dashboard"))
     allowed = [
         (as_consumer, 'SELECT sensor_id, "timestamp", kafka_partition FROM sensores LIMIT 1'),  # silence rule
         (as_consumer, "SELECT count(*) FROM alertas"),
@@ -202,7 +214,7 @@ def test_the_consumers_role_cannot_drop_partitions_inside_the_retention(
     db.cursor().execute("SELECT iot_ensure_sensores_partition(current_date - 30)")
     partitions = "SELECT count(*) FROM pg_inherits WHERE inhparent = 'sensores'::regclass"
     before = scalar(db, partitions)
-    as_consumer = connect_as(stack, env["POSTGRES_DB"], "iot_consumer", "iot_consumer")
+    as_consumer = connect_as(stack, env["POSTGRES_DB"], "iot_consumer", stack.role_password("iot_consumer"))
     try:
         for keep_from in ("'infinity'", "now()", "now() - interval '6 days'"):
             with pytest.raises(psycopg2.errors.RaiseException), as_consumer.cursor() as cur:
@@ -221,11 +233,9 @@ def test_the_consumers_role_cannot_drop_partitions_inside_the_retention(
         as_consumer.close()
 
 
-DEVELOPMENT_PASSWORDS = {  # what stack/stack.sh gives the service roles
-    "CONSUMER_DB_PASSWORD": "iot_consumer",
-    "EXPORTER_DB_PASSWORD": "iot_exporter",
-    "DASHBOARD_DB_PASSWORD": "iot_dashboard",
-}
+def development_passwords(stack: Stack) -> dict[str, str]:
+    """What stack/stack.sh generated for the service roles (.stack/secrets.env)."""
+    return {variable: stack.secret(variable) for variable in ROLE_PASSWORD_VARIABLES.values()}
 
 
 def test_migrate_sets_the_service_roles_passwords_from_the_environment(
@@ -236,7 +246,8 @@ def test_migrate_sets_the_service_roles_passwords_from_the_environment(
     computed client-side: the password is neither in argv nor in any statement); each role then
     logs in with its new password and no longer with the old one, and nothing prints it."""
     migrate(db)
-    new = {variable: f"{uuid.uuid4().hex}-{variable.lower()}" for variable in DEVELOPMENT_PASSWORDS}
+    development = development_passwords(stack)
+    new = {variable: f"{uuid.uuid4().hex}-{variable.lower()}" for variable in development}
     database = env["POSTGRES_DB"]
     try:
         result = run_cli(["iot-consumer", "migrate"], {**env, **new})
@@ -246,9 +257,43 @@ def test_migrate_sets_the_service_roles_passwords_from_the_environment(
             password = new[f"{role.removeprefix('iot_').upper()}_DB_PASSWORD"]
             connect_as(stack, database, role, password).close()
             with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
-                connect_as(
-                    stack, database, role, DEVELOPMENT_PASSWORDS[f"{role.removeprefix('iot_').upper()}_DB_PASSWORD"]
-                )
+                connect_as(stack, database, role, development[ROLE_PASSWORD_VARIABLES[role]])
     finally:
-        restored = run_cli(["iot-consumer", "migrate"], {**env, **DEVELOPMENT_PASSWORDS})
+        restored = run_cli(["iot-consumer", "migrate"], {**env, **development})
         assert restored.returncode == 0, restored.stderr
+
+
+def test_make_run_keeps_every_password_out_of_every_argv(
+    stack: Stack, env: dict[str, str], db: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """`make run`'s path (scripts/with-stack-secrets.sh scripts/run-pipeline.sh) takes the
+    passwords stack/stack.sh generated (.stack/secrets.env, 0600, none committed) and moves
+    readings as the consumer's own role, while no process on the machine - the broker, the
+    database server, the pipeline's shells and services - shows any of them in its argv."""
+    secrets_file = stack.stack_dir / "secrets.env"
+    assert secrets_file.stat().st_mode & 0o077 == 0, "readable by others"
+    secrets = list(read_env_file(secrets_file).values())
+    assert len(secrets) >= 6
+    assert all(len(secret) >= 32 for secret in secrets)
+    run_env = {k: v for k, v in env.items() if "PASSWORD" not in k}
+    run_env.update(PRODUCER_METRICS_PORT="0", CONSUMER_METRICS_PORT="0")
+    pipeline = Service(
+        [str(stack.repo / "scripts" / "with-stack-secrets.sh"), str(stack.repo / "scripts" / "run-pipeline.sh"),
+         "--sensors", "5", "--interval", "0.2"],
+        run_env, tmp_path / "pipeline.log",
+    )  # fmt: skip
+    try:
+        wait_until(lambda: scalar(db, "SELECT to_regclass('sensores') IS NOT NULL") is True, 60, "the migration")
+        wait_until(lambda: (scalar(db, "SELECT count(*) FROM sensores") or 0) >= 50, 120, "readings through make run")
+        roles = scalar(
+            db,
+            "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE 'iot-consumer:%%'",
+        )
+        assert roles == "iot_consumer"
+        assert argv_exposing(secrets) == []
+    finally:
+        pipeline.signal(signal.SIGTERM)
+        stopped = pipeline.wait(60)
+    assert stopped == 0, pipeline.log_path.read_text()[-2000:]  # both services stopped cleanly
+    assert not [s for s in secrets if s in pipeline.log_path.read_text()]

@@ -11,11 +11,20 @@ def test_defaults_point_at_the_local_stack(monkeypatch: pytest.MonkeyPatch) -> N
     """With no variables set, every service points at the local stack `make stack-up` starts."""
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "POSTGRES_HOST", "METRICS_PORT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("POSTGRES_PASSWORD", "from-the-stack-secrets")
     kafka = load_settings(KafkaSettings)
     assert kafka.bootstrap_servers == "localhost:9092"
     assert kafka.topic == "iot_sensores"
     assert load_settings(PostgresSettings).describe() == "postgresql://iot@localhost:5432/iot"
     assert load_settings(ObservabilitySettings).metrics_port == 8000
+
+
+def test_the_database_password_has_no_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No password is built in (a committed one would be everyone's): without POSTGRES_PASSWORD a
+    service stops at start, saying which variable it needs."""
+    monkeypatch.delenv("POSTGRES_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match="POSTGRES_PASSWORD: Field required"):
+        load_settings(PostgresSettings)
 
 
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,7 +86,7 @@ class PostgresSettings(BaseSettings):
     port: int = Field(5432, ge=1, le=65535)
     db: str = "iot"
     user: str = "iot"
-    password: SecretStr = SecretStr("iot")
+    password: SecretStr  # no default: a committed password would be everyone's (docs/SECURITY.md)
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     connect_timeout: int = Field(5, ge=1, le=300)
     application_name: str = "iot-monitor"
