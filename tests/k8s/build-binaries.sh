@@ -3,7 +3,8 @@
 # k3s and release downloads are out of reach here), once, into a cache outside the clone:
 #   ~/.cache/iot-monitor/k8s-<version>/bin   (rebuilt only when a version below changes)
 # kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl, etcd,
-# coredns. Kubernetes' own go.mod replaces its staging modules with local paths, so it cannot be
+# coredns, and kube-router (only its NetworkPolicy firewall runs: the node's CNI, the bridge
+# plugin, enforces no policy itself). Kubernetes' own go.mod replaces its staging modules with local paths, so it cannot be
 # built with `go install pkg@version`: a small module of ours requires it and replaces each
 # staging module by its published version instead.
 set -euo pipefail
@@ -11,6 +12,9 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 STAGING_VERSION=${STAGING_VERSION:-v0.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.7.0}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.14.6}
+# The only version the module proxy serves here. Reported flaws concern its BGP router and service
+# proxy, which this harness never starts; it runs in the test node's private network namespace.
+KUBE_ROUTER_VERSION=${KUBE_ROUTER_VERSION:-v2.1.0}
 # Parallel package builds: every core by default (the tests wait for this anyway); K8S_BUILD_JOBS=1
 # leaves a core free for other work.
 JOBS=${K8S_BUILD_JOBS:-$(nproc)}
@@ -27,8 +31,20 @@ declare -A PACKAGES=(
 )
 missing=()
 for name in "${!PACKAGES[@]}"; do [[ -x $OUT/$name ]] || missing+=("$name"); done
-if ((${#missing[@]} == 0)); then echo "$OUT"; exit 0; fi
+kube_router=$OUT/kube-router-$KUBE_ROUTER_VERSION
+if ((${#missing[@]} == 0)) && [[ -x $kube_router ]]; then echo "$OUT"; exit 0; fi
 command -v go >/dev/null || { echo "[k8s] Go is required to build Kubernetes" >&2; exit 1; }
+if [[ ! -x $kube_router ]]; then
+  # Its own module (no replace directives): `go install` builds it with the versions it pins.
+  echo "[k8s] building kube-router $KUBE_ROUTER_VERSION" >&2
+  mkdir -p "$OUT"
+  gobin=$(mktemp -d)
+  GOBIN=$gobin go install -trimpath -ldflags "-s -w" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION" >&2
+  mv "$gobin/kube-router" "$kube_router"
+  rm -rf "$gobin"
+fi
+if ((${#missing[@]} == 0)); then echo "$OUT"; exit 0; fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

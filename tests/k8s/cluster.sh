@@ -10,7 +10,8 @@
 #   tests/k8s/cluster.sh env         print IOT_K8S_* variables (state dir, pid of the namespace)
 #
 # Isolation (the machine's network rule and "leave the host as found"): etcd, the API server,
-# controller-manager, scheduler, containerd, kubelet, kube-proxy and CoreDNS run in a private
+# controller-manager, scheduler, containerd, kubelet, kube-proxy, CoreDNS and kube-router's
+# NetworkPolicy firewall (iptables + ipset, so the chart's policies are enforced) run in a private
 # network namespace (node IP 10.200.0.1 on a veth pair, pods 10.244.0.0/24, Services
 # 10.96.0.0/16; no route leaves it) and a private mount namespace in which /run is a tmpfs and
 # /var/lib and /var/log are the state directory's own. Host iptables, sysctls and mounts are never
@@ -46,8 +47,8 @@ kubectl_() { in_net "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 require_root() {
   [[ $(id -u) == 0 ]] || die "needs root (network namespace, cgroups, containerd)"
   local tool
-  for tool in unshare nsenter ip iptables containerd ctr runc openssl docker gcc conntrack; do
-    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install containerd runc iptables containernetworking-plugins conntrack socat docker.io gcc)"
+  for tool in unshare nsenter ip iptables ipset containerd ctr runc openssl docker gcc conntrack; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install containerd runc iptables ipset containernetworking-plugins conntrack socat docker.io gcc)"
   done
   [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] \
     || die "CNI plugins are missing: apt-get install containernetworking-plugins"
@@ -285,6 +286,11 @@ up() {
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
   start_daemon kube-proxy "$BIN/kube-proxy" --config "$STATE/config/kube-proxy.yaml"
   start_daemon coredns "$BIN/coredns" -conf "$STATE/config/Corefile"
+  # NetworkPolicy enforcement: the firewall part of kube-router only (no routing, no proxy, no
+  # CNI of its own); its iptables rules and ipsets live in the node's network namespace.
+  start_daemon kube-router "$BIN/kube-router-v2.1.0" --run-firewall=true --run-router=false \
+    --run-service-proxy=false --enable-cni=false --kubeconfig "$KUBECONFIG_ADMIN" \
+    --hostname-override "$NODE_NAME" --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0
   import_image "$PAUSE_IMAGE"
   wait_for "node $NODE_NAME Ready" 180 in_net "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" \
     wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s
@@ -360,8 +366,9 @@ leftovers() {  # prints what the cluster left behind; exit 1 if anything
   grep -E "iot-run|$STATE" /proc/self/mountinfo && found=1
   ip -o link show | grep -E "cni0|node0" && found=1
   iptables-save 2>/dev/null | grep -E "KUBE-|CNI-" | head -3 && found=1
+  ipset list -n 2>/dev/null | grep -E "^KUBE-" | head -3 && found=1  # kube-router's, if they leaked out
   ps -eo pid=,stat=,args= | awk -v state="$STATE" \
-    '$2 !~ /^Z/ && (index($0, state) || /kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet --config/)' |
+    '$2 !~ /^Z/ && (index($0, state) || /kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kube-router|kubelet --config/)' |
     grep -v awk && found=1
   [[ -e $STATE ]] && { echo "state: $STATE"; found=1; }
   return $found

@@ -415,6 +415,59 @@ def test_no_password_shows_in_any_process_argv_on_the_node(release: None, platfo
     assert argv_exposing(secrets) == []
 
 
+# From inside a pod: can it open a TCP connection? "open", or why not.
+CONNECT = """
+import json, socket, sys
+outcomes = {}
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=4).close()
+        outcomes[target] = "open"
+    except OSError as exc:
+        outcomes[target] = type(exc).__name__
+print(json.dumps(outcomes))
+"""
+
+
+def connections_from(pod: str, *targets: str, namespace: str = NAMESPACE) -> dict[str, str]:
+    out = cluster("kubectl", "-n", namespace, "exec", pod, "--", "python3", "-c", CONNECT, *targets, timeout=120)
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_network_policies_are_enforced_on_the_node(release: None) -> None:
+    """The chart's NetworkPolicies, enforced by the node's policy firewall (kube-router):
+    a rogue pod in the release's namespace reaches Kafka and PostgreSQL (whose policies are not
+    ours) but none of our pods - no metrics, no page; from the monitoring namespace the metrics
+    answer; the producer cannot reach PostgreSQL nor the dashboard Kafka, while the consumer
+    reaches both."""
+    metrics = f"{RELEASE}-consumer-metrics:8000"
+    page = f"{RELEASE}-dashboard:8501"
+    kafka, postgres = "iot-kafka-kafka-bootstrap:9093", "postgresql:5432"
+    cluster(
+        "kubectl", "-n", NAMESPACE, "run", "rogue", f"--image=iot-consumer:{TAG}", "--image-pull-policy=IfNotPresent",
+        "--restart=Never", "--labels=app=rogue", "--command", "--", "sleep", "infinity",
+    )  # fmt: skip
+    try:
+        kubectl("wait", "--for=condition=Ready", "pod/rogue", "--timeout=120s", timeout=150)
+        rogue = connections_from("rogue", kafka, postgres, metrics, page)
+        assert rogue[kafka] == rogue[postgres] == "open", rogue  # the network itself works
+        assert rogue[metrics] != "open", rogue
+        assert rogue[page] != "open", rogue
+    finally:
+        kubectl("delete", "pod", "rogue", "--wait=false", check=False)
+    watcher = connections_from(PROBE, f"{RELEASE}-consumer-metrics.{NAMESPACE}:8000", namespace=MONITORING)
+    assert list(watcher.values()) == ["open"], watcher
+    producer = connections_from(pods("producer")[0]["metadata"]["name"], kafka, postgres)
+    assert producer[kafka] == "open", producer
+    assert producer[postgres] != "open", producer
+    dashboard = connections_from(pods("dashboard")[0]["metadata"]["name"], postgres, kafka)
+    assert dashboard[postgres] == "open", dashboard
+    assert dashboard[kafka] != "open", dashboard
+    consumer = pods("consumer")[0]["metadata"]["name"]
+    assert connections_from(consumer, kafka, postgres) == {kafka: "open", postgres: "open"}
+
+
 def test_kubectl_logs_show_json_lines(release: None) -> None:
     """`kubectl logs` of every service prints one JSON object per line, with event, level,
     service and a UTC timestamp."""
