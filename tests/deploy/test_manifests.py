@@ -997,3 +997,19 @@ def test_rendered_secrets_appear_only_in_secrets_and_reach_pods_by_reference(val
                         assert "secretKeyRef" in variable.get("valueFrom", {}), (doc["metadata"]["name"], variable)
         if doc["kind"] == "ConfigMap":
             assert not [k for k in doc.get("data", {}) if "PASSWORD" in k or "SECRET" in k], doc["metadata"]["name"]
+
+
+def test_an_image_digest_pins_the_exact_image() -> None:
+    """A service's image.digest renders repository@sha256:... (with the registry prefix, over any
+    tag), the others keep their tags; a digest that is not sha256 is refused."""
+    digest = "sha256:" + "ab" * 32
+    docs = render("--set", f"consumer.image.digest={digest}", "--set", "image.registry=registry.example.com/iot",
+                  "--set", "image.tag=1.2.3")  # fmt: skip
+    images = {
+        n: d["spec"]["template"]["spec"]["containers"][0]["image"] for n, d in by_kind(docs, "Deployment").items()
+    }
+    assert images["iot-monitor-consumer"] == f"registry.example.com/iot/iot-consumer@{digest}"
+    assert images["iot-monitor-producer"] == "registry.example.com/iot/iot-producer:1.2.3"
+    migrate = by_kind(docs, "Job")["iot-monitor-migrate"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert migrate == images["iot-monitor-consumer"]  # the migration runs the consumer's exact image
+    assert "digest" in render_refused("--set", "consumer.image.digest=latest")

@@ -49,13 +49,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Image reference of a component; call with (dict "ctx" $ "svc" .Values.consumer). */}}
+{{/* Image reference of a component; call with (dict "ctx" $ "svc" .Values.consumer). A digest
+(the service's image.digest) pins the exact image and wins over any tag: repo@sha256:... */}}
 {{- define "iot-monitor.image" -}}
-{{- $tag := .svc.image.tag | default .ctx.Values.image.tag | default .ctx.Chart.AppVersion }}
+{{- $repository := .svc.image.repository }}
 {{- if .ctx.Values.image.registry }}
-{{- printf "%s/%s:%s" (trimSuffix "/" .ctx.Values.image.registry) .svc.image.repository $tag }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .ctx.Values.image.registry) .svc.image.repository }}
+{{- end }}
+{{- if .svc.image.digest }}
+{{- printf "%s@%s" $repository .svc.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .svc.image.repository $tag }}
+{{- printf "%s:%s" $repository (.svc.image.tag | default .ctx.Values.image.tag | default .ctx.Chart.AppVersion) }}
 {{- end }}
 {{- end }}
 
