@@ -286,14 +286,16 @@ up() {
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
   start_daemon kube-proxy "$BIN/kube-proxy" --config "$STATE/config/kube-proxy.yaml"
   start_daemon coredns "$BIN/coredns" -conf "$STATE/config/Corefile"
-  # NetworkPolicy enforcement: the firewall part of kube-router only (no routing, no proxy, no
-  # CNI of its own); its iptables rules and ipsets live in the node's network namespace.
-  start_daemon kube-router "$BIN/kube-router-v2.1.0" --run-firewall=true --run-router=false \
-    --run-service-proxy=false --enable-cni=false --kubeconfig "$KUBECONFIG_ADMIN" \
-    --hostname-override "$NODE_NAME" --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0
   import_image "$PAUSE_IMAGE"
   wait_for "node $NODE_NAME Ready" 180 in_net "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" \
     wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s
+  # NetworkPolicy enforcement: the firewall part of kube-router only (no routing, no proxy, no
+  # CNI of its own); its iptables rules and ipsets live in the node's network namespace. It
+  # needs the Node object, so it starts once the node is registered, and must be running.
+  start_daemon kube-router "$BIN/kube-router-v2.1.0" --run-firewall=true --run-router=false \
+    --run-service-proxy=false --enable-cni=false --kubeconfig "$KUBECONFIG_ADMIN" \
+    --hostname-override "$NODE_NAME" --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0
+  wait_for "kube-router's NetworkPolicy firewall" 60 in_net iptables -S KUBE-ROUTER-FORWARD
   # Storage the way kind offers it: a default class, here backed by pre-made hostPath volumes.
   storage
   log "node Ready: $(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}')"
