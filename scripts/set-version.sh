@@ -20,4 +20,7 @@ done
 sed -i -e "s/^version: .*/version: $version/" -e "s/^appVersion: .*/appVersion: \"$version\"/" charts/iot-monitor/Chart.yaml
 # the example of a pinned release in the chart's CI values
 sed -i "0,/^  tag: \".*\"/s//  tag: \"$version\"/" charts/iot-monitor/ci/managed-kafka-values.yaml
-echo "version $version written to VERSION, 7 pyproject.toml files and the chart"
+# the chart's README shows the version (generated from Chart.yaml and values.yaml)
+python=python3; [[ -x .venv/bin/python ]] && python=.venv/bin/python  # PyYAML
+"$python" scripts/chart-readme.py
+echo "version $version written to VERSION, 7 pyproject.toml files, the chart and its README"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import psycopg2
 import psycopg2.extensions
 import pytest
+import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
@@ -477,3 +479,39 @@ def argv_exposing(secrets: list[str]) -> list[str]:
             program = argv.split(b"\x00")[0].decode(errors="replace")
             found.append(f"{entry.name}: {program}")
     return found
+
+
+# The chart's Grafana dashboard and its alert rules: what the operators' view queries.
+GRAFANA_DASHBOARD = REPO / "charts" / "iot-monitor" / "files" / "grafana-dashboard.json"
+PROMETHEUS_RULES = REPO / "charts" / "iot-monitor" / "files" / "prometheus-rules.yaml"
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard (panels and templating)."""
+    board = json.loads(GRAFANA_DASHBOARD.read_text())
+    queries = [target["expr"] for panel in board["panels"] for target in panel["targets"]]
+    queries += [v["query"] for v in board["templating"]["list"] if v["type"] == "query"]
+    return queries
+
+
+def rule_queries() -> list[str]:
+    """Every expression of the pipeline's Prometheus rules."""
+    rules = yaml.safe_load(PROMETHEUS_RULES.read_text())
+    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def metric_families(expression: str) -> set[str]:
+    """Our metric families an expression names (a histogram's _bucket/_sum/_count is its family)."""
+    return {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"\biot_[a-z_]+", expression)}
+
+
+def exposed_families(metrics_text: str) -> set[str]:
+    """The metric families a /metrics page declares (# TYPE lines: also those without samples yet)."""
+    families = set()
+    for line in metrics_text.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            families.add(name)
+            if kind == "counter":
+                families.add(name + "_total" if not name.endswith("_total") else name)
+    return families

@@ -14,6 +14,7 @@ import base64
 import json
 import re
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 import yaml
 
 from iot_consumer.alerts.rules import parse_rules
-from tests.helpers import REPO
+from tests.helpers import GRAFANA_DASHBOARD, REPO, dashboard_queries, metric_families
 
 CHART = REPO / "charts" / "iot-monitor"
 VERSION = (REPO / "VERSION").read_text().strip()  # the images' default tag is the chart's appVersion
@@ -858,6 +859,7 @@ def test_network_policies_let_each_pod_reach_only_what_its_service_uses() -> Non
     rogue = Pod("iot", {"app": "rogue"})
     prometheus = Pod("monitoring", {"app": "prometheus"})
     client = Pod("iot", {"iot-monitor.io/dashboard-client": "true"})
+    helm_test = _workload("test")  # templates/tests/pipeline.yaml
     elsewhere = Pod("other", {"iot-monitor.io/dashboard-client": "true"})
     expected = {
         (producer, dns, 53): True, (producer, kafka, 9093): True, (producer, kafka, 9092): False,
@@ -871,6 +873,7 @@ def test_network_policies_let_each_pod_reach_only_what_its_service_uses() -> Non
         (prometheus, consumer, 8000): True, (prometheus, producer, 8000): True, (prometheus, dashboard, 8000): True,
         (prometheus, dashboard, 8501): False, (prometheus, consumer, 9999): False,
         (client, dashboard, 8501): True, (client, dashboard, 8000): False, (elsewhere, dashboard, 8501): False,
+        (helm_test, consumer, 8000): True, (helm_test, producer, 8000): False,
         (rogue, postgres, 5432): True,  # the database's own policy is the Bitnami chart's (primary.networkPolicy)
     }  # fmt: skip
     judged = {key: allowed(policies, *key) for key in expected}
@@ -1013,3 +1016,59 @@ def test_an_image_digest_pins_the_exact_image() -> None:
     migrate = by_kind(docs, "Job")["iot-monitor-migrate"]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert migrate == images["iot-monitor-consumer"]  # the migration runs the consumer's exact image
     assert "digest" in render_refused("--set", "consumer.image.digest=latest")
+
+
+def test_the_chart_readme_is_generated_from_the_values() -> None:
+    """charts/iot-monitor/README.md is what scripts/chart-readme.py makes of Chart.yaml and the
+    `# --` comments of values.yaml (CI fails when it is stale); every such comment documents a
+    key, and every documented key is in the table with its default."""
+    check = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "chart-readme.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    readme = (CHART / "README.md").read_text()
+    text = (CHART / "values.yaml").read_text()
+    comments = sum(1 for line in text.splitlines() if line.strip().startswith("# --"))
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    assert len(rows) == comments
+    assert '| `consumer.kafka.username` | `"iot-consumer"` |' in readme
+    assert '| `postgresql.sslmode` | `"verify-full"` |' in readme
+
+
+# ------------------------------------------------------------------------------- the operators' view
+def test_the_grafana_dashboard_ships_for_the_sidecar_and_queries_metrics_that_exist() -> None:
+    """grafanaDashboard.enabled renders files/grafana-dashboard.json unchanged in a ConfigMap with
+    the sidecar's label; its panels cover rates, lag, batch sizes, latency, dead letters, stalls,
+    offset gaps, alerts, retention and table sizes; every metric they query is one a service
+    exports (tests/k8s checks them on the running services' /metrics)."""
+    config = by_kind(render("--set", "grafanaDashboard.enabled=true"), "ConfigMap")["iot-monitor-grafana-dashboard"]
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config["data"]["iot-monitor-pipeline.json"]) == json.loads(GRAFANA_DASHBOARD.read_text())
+    assert "iot-monitor-grafana-dashboard" not in by_kind(render(), "ConfigMap")
+    families = set().union(*(metric_families(q) for q in dashboard_queries()))
+    for needed in ("iot_consumer_lag", "iot_consumer_batch_size", "iot_consumer_end_to_end_latency_seconds",
+                   "iot_consumer_dead_letters_total", "iot_consumer_stalled_partitions", "iot_consumer_offset_gaps_total",
+                   "iot_consumer_alerts_open", "iot_consumer_retention_partitions_dropped_total",
+                   "iot_consumer_table_bytes", "iot_consumer_rows_inserted_total"):  # fmt: skip
+        assert needed in families, needed
+    sources = "\n".join(
+        p.read_text()
+        for package in ("consumer", "exporter", "producer", "dashboard")
+        for p in (REPO / package).rglob("*.py")
+    )
+    assert [f for f in sorted(families) if f'"{f}"' not in sources] == []
+
+
+def test_pod_monitors_scrape_every_server_pod() -> None:
+    """podMonitor.enabled: a PodMonitor per pod kind that serves metrics (producer, consumer,
+    dashboard), valid against the Prometheus Operator's CRD, on the pods' metrics port."""
+    monitors = by_kind(render("--set", "podMonitor.enabled=true", "--set", "dashboard.enabled=true",
+                              "--set", "podMonitor.labels.release=kube-prometheus-stack"), "PodMonitor")  # fmt: skip
+    assert set(monitors) == {f"iot-monitor-{c}" for c in ("producer", "consumer", "dashboard")}
+    for monitor in monitors.values():
+        validate_object(monitor)
+        assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"

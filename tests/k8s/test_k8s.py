@@ -33,7 +33,17 @@ from typing import Any
 import openpyxl
 import pytest
 
-from tests.helpers import REPO, argv_exposing, require_docker, standin_images, wait_until
+from tests.helpers import (
+    REPO,
+    argv_exposing,
+    dashboard_queries,
+    exposed_families,
+    metric_families,
+    require_docker,
+    rule_queries,
+    standin_images,
+    wait_until,
+)
 from tests.k8s.standin_operators import LOCAL_BOOTSTRAP, Platform, kafka_users, manifest_stream
 
 # The first test also builds the images (and, once per machine, Kubernetes itself: ~20 min).
@@ -255,6 +265,16 @@ def test_readings_arrive_in_postgres(release: None) -> None:
         lambda: int(psql("SELECT count(*) FROM sensores")) >= 200, timeout=120, what="200 rows in sensores", interval=2
     )
     assert int(psql("SELECT count(DISTINCT sensor_id) FROM sensores")) == SENSORS
+
+
+def test_helm_test_finds_the_consumers_ready_and_rows_arriving(release: None) -> None:
+    """`helm test` runs the chart's test pod (templates/tests/pipeline.yaml): through the
+    NetworkPolicy that lets it in, the consumers answer /readyz 200 and one of them stores
+    more rows while it watches."""
+    out = helm("test", RELEASE, "--logs", "--timeout", "5m")
+    assert "Phase:          Succeeded" in out, out
+    assert "consumer ready" in out, out
+    assert "rows arriving" in out, out
 
 
 def test_two_consumer_replicas_share_the_partitions_without_duplicates(release: None) -> None:
@@ -496,6 +516,11 @@ def test_metrics_answer_through_the_services(release: None) -> None:
     assert "<html" in http_get_from_monitoring(f"http://{service}-dashboard.{NAMESPACE}:8501/").lower()
     metrics = http_get_from_monitoring(f"http://{service}-dashboard-metrics.{NAMESPACE}:8000/metrics")
     assert "iot_dashboard_logins_total" in metrics
+    # Every metric the Grafana dashboard and the alert rules query is on a running service's
+    # /metrics (the exporter's reach Prometheus through the Pushgateway: checked in its source).
+    exposed = exposed_families(producer) | exposed_families(consumer) | exposed_families(metrics)
+    queried = set().union(*(metric_families(q) for q in dashboard_queries() + rule_queries()))
+    assert sorted(f for f in queried if not f.startswith("iot_exporter_") and f not in exposed) == []
     ports = json.loads(kubectl("get", "service", f"{RELEASE}-dashboard", "-o", "jsonpath={.spec.ports}"))
     assert [p["name"] for p in ports] == ["http"]
 
