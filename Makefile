@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-rollups bench-exporter clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-skaffold test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-rollups bench-exporter clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ test-native: dev ## The native decoder under AddressSanitizer + UBSan: its C tes
 
 test-compose: dev stack-up ## docker compose up/down/up of docker-compose.yml for real (Docker daemon; stand-in images)
 	scripts/pytest.sh -m compose tests/compose
+
+test-skaffold: dev ## skaffold diagnose and render of skaffold.yaml / skaffold-platform.yaml with Skaffold v2.16.1 itself
+	scripts/pytest.sh -m skaffold tests/skaffold
 
 test-k8s: dev stack-up ## helm install on a real single-node Kubernetes in its own network namespace (root; builds k8s once, ~20 min)
 	scripts/pytest.sh -m k8s tests/k8s

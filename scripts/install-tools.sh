@@ -4,14 +4,18 @@
 #   scripts/install-tools.sh             helm (chart tests)
 #   scripts/install-tools.sh compose     docker-compose v2 (tests/compose)       ~/.cache/iot-monitor/bin
 #   scripts/install-tools.sh prometheus  pushgateway + prometheus for the Compose stand-in images (same)
+#   scripts/install-tools.sh skaffold    skaffold v2 (skaffold diagnose/render/dev)           (same)
 # A module whose go.mod has exclude/replace directives cannot be built with `go install
 # pkg@version`; those are built inside a small module of ours that repeats the directives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+HELM_K8S_MINOR=${HELM_K8S_MINOR:-37}  # helm v3.22.0's go.mod: k8s.io/client-go v0.37.0
 COMPOSE_VERSION=${COMPOSE_VERSION:-v2.40.3}
 PUSHGATEWAY_VERSION=${PUSHGATEWAY_VERSION:-v1.11.1}
 PROMETHEUS_MODULE_VERSION=${PROMETHEUS_MODULE_VERSION:-v0.305.0}  # Prometheus v3.5.0
+# The newest the module proxy serves here (its newest schema: skaffold/v4beta13, which ours declare).
+SKAFFOLD_VERSION=${SKAFFOLD_VERSION:-v2.16.1}
 mkdir -p .tools/bin
 # The big ones are cached per machine, outside the clone, and rebuilt only for a new version.
 TOOLS=${IOT_TOOLS_CACHE:-$HOME/.cache/iot-monitor/bin}
@@ -62,10 +66,31 @@ replace github.com/fsnotify/fsnotify v1.8.0 => github.com/fsnotify/fsnotify v1.7
     fi
     exit 0
     ;;
+  skaffold)
+    if [[ -x $TOOLS/skaffold ]] && "$TOOLS/skaffold" version 2>/dev/null | grep -q "$SKAFFOLD_VERSION"; then
+      exit 0
+    fi
+    echo "[tools] building skaffold $SKAFFOLD_VERSION from the Go module proxy (many minutes the first time)"
+    # Its go.mod's directives, repeated (see its comments for why each is there).
+    build_in_module skaffold github.com/GoogleContainerTools/skaffold/v2 "$SKAFFOLD_VERSION" \
+      github.com/GoogleContainerTools/skaffold/v2/cmd/skaffold \
+      "-s -w -X github.com/GoogleContainerTools/skaffold/v2/pkg/skaffold/version.version=$SKAFFOLD_VERSION" \
+      "exclude github.com/karrick/godirwalk v1.17.0
+replace github.com/alessio/shellescape => github.com/alessio/shellescape v1.4.2
+replace github.com/imdario/mergo => github.com/imdario/mergo v0.3.16
+replace github.com/docker/docker => github.com/docker/docker v27.5.1+incompatible
+replace github.com/docker/cli => github.com/docker/cli v27.5.1+incompatible
+replace github.com/spf13/viper => github.com/spf13/viper v1.19.0
+replace github.com/buildpacks/lifecycle => github.com/buildpacks/lifecycle v0.20.5"
+    exit 0
+    ;;
   helm) ;;
-  *) echo "usage: $0 [helm|compose|prometheus]" >&2; exit 2 ;;
+  *) echo "usage: $0 [helm|compose|prometheus|skaffold]" >&2; exit 2 ;;
 esac
-if [[ -x .tools/bin/helm ]] && .tools/bin/helm version --short 2>/dev/null | grep -q "${HELM_VERSION%.*}"; then
+# The full version in `helm version` says it was built with the ldflags below (a plain `go install`
+# shows "v3.22" and tells charts it runs against Kubernetes v1.20: skaffold render then fails on
+# our chart's kubeVersion).
+if [[ -x .tools/bin/helm ]] && .tools/bin/helm version --short 2>/dev/null | grep -q "^$HELM_VERSION"; then
   exit 0
 fi
 if command -v helm >/dev/null 2>&1; then
@@ -74,4 +99,10 @@ if command -v helm >/dev/null 2>&1; then
 fi
 command -v go >/dev/null || { echo "helm is missing and Go is not installed to build it (apt-get install golang-go, or install helm)" >&2; exit 1; }
 echo "[tools] building helm $HELM_VERSION with go install (a few minutes the first time)"
-GOBIN=$PWD/.tools/bin go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+# What helm's Makefile sets: its version, and the Kubernetes version of the client libraries it
+# is built with (the default capabilities `helm template` assumes without --kube-version).
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+for pkg in pkg/lint/rules pkg/chartutil; do
+  helm_ldflags+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$HELM_K8S_MINOR"
+done
+GOBIN=$PWD/.tools/bin go install -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
