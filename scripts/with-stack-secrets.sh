@@ -6,9 +6,7 @@
 set -euo pipefail
 secrets=${STACK_DIR:-$(cd "$(dirname "$0")/.." && pwd)/.stack}/secrets.env
 [[ -f $secrets ]] || { echo "error: $secrets is missing: run 'make stack-up' (stack/stack.sh up) first" >&2; exit 2; }
-while IFS= read -r line; do
-  [[ $line =~ ^([A-Z_]+)=(.*)$ ]] || continue
-  name=${BASH_REMATCH[1]}
-  [[ -n ${!name:-} ]] || export "$name=${BASH_REMATCH[2]}"
-done <"$secrets"
+# shellcheck source=lib/env-file.sh
+. "$(dirname "$0")/lib/env-file.sh"
+export_missing_from "$secrets"
 exec "$@"

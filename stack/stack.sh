@@ -41,14 +41,11 @@ PG_HOME=$STACK_DIR/postgres
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 
+# shellcheck source=../scripts/lib/env-file.sh
+. "$REPO_DIR/scripts/lib/env-file.sh"
 load_secrets() {
   "$REPO_DIR/scripts/dev-secrets.sh" "$STACK_SECRETS"
-  local line name
-  while IFS= read -r line; do
-    [[ $line =~ ^([A-Z_]+)=(.*)$ ]] || continue
-    name=${BASH_REMATCH[1]}
-    [[ -n ${!name:-} ]] || export "$name=${BASH_REMATCH[2]}"  # export is a builtin: no argv
-  done <"$STACK_SECRETS"
+  export_missing_from "$STACK_SECRETS"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -351,10 +351,14 @@ def test_with_a_password_the_page_shows_only_the_sign_in_form_until_it_is_given(
     assert not app.text_input
 
 
-def test_a_short_dashboard_password_is_refused_at_start(env: dict[str, str]) -> None:
-    """A password a guesser would find fast stops the dashboard at start (exit 2), without echoing it."""
+def test_a_dashboard_password_too_short_or_too_long_is_refused_at_start(env: dict[str, str]) -> None:
+    """A password a guesser would find fast, or one longer than the sign-in field takes, stops the
+    dashboard at start (exit 2), without echoing it."""
     result = run_cli(["iot-dashboard"], {**env, "DASHBOARD_PASSWORD": "hunter2"})
     assert result.returncode == 2
     assert "DASHBOARD_PASSWORD" in result.stderr
     assert "at least 12 characters" in result.stderr
     assert "hunter2" not in result.stderr
+    too_long = run_cli(["iot-dashboard"], {**env, "DASHBOARD_PASSWORD": "x" * 257})
+    assert too_long.returncode == 2
+    assert "at most 256 characters" in too_long.stderr

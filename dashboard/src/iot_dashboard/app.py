@@ -29,7 +29,7 @@ from iot_common.postgres import connect_kwargs
 from iot_common.settings import KafkaSettings, ObservabilitySettings, PostgresSettings, load_settings
 from iot_dashboard import queries as q
 from iot_dashboard.metrics import LOGINS, REFRESHES
-from iot_dashboard.settings import WINDOWS, DashboardSettings
+from iot_dashboard.settings import MAX_PASSWORD_LENGTH, WINDOWS, DashboardSettings
 
 log = get_logger("iot_dashboard")
 
@@ -331,7 +331,8 @@ def signed_in(settings: DashboardSettings) -> bool:
         return True
     with st.form("sign-in"):
         st.subheader("iot-monitor: sign in")
-        given = st.text_input("Password", type="password")
+        # bounded: a guess of megabytes is refused by the form, not compared
+        given = st.text_input("Password", type="password", max_chars=MAX_PASSWORD_LENGTH)
         submitted = st.form_submit_button("Sign in")
     if submitted:
         expected = settings.password.get_secret_value().encode()

@@ -20,6 +20,7 @@ WINDOWS: dict[str, int] = {
 
 
 MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 256  # the sign-in field's limit (app.py)
 
 
 class DashboardSettings(BaseSettings):
@@ -43,6 +44,11 @@ class DashboardSettings(BaseSettings):
     @field_validator("password")
     @classmethod
     def _long_enough(cls, password: SecretStr | None) -> SecretStr | None:
-        if password is not None and len(password.get_secret_value()) < MIN_PASSWORD_LENGTH:
+        if password is None:
+            return None
+        length = len(password.get_secret_value())
+        if length < MIN_PASSWORD_LENGTH:
             raise ValueError(f"must be at least {MIN_PASSWORD_LENGTH} characters (a guesser finds a shorter one fast)")
+        if length > MAX_PASSWORD_LENGTH:
+            raise ValueError(f"must be at most {MAX_PASSWORD_LENGTH} characters (what the sign-in form accepts)")
         return password
