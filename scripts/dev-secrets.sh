@@ -16,8 +16,10 @@ NAMES=(
   DASHBOARD_PASSWORD     # the dashboard page's sign-in
   STACK_SCRAM_PASSWORD   # the local broker's SASL_SSL user (stack/stack.sh)
 )
-umask 077
+# The directory keeps the caller's umask: .stack/ also holds PostgreSQL's data, which the
+# 'postgres' user must be able to reach; only the file is private.
 mkdir -p "$(dirname "$file")"
+umask 077
 touch "$file"
 added=()
 for name in "${NAMES[@]}"; do

@@ -12,7 +12,7 @@
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-STACK_DIR=${STACK_DIR:-$REPO_DIR/.stack}
+STACK_DIR=$(realpath -m "${STACK_DIR:-$REPO_DIR/.stack}")
 KAFKA_VERSION=4.3.1
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
@@ -201,9 +201,9 @@ pg_bindir() {
 }
 
 # PostgreSQL refuses to run as root; as root we run it as the 'postgres' user that
-# Debian's package creates.
+# Debian's package creates, from / (it may not be allowed into the working directory).
 as_pg() {
-  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [[ $(id -u) -eq 0 ]]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 pg_data_home() {
@@ -227,10 +227,17 @@ pg_data_home() {
   fi
 }
 
+# The server and its tools run as 'postgres', which may not traverse the checkout: give them
+# the real path behind the link pg_data_home made.
+resolve_pg_home() {
+  if [[ -e $PG_HOME ]]; then PG_HOME=$(readlink -f "$PG_HOME"); fi
+}
+
 pg_up() {
   local bin
   bin=$(pg_bindir)
   pg_data_home
+  resolve_pg_home
   local data=$PG_HOME/data
   if [[ ! -f $data/PG_VERSION ]]; then
     log "initialising PostgreSQL $("$bin/postgres" --version | awk '{print $3}') cluster in $data"
@@ -352,8 +359,8 @@ components() { if [[ $# -eq 0 ]]; then echo "postgres kafka"; else echo "$@"; fi
 cmd=${1:-}; shift || true
 case $cmd in
   up)      load_secrets; for c in $(components "$@"); do case $c in kafka) kafka_up ;; postgres) pg_up ;; *) die "unknown component '$c' (kafka|postgres)";; esac; done ;;
-  down)    for c in $(components "$@"); do case $c in kafka) kafka_down ;; postgres) pg_down ;; *) die "unknown component '$c' (kafka|postgres)";; esac; done ;;
+  down)    resolve_pg_home; for c in $(components "$@"); do case $c in kafka) kafka_down ;; postgres) pg_down ;; *) die "unknown component '$c' (kafka|postgres)";; esac; done ;;
   restart) "$0" down "$@"; "$0" up "$@" ;;
-  status)  status ;;
+  status)  resolve_pg_home; status ;;
   *)       die "usage: stack/stack.sh up|down|restart [kafka|postgres] | status" ;;
 esac
