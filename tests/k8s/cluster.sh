@@ -29,6 +29,7 @@ NODE_NAME=iot-node
 NODE_IP=10.200.0.1
 POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/16
+CLUSTER_DNS_IP=10.96.0.10
 PAUSE_IMAGE=iot-monitor/pause:3.10
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 PKI=$STATE/pki
@@ -128,9 +129,10 @@ EOF
   {"type": "portmap", "capabilities": {"portMappings": true}}
 ]}
 EOF
-  # Pods resolve through CoreDNS on the node IP; nothing is forwarded out of the namespace.
-  # Inside the namespace these replace /etc/resolv.conf and /etc/hosts too: no lookup leaves it.
-  printf 'nameserver %s\n' "$NODE_IP" >"$STATE/config/resolv.conf"
+  # Pods resolve through CoreDNS, which runs as kind runs it (cluster_dns); nothing is forwarded
+  # out of the namespace. Inside the namespace these replace /etc/resolv.conf and /etc/hosts too:
+  # no lookup leaves it.
+  printf 'nameserver %s\n' "$CLUSTER_DNS_IP" >"$STATE/config/resolv.conf"
   printf '127.0.0.1 localhost\n%s %s\n' "$NODE_IP" "$NODE_NAME" >"$STATE/config/hosts"
   cat >"$STATE/config/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -146,7 +148,7 @@ authentication:
   x509: {clientCAFile: $PKI/ca.crt}
 authorization: {mode: Webhook}
 clusterDomain: cluster.local
-clusterDNS: [$NODE_IP]
+clusterDNS: [$CLUSTER_DNS_IP]
 resolvConf: $STATE/config/resolv.conf
 evictionHard: {memory.available: 200Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2%}
 imageGCHighThresholdPercent: 100
@@ -164,18 +166,6 @@ bindAddress: $NODE_IP
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
 conntrack: {maxPerCore: 0}
-EOF
-  cat >"$STATE/config/Corefile" <<EOF
-.:53 {
-    bind $NODE_IP
-    errors
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-        kubeconfig $KUBECONFIG_ADMIN
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-    }
-    cache 5
-}
 EOF
 }
 
@@ -241,6 +231,107 @@ pause_image() {
   rm -rf "$ctx"
 }
 
+# CoreDNS's own image cannot be pulled here: the binary build-binaries.sh made, with the C
+# library it links, in an image of its own (the pod runs what kind's CoreDNS pod runs).
+coredns_image() {
+  COREDNS_IMAGE=iot-monitor/coredns:$("$BIN/coredns" -version | sed -n 's/^CoreDNS-//p')
+  docker image inspect "$COREDNS_IMAGE" >/dev/null 2>&1 && return 0
+  local ctx lib
+  ctx=$(mktemp -d)
+  cp "$BIN/coredns" "$ctx/coredns"
+  for lib in $(ldd "$BIN/coredns" | grep -o '/[^ ]*'); do cp --parents "$lib" "$ctx/"; done
+  printf 'FROM scratch\nCOPY . /\nENTRYPOINT ["/coredns"]\n' >"$ctx/Dockerfile"
+  DOCKER_BUILDKIT=0 docker build -q -t "$COREDNS_IMAGE" "$ctx" >/dev/null
+  rm -rf "$ctx"
+}
+
+# Cluster DNS as kind (kubeadm) deploys it: a CoreDNS Deployment labelled k8s-app=kube-dns in
+# kube-system behind the Service kube-dns, so the chart's default NetworkPolicy DNS peer (those
+# pods, port 53) is the one that is enforced here too.
+cluster_dns() {
+  kubectl_ apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: coredns, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+  - apiGroups: [""]
+    resources: [endpoints, services, pods, namespaces]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects: [{kind: ServiceAccount, name: coredns, namespace: kube-system}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns, namespace: kube-system}
+data:
+  Corefile: |
+    .:53 {
+        errors
+        health :8080
+        ready :8181
+        kubernetes cluster.local in-addr.arpa ip6.arpa {
+            pods insecure
+            fallthrough in-addr.arpa ip6.arpa
+        }
+        cache 5
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: coredns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns}
+spec:
+  replicas: 1
+  selector: {matchLabels: {k8s-app: kube-dns}}
+  template:
+    metadata: {labels: {k8s-app: kube-dns}}
+    spec:
+      serviceAccountName: coredns
+      dnsPolicy: Default
+      priorityClassName: system-cluster-critical
+      containers:
+        - name: coredns
+          image: $COREDNS_IMAGE
+          imagePullPolicy: Never
+          args: [-conf, /etc/coredns/Corefile]
+          ports:
+            - {name: dns, containerPort: 53, protocol: UDP}
+            - {name: dns-tcp, containerPort: 53, protocol: TCP}
+          readinessProbe: {httpGet: {path: /ready, port: 8181}, periodSeconds: 2}
+          livenessProbe: {httpGet: {path: /health, port: 8080}}
+          volumeMounts: [{name: config, mountPath: /etc/coredns, readOnly: true}]
+      volumes: [{name: config, configMap: {name: coredns}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns}
+spec:
+  clusterIP: $CLUSTER_DNS_IP
+  selector: {k8s-app: kube-dns}
+  ports:
+    - {name: dns, port: 53, protocol: UDP}
+    - {name: dns-tcp, port: 53, protocol: TCP}
+EOF
+  wait_for "CoreDNS (deployment kube-system/coredns)" 120 in_net "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" \
+    -n kube-system rollout status deployment/coredns --timeout=5s
+}
+
 import_image() {  # import_image IMAGE...   (docker → the node's containerd, namespace k8s.io)
   local image
   for image in "$@"; do
@@ -285,8 +376,8 @@ up() {
   start_daemon kubelet "$BIN/kubelet" --config "$STATE/config/kubelet.yaml" --kubeconfig "$PKI/node.kubeconfig" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
   start_daemon kube-proxy "$BIN/kube-proxy" --config "$STATE/config/kube-proxy.yaml"
-  start_daemon coredns "$BIN/coredns" -conf "$STATE/config/Corefile"
-  import_image "$PAUSE_IMAGE"
+  coredns_image
+  import_image "$PAUSE_IMAGE" "$COREDNS_IMAGE"
   wait_for "node $NODE_NAME Ready" 180 in_net "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" \
     wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s
   # NetworkPolicy enforcement: the firewall part of kube-router only (no routing, no proxy, no
@@ -298,6 +389,7 @@ up() {
   wait_for "kube-router's NetworkPolicy firewall" 60 in_net iptables -S KUBE-ROUTER-FORWARD
   # Storage the way kind offers it: a default class, here backed by pre-made hostPath volumes.
   storage
+  cluster_dns
   log "node Ready: $(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}')"
 }
 
