@@ -281,6 +281,25 @@ def test_compose_services_log_in_as_their_own_least_privilege_roles(stack_up: di
             | psycopg2.errors.ReadOnlySqlTransaction
             | psycopg2.errors.RaiseException,
         ), (role, statement, refusal.value)
+    # `migrate` made the consumers' retention the database's: their rounds may drop what
+    # expired (before, every round failed: "no retention is configured").
+    password = secret(ROLE_PASSWORD_VARIABLES["iot_consumer"])
+    conn = psycopg2.connect(host="127.0.0.1", port=POSTGRES_PORT, user="iot_consumer", password=password, dbname="iot")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT relation::text, keep_days FROM retention_policy ORDER BY 1")
+            policy = dict(cur.fetchall())
+    finally:
+        conn.close()
+    assert policy == {"sensores": 30, "sensores_hora": 730, "sensores_minuto": 90}
+    # The first round runs seconds after a consumer starts; one replica holds it.
+    wait_until(
+        lambda: '"retention_applied"' in compose(env, "logs", "--no-color", "consumer").stdout,
+        60,
+        "the consumers' first retention round",
+        interval=2,
+    )
+    assert '"retention_failed"' not in compose(env, "logs", "--no-color", "consumer").stdout
     # While it all runs: no container's process shows a password in its argv.
     assert argv_exposing(list(read_env_file(ENV_FILE).values())) == []
 

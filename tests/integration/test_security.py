@@ -233,6 +233,52 @@ def test_the_consumers_role_cannot_drop_partitions_inside_the_retention(
         as_consumer.close()
 
 
+RETENTION_VARIABLES = ("RETENTION_DAYS", "MINUTE_ROLLUP_RETENTION_DAYS", "HOUR_ROLLUP_RETENTION_DAYS")
+
+
+def test_migrate_makes_the_consumers_retention_the_databases(
+    stack: Stack, env: dict[str, str], db: psycopg2.extensions.connection
+) -> None:
+    """The chart's migration Job and Compose's `migrate` give `iot-consumer migrate` the
+    consumers' RETENTION_DAYS (...): as the owner it makes them the database's, and the consumers'
+    own role can then drop what expired - before, nothing set it and every deployment's hourly
+    retention failed ("no retention is configured"), keeping every reading for ever. Without the
+    variables migrate leaves the policy alone; with 0 days a table is kept whole again."""
+    migrate(db)
+    db.cursor().execute("SELECT iot_ensure_sensores_partition(current_date)")
+    db.cursor().execute("SELECT iot_ensure_sensores_partition(current_date - 40)")
+    partitions = "SELECT count(*) FROM pg_inherits WHERE inhparent = 'sensores'::regclass"
+    policy = "SELECT string_agg(relation::text || '=' || keep_days, ',' ORDER BY relation::text) FROM retention_policy"
+    plain = {k: v for k, v in env.items() if k not in RETENTION_VARIABLES}
+    as_consumer = {
+        **plain,
+        "POSTGRES_USER": "iot_consumer",
+        "POSTGRES_PASSWORD": stack.role_password("iot_consumer"),
+    }
+    asked = {"RETENTION_DAYS": "30", "MINUTE_ROLLUP_RETENTION_DAYS": "90", "HOUR_ROLLUP_RETENTION_DAYS": "730"}
+
+    unchanged = run_cli(["iot-consumer", "migrate"], plain)
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert "retention: unchanged" in unchanged.stdout
+    assert scalar(db, policy) is None
+    refused = run_cli(["iot-consumer", "retention"], {**as_consumer, **asked})
+    assert refused.returncode != 0
+    assert "no retention is configured" in refused.stdout + refused.stderr
+
+    configured = run_cli(["iot-consumer", "migrate"], {**plain, **asked})
+    assert configured.returncode == 0, configured.stderr
+    assert "retention: sensores 30 days, sensores_minuto 90 days, sensores_hora 730 days" in configured.stdout
+    assert scalar(db, policy) == "sensores=30,sensores_hora=730,sensores_minuto=90"
+    before = scalar(db, partitions)
+    dropped = run_cli(["iot-consumer", "retention"], {**as_consumer, **asked})
+    assert dropped.returncode == 0, dropped.stdout + dropped.stderr
+    assert scalar(db, partitions) == before - 1  # 40 days ago went; today's stays
+
+    whole = run_cli(["iot-consumer", "migrate"], {**plain, "RETENTION_DAYS": "0"})
+    assert whole.returncode == 0, whole.stderr
+    assert scalar(db, policy) is None
+
+
 def development_passwords(stack: Stack) -> dict[str, str]:
     """What stack/stack.sh generated for the service roles (.stack/secrets.env)."""
     return {variable: stack.secret(variable) for variable in ROLE_PASSWORD_VARIABLES.values()}

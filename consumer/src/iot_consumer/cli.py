@@ -36,6 +36,7 @@ from iot_consumer.housekeeping import (
     RetentionConfigError,
     RetentionPostponedError,
     drop_expired,
+    set_retention_policy,
     storage,
 )
 from iot_consumer.loop import ConsumerOptions, ConsumerService
@@ -129,19 +130,17 @@ DeadLetterRetentionOption = Annotated[
     ),
 ]
 GroupOption = Annotated[str, typer.Option(envvar="CONSUMER_GROUP", help="Kafka consumer group (replicas share it).")]
-RawRetentionOption = Annotated[
-    int,
-    typer.Option(
-        min=0, envvar="RETENTION_DAYS", help="Days of raw readings kept; older daily partitions are dropped (0 = all)."
-    ),
-]
-MinuteRetentionOption = Annotated[
-    int,
-    typer.Option(min=0, envvar="MINUTE_ROLLUP_RETENTION_DAYS", help="Days of sensores_minuto kept (0 = all)."),
-]
-HourRetentionOption = Annotated[
-    int, typer.Option(min=0, envvar="HOUR_ROLLUP_RETENTION_DAYS", help="Days of sensores_hora kept (0 = all).")
-]
+# Shared by `run`, `retention` and `migrate` (which tells "not given" from 0).
+RAW_RETENTION = typer.Option(
+    min=0, envvar="RETENTION_DAYS", help="Days of raw readings kept; older daily partitions are dropped (0 = all)."
+)
+MINUTE_RETENTION = typer.Option(
+    min=0, envvar="MINUTE_ROLLUP_RETENTION_DAYS", help="Days of sensores_minuto kept (0 = all)."
+)
+HOUR_RETENTION = typer.Option(min=0, envvar="HOUR_ROLLUP_RETENTION_DAYS", help="Days of sensores_hora kept (0 = all).")
+RawRetentionOption = Annotated[int, RAW_RETENTION]
+MinuteRetentionOption = Annotated[int, MINUTE_RETENTION]
+HourRetentionOption = Annotated[int, HOUR_RETENTION]
 
 
 def _limits(
@@ -404,11 +403,19 @@ def migrate_command(
             help="Fail unless the roles iot_consumer, iot_exporter and iot_dashboard exist afterwards.",
         ),
     ] = True,
+    retention_days: Annotated[int | None, RAW_RETENTION] = None,
+    minute_rollup_retention_days: Annotated[int | None, MINUTE_RETENTION] = None,
+    hour_rollup_retention_days: Annotated[int | None, HOUR_RETENTION] = None,
 ) -> None:
     """Create or upgrade the database schema and the service roles, then exit (run as the
     schema's owner). Each role's password is set from CONSUMER_DB_PASSWORD,
-    EXPORTER_DB_PASSWORD and DASHBOARD_DB_PASSWORD when given (`run` migrates too, without roles)."""
+    EXPORTER_DB_PASSWORD and DASHBOARD_DB_PASSWORD when given (`run` migrates too, without roles).
+    The retention given (RETENTION_DAYS, ...: the consumers' own, a table not named kept whole)
+    becomes the database's: the consumers' role may drop what expired and nothing newer. Without
+    any, the database's retention stays as it is."""
     setup_service("iot-consumer")
+    asked = (retention_days, minute_rollup_retention_days, hour_rollup_retention_days)
+    retention = None if all(days is None for days in asked) else _retention(*(days or 0 for days in asked))
     postgres = _postgres_settings()
     conn = _connect(postgres, "migrate")
     try:
@@ -426,9 +433,16 @@ def migrate_command(
         }
         if passwords:
             set_role_passwords(conn, passwords)
+        policy = set_retention_policy(conn, retention) if retention else None
     finally:
         conn.close()
     typer.echo(f"schema version {version} at {postgres.describe()}")
+    if policy is None:
+        typer.echo("retention: unchanged (no RETENTION_DAYS given)")
+    else:
+        log.info("retention_policy_set", days=policy)
+        kept = (f"{table} {f'{days} days' if days else 'kept whole'}" for table, days in policy.items())
+        typer.echo("retention: " + ", ".join(kept))
     for role in sorted(passwords):
         typer.echo(f"password of {role} set from {ROLE_PASSWORD_VARIABLES[role]}")
 

@@ -153,6 +153,26 @@ def _record_policy_as_owner(cur: psycopg2.extensions.cursor, retention: Retentio
             )
 
 
+def set_retention_policy(conn: psycopg2.extensions.connection, retention: Retention) -> dict[str, int | None]:
+    """Run by the schema's owner (`iot-consumer migrate`): the retention the deployment asks
+    for becomes the database's, so the consumers - which run as a service role that cannot
+    write ``retention_policy`` - may drop what expired and nothing newer. A table kept whole
+    (0 days) has no policy: the drop function then refuses every drop of it. What is set now:
+    table -> days (None: kept whole)."""
+    with conn.cursor() as cur:
+        for table, days in retention.days().items():
+            if days > 0:
+                cur.execute(
+                    """INSERT INTO retention_policy (relation, keep_days) VALUES (%s::regclass, %s)
+                       ON CONFLICT (relation) DO UPDATE SET keep_days = EXCLUDED.keep_days, updated_at = now()""",
+                    (table, days),
+                )
+            else:
+                cur.execute("DELETE FROM retention_policy WHERE relation = %s::regclass", (table,))
+    conn.commit()
+    return {table: days or None for table, days in retention.days().items()}
+
+
 # Dead letters deleted per transaction: a long backlog expires without one huge delete.
 DEAD_LETTERS_PER_EXPIRY = 10_000
 
@@ -229,6 +249,8 @@ class Housekeeper:
                 ended=part.upper_bound.isoformat(),
                 bytes=part.bytes,
             )
+        # One line per round held (hourly by default): that retention runs at all is visible.
+        log.info("retention_applied", dropped=len(dropped), days=self.retention.days())
         return bool(dropped)
 
     def _expire_dead_letters(self, conn: psycopg2.extensions.connection) -> None:
