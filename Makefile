@@ -91,8 +91,8 @@ test-native: dev ## The native decoder under AddressSanitizer + UBSan: its C tes
 test-compose: dev stack-up ## docker compose up/down/up of docker-compose.yml for real (Docker daemon; stand-in images)
 	scripts/pytest.sh -m compose tests/compose
 
-test-skaffold: dev ## skaffold diagnose and render of skaffold.yaml / skaffold-platform.yaml with Skaffold v2.16.1 itself
-	scripts/pytest.sh -m skaffold tests/skaffold
+test-skaffold: dev ## Skaffold v2.16.1 itself: diagnose and render of both files, then `skaffold dev` on the real single-node cluster of tests/k8s
+	scripts/pytest.sh -m skaffold tests/skaffold tests/k8s
 
 test-k8s: dev stack-up ## helm install on a real single-node Kubernetes in its own network namespace (root; builds k8s once, ~20 min)
 	scripts/pytest.sh -m k8s tests/k8s

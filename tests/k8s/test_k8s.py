@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import json
 import os
 import shutil
@@ -44,6 +45,8 @@ from tests.helpers import (
     standin_images,
     wait_until,
 )
+from tests.k8s.readme import ReadmeShell, git_copy_of_checkout, kind_kubeconfig
+from tests.k8s.skaffold_dev import SKAFFOLD, SkaffoldDev
 from tests.k8s.standin_operators import LOCAL_BOOTSTRAP, Platform, kafka_users, manifest_stream
 
 # The first test also builds the images (and, once per machine, Kubernetes itself: ~20 min).
@@ -61,6 +64,7 @@ SENSORS = 20  # tests/k8s/values.yaml
 MONITORING = "monitoring"  # where the chart's NetworkPolicies let scrapers (and, in the test values, the page) in
 PROBE = "probe"  # a pod there: Prometheus's place, with our consumer image's Python
 BACKFILLED = 120  # readings a "gateway" sends for yesterday, for the exporter's daily file
+PVC_READER_IMAGE = "busybox:1.37"  # k8s/tools/pvc-reader.yaml's; the local base image stands in
 
 
 def cluster(*args: str, timeout: float = 600, check: bool = True, stdin: str | None = None) -> str:
@@ -181,18 +185,55 @@ def node(images: list[str]) -> Iterator[None]:
     cluster("down", timeout=120)  # a previous run killed half-way
     cluster("up", timeout=3600)
     try:
-        cluster("import", *images, timeout=1200)
+        # Our four images reach the node as the README loads them into kind (the platform).
+        cluster("import", *STANDINS, timeout=1200)
+        had_reader_image = docker_has(PVC_READER_IMAGE)
+        if not had_reader_image:
+            subprocess.run(["docker", "tag", BASE_IMAGES["PYTHON_IMAGE"], PVC_READER_IMAGE], check=True)
+        try:
+            cluster("import", PVC_READER_IMAGE, timeout=600)
+        finally:
+            if not had_reader_image:
+                subprocess.run(["docker", "rmi", PVC_READER_IMAGE], capture_output=True, check=False)
         yield
     finally:
         cluster("down", timeout=120)
 
 
+def docker_has(image: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False).returncode == 0
+
+
 @pytest.fixture(scope="module")
-def platform(node: None) -> Platform:
+def readme(node: None, tmp_path_factory: pytest.TempPathFactory) -> ReadmeShell:
+    """The README's Kubernetes commands, run as a kind user runs them (tests/k8s/readme.py):
+    from a git copy of the checkout, against the node through a kubeconfig named as kind's."""
+    work = tmp_path_factory.mktemp("readme")
+    environment = dict(line.split("=", 1) for line in cluster("env").split())
+    kubeconfig = kind_kubeconfig(Path(environment["IOT_K8S_KUBECONFIG"]), work / "kubeconfig")
+    path = [
+        REPO / "tests" / "k8s" / "shims",
+        Path(environment["IOT_K8S_BIN"]),
+        REPO / ".tools" / "bin",
+        SKAFFOLD.parent,
+    ]
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([*map(str, path), os.environ["PATH"]]),
+        "KUBECONFIG": str(kubeconfig),
+        "SKAFFOLD_UPDATE_CHECK": "false",
+        "PYTHON_IMAGE": BASE_IMAGES["PYTHON_IMAGE"],  # no python:3.11-slim from a registry here
+    }
+    return ReadmeShell(environment["IOT_K8S_HOLDER_PID"], env, git_copy_of_checkout(work / "checkout"))
+
+
+@pytest.fixture(scope="module")
+def platform(node: None, readme: ReadmeShell) -> Platform:
     """Kafka and PostgreSQL Ready with TLS, the topics created (Strimzi's KafkaTopics on the
     user's path), the KafkaUsers of k8s/kafka.yaml with their Secrets and ACLs; a probe pod in
     namespace "monitoring"."""
-    cluster("kubectl", "create", "namespace", NAMESPACE)
+    readme.run("kubectl apply -f k8s/namespace.yaml")
+    readme.run("for s in producer consumer exporter dashboard; do kind load docker-image iot-$s:dev --name iot; done")
     cluster("kubectl", "create", "namespace", MONITORING)
     users = kafka_users(REPO / "k8s" / "kafka.yaml")
     generated, secrets = Platform.secrets(users)
@@ -228,23 +269,21 @@ def platform(node: None) -> Platform:
 
 
 @pytest.fixture(scope="module")
-def release(platform: Platform) -> None:
-    """`helm install iot-monitor charts/iot-monitor` with the test values, waited for."""
-    helm(
-        "install",
-        RELEASE,
-        str(REPO / "charts" / "iot-monitor"),
-        "-f",
-        str(REPO / "tests" / "k8s" / "values.yaml"),
-        "--wait",
-        "--timeout",
-        "5m",
+def release(platform: Platform, readme: ReadmeShell) -> None:
+    """The README's `helm install iot-monitor`, with the test values, waited for."""
+    readme.run(
+        "helm install iot-monitor charts/iot-monitor -n iot --set image.tag=dev --set dashboard.enabled=true",
+        append=" -f tests/k8s/values.yaml --wait --timeout 5m",
     )
 
 
-def test_every_pod_becomes_ready_through_its_probes(release: None) -> None:
+def test_every_pod_becomes_ready_through_its_probes(release: None, readme: ReadmeShell) -> None:
     """Each Deployment of the release reaches its replica count Ready, judged by the kubelet
-    running the chart's own readiness probes (/readyz, Streamlit's health)."""
+    running the chart's own readiness probes (/readyz, Streamlit's health); `kubectl get pods`
+    shows them Running."""
+    listed = readme.run("kubectl -n iot get pods")
+    for component in ("producer", "consumer", "dashboard"):
+        assert any(f"{RELEASE}-{component}-" in line and "Running" in line for line in listed.splitlines()), listed
     deployments = json.loads(kubectl("get", "deployments", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json"))
     names = {d["metadata"]["name"]: d for d in deployments["items"]}
     assert set(names) == {f"{RELEASE}-{s}" for s in ("producer", "consumer", "dashboard")}
@@ -267,11 +306,11 @@ def test_readings_arrive_in_postgres(release: None) -> None:
     assert int(psql("SELECT count(DISTINCT sensor_id) FROM sensores")) == SENSORS
 
 
-def test_helm_test_finds_the_consumers_ready_and_rows_arriving(release: None) -> None:
+def test_helm_test_finds_the_consumers_ready_and_rows_arriving(release: None, readme: ReadmeShell) -> None:
     """`helm test` runs the chart's test pod (templates/tests/pipeline.yaml): through the
     NetworkPolicy that lets it in, the consumers answer /readyz 200 and one of them stores
     more rows while it watches."""
-    out = helm("test", RELEASE, "--logs", "--timeout", "5m")
+    out = readme.run("helm -n iot test iot-monitor --logs")
     assert "Phase:          Succeeded" in out, out
     assert "consumer ready" in out, out
     assert "rows arriving" in out, out
@@ -327,6 +366,20 @@ def test_services_log_in_as_their_own_roles_made_by_the_migration_hook(release: 
         refused = as_consumer(statement)
         assert refused.returncode != 0
         assert "permission denied" in refused.stderr or "must be owner" in refused.stderr, refused.stderr
+    # The Job also made consumer.retention the database's: the consumers' hourly round (run at
+    # start) may drop what expired, instead of failing on every install.
+    policy = psql(
+        "SELECT string_agg(relation::text || '=' || keep_days, ',' ORDER BY relation::text) FROM retention_policy"
+    )
+    assert policy == "sensores=30,sensores_hora=730,sensores_minuto=90"
+    consumers = [pod["metadata"]["name"] for pod in pods("consumer")]
+    wait_until(
+        lambda: any(logged(name, '"event":"retention_applied"') for name in consumers),
+        timeout=60,
+        what="the consumers' first retention round (one replica holds it)",
+        interval=2,
+    )
+    assert not [name for name in consumers if logged(name, '"retention_failed"')]
 
 
 # Run in a pod with that service's own Kafka settings: each attempt's outcome, by name.
@@ -488,9 +541,18 @@ def test_network_policies_are_enforced_on_the_node(release: None) -> None:
     assert connections_from(consumer, kafka, postgres) == {kafka: "open", postgres: "open"}
 
 
-def test_kubectl_logs_show_json_lines(release: None) -> None:
+def test_kubectl_logs_show_json_lines(release: None, readme: ReadmeShell) -> None:
     """`kubectl logs` of every service prints one JSON object per line, with event, level,
-    service and a UTC timestamp."""
+    service and a UTC timestamp; the README's `logs -f` of the producer and of both consumers
+    (prefixed by pod) follow them."""
+    followed = readme.follow("kubectl -n iot logs -f deploy/iot-monitor-producer", until='"service":"iot-producer"')
+    assert json.loads(followed.splitlines()[-1])["service"] == "iot-producer"
+    followed = readme.follow(
+        "kubectl -n iot logs -f -l app.kubernetes.io/component=consumer --prefix", until='"service":"iot-consumer"'
+    )
+    prefix, _, entry = followed.splitlines()[-1].partition(" ")
+    assert prefix.startswith(f"[pod/{RELEASE}-consumer-"), prefix
+    assert json.loads(entry)["service"] == "iot-consumer"
     for component in ("producer", "consumer", "dashboard"):
         lines = [line for line in kubectl("logs", f"deploy/{RELEASE}-{component}", "--tail=40").splitlines() if line]
         assert lines, component
@@ -501,6 +563,26 @@ def test_kubectl_logs_show_json_lines(release: None) -> None:
             assert entry["timestamp"].endswith("Z")
         if component != "dashboard":  # Streamlit prints its own banner lines before ours
             assert len(structured) == len(lines), f"{component} logged lines that are not JSON"
+
+
+def test_readme_port_forwards_reach_the_consumers_and_the_signed_in_page(release: None, readme: ReadmeShell) -> None:
+    """The README's port-forwards: the consumers' /metrics and /readyz on localhost:8000, the
+    dashboard on localhost:8501, and the password its command prints is the one that signs in."""
+    with readme.background(
+        "kubectl -n iot port-forward svc/iot-monitor-consumer-metrics 8000", ready="Forwarding from"
+    ):
+        assert "iot_consumer_rows_inserted_total" in readme.http_get("http://127.0.0.1:8000/metrics")
+        assert readme.http_get("http://127.0.0.1:8000/readyz").strip()
+    password = readme.run(
+        "kubectl -n iot get secret iot-monitor-dashboard-auth -o jsonpath='{.data.password}' | base64 -d"
+    )
+    assert len(password) >= 12
+    with readme.background("kubectl -n iot port-forward svc/iot-monitor-dashboard 8501", ready="Forwarding from"):
+        assert readme.http_get("http://127.0.0.1:8501/_stcore/health").strip() == "ok"
+    expected = base64.b64decode(
+        kubectl("get", "secret", f"{RELEASE}-dashboard-auth", "-o", "jsonpath={.data.password}")
+    ).decode()
+    assert password == expected
 
 
 def test_metrics_answer_through_the_services(release: None) -> None:
@@ -532,9 +614,10 @@ def exports_dir() -> Path:
     return Path(path)
 
 
-def test_exporter_job_from_the_cronjob_writes_csv_and_xlsx_on_the_claim(release: None) -> None:
-    """`kubectl create job --from=cronjob/iot-monitor-exporter` exports yesterday (UTC) to the
-    claim: sensores_<day>.csv and .xlsx with every reading of that day, both readable."""
+def test_exporter_job_from_the_cronjob_writes_csv_and_xlsx_on_the_claim(release: None, readme: ReadmeShell) -> None:
+    """The README's `kubectl create job --from=cronjob/iot-monitor-exporter export-now` exports
+    yesterday (UTC) to the claim: sensores_<day>.csv and .xlsx with every reading of that day,
+    both readable; k8s/tools/pvc-reader.yaml copies them out with `kubectl cp`."""
     yesterday = (datetime.now(UTC) - timedelta(days=1)).date()
     start = datetime(yesterday.year, yesterday.month, yesterday.day, 12, tzinfo=UTC)
     # A gateway that was offline sends yesterday's readings late (kafka-python in the producer pod).
@@ -553,10 +636,17 @@ def test_exporter_job_from_the_cronjob_writes_csv_and_xlsx_on_the_claim(release:
     day_rows = f"SELECT count(*) FROM sensores WHERE timestamp >= '{yesterday}' AND timestamp < '{yesterday}'::date + 1"
     wait_until(lambda: int(psql(day_rows)) == BACKFILLED, timeout=60, what="yesterday's readings stored", interval=2)
 
-    kubectl("create", "job", "--from=cronjob/iot-monitor-exporter", "export-now")
-    kubectl("wait", "--for=condition=complete", "job/export-now", "--timeout=180s", timeout=200)
-    assert '"daily_finished"' in kubectl("logs", "job/export-now")
+    readme.run("kubectl -n iot create job --from=cronjob/iot-monitor-exporter export-now")
+    readme.run("kubectl -n iot wait job/export-now --for=condition=complete --timeout=300s")
+    assert '"daily_finished"' in readme.run("kubectl -n iot logs job/export-now")
     directory = exports_dir()
+    readme.run("kubectl -n iot apply -f k8s/tools/pvc-reader.yaml")
+    readme.run("kubectl -n iot wait pod/pvc-reader --for=condition=Ready")
+    readme.run("kubectl -n iot cp pvc-reader:/exports ./exports")
+    readme.run("kubectl -n iot delete -f k8s/tools/pvc-reader.yaml")
+    copied = readme.checkout / "exports"
+    assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in directory.iterdir())
+    assert (copied / f"sensores_{yesterday}.csv").read_bytes() == (directory / f"sensores_{yesterday}.csv").read_bytes()
     with (directory / f"sensores_{yesterday}.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == BACKFILLED
@@ -617,17 +707,122 @@ def test_helm_upgrade_to_new_code_rolls_the_consumers_with_nothing_lost_or_dupli
     assert psql("SELECT count(*) - count(DISTINCT (kafka_partition, kafka_offset)) FROM sensores") == "0"
 
 
-def test_helm_uninstall_keeps_the_exports_claim(release: None) -> None:
+def test_helm_uninstall_keeps_the_exports_claim(release: None, readme: ReadmeShell) -> None:
     """`helm uninstall` removes the workloads but keeps the exports claim and its files
     (helm.sh/resource-policy: keep): a re-install finds last month's exports."""
     directory = exports_dir()
     files = sorted(p.name for p in directory.iterdir())
     assert any(name.endswith(".csv") for name in files)
-    helm("uninstall", RELEASE, "--wait", "--timeout", "3m")
+    readme.run("helm -n iot uninstall iot-monitor", append=" --wait --timeout 3m")
     assert kubectl("get", "deployments", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name").strip() == ""
     claim = json.loads(kubectl("get", "pvc", f"{RELEASE}-exporter-files", "-o", "json"))
     assert claim["status"]["phase"] == "Bound"
     assert sorted(p.name for p in directory.iterdir()) == files
+
+
+def deployment_pods() -> dict[str, tuple[str, str]]:
+    """Each running pod of the release: name -> (component, image)."""
+    out = json.loads(kubectl("get", "pods", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json"))
+    return {
+        p["metadata"]["name"]: (p["metadata"]["labels"].get("app.kubernetes.io/component", ""), _image_of(p))
+        for p in out["items"]
+        if p["metadata"].get("deletionTimestamp") is None and p["status"].get("phase") == "Running"
+    }
+
+
+def logged(pod: str, text: str) -> bool:
+    return text in kubectl("logs", pod)
+
+
+def claim_size() -> str | None:
+    """The exports claim's requested size, if there is one."""
+    out = kubectl("get", "pvc", "-o", "json")
+    for claim in json.loads(out)["items"]:
+        if claim["metadata"]["name"] == f"{RELEASE}-exporter-files":
+            return str(claim["spec"]["resources"]["requests"]["storage"])
+    return None
+
+
+def stored_rows() -> int:
+    return int(psql("SELECT count(*) FROM sensores"))
+
+
+@pytest.mark.skaffold
+def test_skaffold_dev_builds_deploys_redeploys_only_what_changed_and_cleans_up(
+    platform: Platform, readme: ReadmeShell, tmp_path: Path
+) -> None:
+    """The README's `skaffold dev`, with the repository's skaffold.yaml, as a kind user runs it:
+    the four images built by the local Docker daemon and loaded into the node (`kind load`), the
+    chart installed, readings flowing; an edit to the consumer's source rebuilds and redeploys
+    the consumer alone, whose new pods run the new code, with nothing lost or stored twice;
+    Ctrl-C uninstalls the chart and keeps the exports claim; a second `skaffold dev` starts
+    clean on what the first left."""
+    subprocess.run([str(REPO / "scripts" / "install-tools.sh"), "skaffold"], check=True, timeout=3600)
+    # After the helm tests: the claim kept by `helm uninstall`, at the test values' size - not
+    # skaffold.yaml's (the chart's default). The chart adopts it as it is (a resize would fail).
+    kept_size = claim_size()
+    log = tmp_path / "skaffold-dev.log"
+    first = SkaffoldDev(readme.spawn("skaffold dev"), log)
+    try:
+        first.wait_for(r"Watching for changes", timeout=1500)
+        output = first.output()
+        for service in SERVICES:
+            assert f"Building [iot-{service}]" in output or f"iot-{service}: Found" in output, output[-4000:]
+        if kept_size is not None:
+            assert claim_size() == kept_size
+        # Running from images under Skaffold's tags, which only `kind load` put on the node.
+        deployed = {image for _, image in deployment_pods().values()}
+        assert all(not image.endswith(f":{TAG}") for image in deployed), deployed
+        wait_until(lambda: stored_rows() >= 100, timeout=180, what="rows from the skaffold deployment", interval=2)
+        before = deployment_pods()
+        assert {component for component, _ in before.values()} >= {"producer", "consumer", "dashboard"}
+
+        mark = uuid.uuid4().hex
+        with (readme.checkout / "consumer" / "src" / "iot_consumer" / "cli.py").open("a") as source:
+            source.write(
+                f'\nimport sys as _sys\n_sys.stderr.write(\'{{"event": "skaffold_edit", "mark": "{mark}"}}\\n\')\n'
+            )
+        edited_at = len(first.lines)
+        first.wait_for(r"Building \[iot-consumer\]", start=edited_at, timeout=300)
+        first.wait_for(r"Watching for changes", start=edited_at, timeout=900)
+        rebuilt = first.output(edited_at)
+        assert [s for s in SERVICES if f"Building [iot-{s}]" in rebuilt] == ["consumer"], rebuilt[-4000:]
+        kubectl("rollout", "status", f"deployment/{RELEASE}-consumer", "--timeout=180s", timeout=200)
+        after = deployment_pods()
+        new_consumers = [name for name, (component, _) in after.items() if component == "consumer"]
+        assert new_consumers
+        assert set(new_consumers).isdisjoint(before), "the consumers were not redeployed"
+        for name in new_consumers:
+            wait_until(functools.partial(logged, name, mark), timeout=60, what=f"{name} running the edit", interval=2)
+        unchanged = {name: pod for name, pod in before.items() if pod[0] in ("producer", "dashboard")}
+        assert {name: after.get(name) for name in unchanged} == unchanged, "only the consumer may be redeployed"
+        rows = stored_rows()
+        wait_until(lambda: stored_rows() > rows + 100, timeout=180, what="rows stored after the redeploy", interval=2)
+        result = verify()
+        assert result["consistent"], result
+        assert (result["missing"], result["duplicates"]) == (0, 0)
+
+        assert first.interrupt() == 0, first.output()[-4000:]
+        assert "Cleaning up" in first.output()
+        left = kubectl("get", "deployments,cronjobs", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name")
+        assert left.strip() == ""
+        assert RELEASE not in helm("list", "-q").split()
+        claim = json.loads(kubectl("get", "pvc", f"{RELEASE}-exporter-files", "-o", "json"))
+        assert claim["status"]["phase"] == "Bound"
+
+        rows = stored_rows()
+        second = SkaffoldDev(readme.spawn("skaffold dev"), log)
+        try:
+            second.wait_for(r"Watching for changes", timeout=900)
+            wait_until(lambda: stored_rows() > rows + 100, timeout=180, what="rows from the second skaffold dev")
+            result = verify()
+            assert (result["consistent"], result["missing"], result["duplicates"]) == (True, 0, 0), result
+            assert second.interrupt() == 0, second.output()[-4000:]
+        finally:
+            second.kill()
+        assert kubectl("get", "deployments", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name").strip() == ""
+    finally:
+        first.kill()
 
 
 def test_teardown_leaves_nothing_behind_and_the_next_cluster_starts(node: None) -> None:

@@ -237,3 +237,22 @@ readinessProbe:
 {{- define "iot-monitor.dashboardAuthSecret" -}}
 {{- .Values.dashboard.auth.existingSecret | default (printf "%s-dashboard-auth" (include "iot-monitor.fullname" .)) -}}
 {{- end }}
+
+{{/*
+The size the exports claim is rendered with. A claim kept from an earlier release (resource-policy
+keep) is adopted at the size it has: asking a bound claim for another size is a resize, which fails
+the whole install or upgrade unless its StorageClass allows expansion (kind's does not). NOTES.txt
+says so when the values ask for another size. Without a cluster (helm template) lookup finds nothing.
+*/}}
+{{- define "iot-monitor.exporterClaimName" -}}
+{{- .Values.exporter.persistence.existingClaim | default (printf "%s-files" (include "iot-monitor.componentName" (dict "ctx" . "component" "exporter"))) -}}
+{{- end }}
+
+{{- define "iot-monitor.exporterClaimSize" -}}
+{{- $kept := lookup "v1" "PersistentVolumeClaim" .Release.Namespace (include "iot-monitor.exporterClaimName" .) -}}
+{{- if $kept -}}
+{{- $kept.spec.resources.requests.storage -}}
+{{- else -}}
+{{- .Values.exporter.persistence.size -}}
+{{- end -}}
+{{- end }}
