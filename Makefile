@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-skaffold test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-rollups bench-exporter clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-skaffold test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-rollups bench-exporter bench-fleet clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -120,6 +120,9 @@ bench-exporter: dev stack-up ## CSV/XLSX export speed beside the naive pandas wa
 
 bench-alerts: dev stack-up ## What alert evaluation costs the consumer: alerts on vs --no-alerts (bench/results/alerts_bench.md)
 	$(BIN)/python -m bench.alerts_bench
+
+bench-fleet: dev stack-up ## The consumer by fleet size: 1,000 / 100,000 / 1,000,000 sensors, 3 readings each (bench/results/fleet_bench.md)
+	$(BIN)/python -m bench.fleet_bench
 
 clean: ## Remove the virtualenv and caches (the stack's data stays in .stack/)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

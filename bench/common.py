@@ -162,17 +162,27 @@ def topic_size(topic: str) -> int:
 
 
 def prefill(
-    topic: str, readings: int, processes: int = 2, log_dir: Path | None = None, extra: Sequence[str] = ()
+    topic: str,
+    readings: int,
+    processes: int = 2,
+    log_dir: Path | None = None,
+    extra: Sequence[str] = (),
+    sensors: int = 2000,
 ) -> float:
-    """Fill ``topic`` with ``readings`` simulated readings (acks=all) using several producer
-    processes; returns readings/s."""
+    """Fill ``topic`` with ``readings`` simulated readings (acks=all) of ``sensors`` distinct
+    sensors (split between the processes, each its own seed), using several producer processes;
+    returns readings/s."""
     log_dir = log_dir or RESULTS
     env = STACK.service_env(topic=topic, database="iot", METRICS_PORT="-1")
     share = [readings // processes + (1 if i < readings % processes else 0) for i in range(processes)]
     started = time.perf_counter()
     procs = [
         Process(
-            cli("iot-producer", "--sensors", "1000", "--count", str(n), "--max-rate", "--seed", str(100 + i), *extra),
+            cli(
+                "iot-producer",
+                *("--sensors", str(max(1, sensors // processes)), "--count", str(n), "--max-rate"),
+                *("--seed", str(100 + i), *extra),
+            ),
             env,
             log_dir / f"prefill-{i}.log",
         )

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import psycopg2.extensions
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from iot_consumer.migrations import migrate
 from tests.helpers import Service, Stack, read_topic, run_cli, scalar, wait_until
@@ -152,7 +153,7 @@ def test_sensors_that_stop_sending_raise_a_silence_alert_and_their_next_reading_
     stack: Stack, alert_env: dict[str, str], db: psycopg2.extensions.connection, tmp_path: Path
 ) -> None:
     """Sensors that go quiet open a silence alert on the idle partitions' wall clock; their next
-    readings close it; the metrics count both."""
+    readings close it; the metrics count both and time the engine's batches and idle sweeps."""
     rules = tmp_path / "rules.toml"
     rules.write_text(SILENCE_RULES, encoding="utf-8")
     consumer = consume(alert_env, tmp_path, "--alert-rules", str(rules))
@@ -169,6 +170,16 @@ def test_sensors_that_stop_sending_raise_a_silence_alert_and_their_next_reading_
             metrics = response.read().decode()
         assert 'iot_consumer_alerts_opened_total{rule="sensor_silencioso",severity="warning"} 2.0' in metrics
         assert 'iot_consumer_alerts_closed_total{rule="sensor_silencioso",severity="warning"} 2.0' in metrics
+        # What the engine cost: timed per batch, and per idle sweep (which opened the alerts).
+        timed = {
+            sample.labels["kind"]: sample.value
+            for family in text_string_to_metric_families(metrics)
+            if family.name == "iot_consumer_alert_evaluation_duration_seconds"
+            for sample in family.samples
+            if sample.name.endswith("_count")
+        }
+        assert timed["batch"] >= 1
+        assert timed["idle"] >= 1
     finally:
         consumer.signal(signal.SIGTERM)
         assert consumer.wait(60) == 0

@@ -108,6 +108,15 @@ ROLLUP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 
+# How long the alert engine takes: per batch (its readings), and per idle sweep (silence judged
+# against the wall clock on caught-up partitions) - the costs that grow with the fleet.
+ALERT_EVALUATION_SECONDS = Histogram(
+    "iot_consumer_alert_evaluation_duration_seconds",
+    "Time the alert engine takes to evaluate one batch (kind=batch) or one idle silence sweep (kind=idle)",
+    ["kind"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
 # Retention and storage (iot_consumer.housekeeping).
 TABLE_BYTES = Gauge(
     "iot_consumer_table_bytes", "Bytes on disk of a table's partitions (indexes and TOAST included)", ["table"]

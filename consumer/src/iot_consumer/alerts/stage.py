@@ -38,6 +38,8 @@ class AlertStage:
         self.publisher = publisher
         longest = max((rule.silent_for_seconds for rule in rules.silence), default=0.0)
         self.silence_lookback = max(silence_lookback, timedelta(seconds=10 * longest))
+        for kind in ("batch", "idle"):
+            m.ALERT_EVALUATION_SECONDS.labels(kind)
         for rule in rules.all:  # export every series at 0, so absent() and rate() work from the start
             m.ALERTS_OPENED.labels(rule.name, rule.severity)
             m.ALERTS_CLOSED.labels(rule.name, rule.severity)
@@ -55,7 +57,8 @@ class AlertStage:
 
     def evaluate(self, batch: BatchSummary) -> Evaluation:
         """What the batch's readings change (written in the batch's transaction, adopted after)."""
-        return self.engine.evaluate(batch)
+        with m.ALERT_EVALUATION_SECONDS.labels("batch").time():
+            return self.engine.evaluate(batch)
 
     def evaluate_idle(self, fence: dict[int, int], grace_s: float) -> Evaluation | None:
         """Silence needs a clock that moves without readings: for partitions that are fully
@@ -65,7 +68,8 @@ class AlertStage:
         if not self.rules.silence or not fence:
             return None
         wall = datetime.now(UTC) - timedelta(seconds=grace_s)
-        evaluation = self.engine.evaluate_clock(dict.fromkeys(fence, wall))
+        with m.ALERT_EVALUATION_SECONDS.labels("idle").time():
+            evaluation = self.engine.evaluate_clock(dict.fromkeys(fence, wall))
         if not evaluation.writes_anything:
             self.engine.apply(evaluation)
             return None

@@ -1,0 +1,188 @@
+"""How the consumer's cost grows with the fleet: the same number of readings (--rows) spread
+over fleets of increasing size - 1,000 sensors send 3,000 readings each, 1,000,000 send 3 - and
+then the whole fleet goes quiet; each fleet consumed by one iot-consumer (native decoder,
+alerts on: the defaults) on a fresh database.
+
+Per fleet: rows/s, CPU µs per row, the consumer's own peak RSS, the alert engine's time per
+batch and per idle silence sweep (iot_consumer_alert_evaluation_duration_seconds, scraped until
+it exits), the alerts it opened (silence alerts among them) before it went idle. The consumer
+exits once idle for --idle seconds: long
+enough for the silence rule to see the whole fleet fall quiet (its default is 60 s past a
+sensor's last reading, judged on the partition clocks, which move with the wall clock once the
+topic is idle).
+
+usage: python -m bench.fleet_bench [--fleets 1000,100000,1000000] [--rows 3000000] [--idle 75]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import urllib.request
+import uuid
+
+import psycopg2.extensions
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.common import (
+    RESULTS,
+    STACK,
+    Process,
+    Table,
+    cli,
+    connect,
+    drop_database,
+    drop_topic,
+    fmt,
+    fresh_database,
+    fresh_topic,
+    prefill,
+    save,
+)
+from tests.helpers import free_port
+
+EVALUATION = "iot_consumer_alert_evaluation_duration_seconds"
+
+
+class MetricsWatcher:
+    """The consumer's /metrics, fetched every half second until it exits: the last answer."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.last = ""
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(0.5):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as answer:
+                    self.last = answer.read().decode()
+            except OSError:
+                continue  # not up yet, or gone
+
+    def stop(self) -> dict[str, tuple[float, float]]:
+        """kind -> (evaluations, seconds in total) of the alert engine."""
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        found: dict[str, list[float]] = {}
+        for family in text_string_to_metric_families(self.last):
+            if family.name != EVALUATION:
+                continue
+            for sample in family.samples:
+                figures = found.setdefault(sample.labels.get("kind", ""), [0.0, 0.0])
+                if sample.name.endswith("_count"):
+                    figures[0] = sample.value
+                elif sample.name.endswith("_sum"):
+                    figures[1] = sample.value
+        return {kind: (count, total) for kind, (count, total) in found.items()}
+
+
+def consume_fleet(topic: str, readings: int, idle_s: float, label: str) -> dict[str, float]:
+    """One consumer until idle: throughput, CPU, peak RSS, alert engine time, alerts opened."""
+    database = fresh_database("fleet")
+    port = free_port()
+    env = STACK.service_env(
+        topic=topic, database=database, METRICS_PORT=str(port), CONSUMER_GROUP=f"bench-{uuid.uuid4().hex[:8]}"
+    )
+    log = RESULTS / f"fleet-{label}.log"
+    try:
+        process = Process(cli("iot-consumer", "run", "--exit-when-idle", str(idle_s)), env, log)
+        watcher = MetricsWatcher(port)
+        result = process.wait()
+        evaluations = watcher.stop()
+        if result.returncode:
+            raise RuntimeError(f"iot-consumer exited {result.returncode}; see {log}")
+        conn = connect(database)
+        try:
+            figures = _stored(conn)
+        finally:
+            conn.close()
+        if figures["rows"] != readings:
+            raise RuntimeError(f"expected {readings} rows, found {figures['rows']:.0f}")
+        figures["rows_per_s"] = readings / (figures["last_commit"] - process.started_at)
+        figures["cpu_us_per_row"] = result.cpu_s / readings * 1e6
+        figures["peak_rss_mb"] = result.peak_rss_mb
+        for kind in ("batch", "idle"):
+            count, total = evaluations.get(kind, (0.0, 0.0))
+            figures[f"{kind}_evaluations"] = count
+            figures[f"{kind}_ms"] = total / count * 1e3 if count else float("nan")
+        return figures
+    finally:
+        drop_database(database)
+
+
+def _stored(conn: psycopg2.extensions.connection) -> dict[str, float]:
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT (SELECT count(*) FROM sensores),
+                      (SELECT extract(epoch FROM max(ingested_at)) FROM sensores),
+                      (SELECT count(*) FROM alertas),
+                      (SELECT count(*) FROM alertas WHERE rule = 'sensor_silencioso')"""
+        )
+        rows, last, alerts, silence = cur.fetchone()  # type: ignore[misc]
+    return {"rows": float(rows), "last_commit": float(last), "alerts": float(alerts), "silence": float(silence)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fleets", default="1000,100000,1000000", help="comma-separated fleet sizes")
+    parser.add_argument("--rows", type=int, default=3_000_000, help="readings per fleet (the same for every fleet)")
+    parser.add_argument("--idle", type=float, default=75.0, help="seconds idle before the consumer exits")
+    args = parser.parse_args()
+    fleets = [int(size) for size in args.fleets.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows: list[list[str]] = []
+    baseline: float | None = None
+    for fleet in fleets:
+        per_sensor = max(1, args.rows // fleet)
+        readings = fleet * per_sensor
+        topic = fresh_topic("fleet")
+        try:
+            prefill(topic, readings, sensors=fleet, processes=2 if fleet >= 2 else 1)
+            figures = consume_fleet(topic, readings, args.idle, str(fleet))
+        finally:
+            drop_topic(topic)
+        baseline = baseline or figures["rows_per_s"]
+        rows.append(
+            [
+                f"{fleet:,}",
+                f"{readings:,} ({per_sensor:,} each)",
+                fmt(figures["rows_per_s"]),
+                f"{figures['rows_per_s'] / baseline:.2f}×",
+                fmt(figures["cpu_us_per_row"], 1),
+                fmt(figures["peak_rss_mb"]),
+                f"{figures['batch_ms']:.2f} ({figures['batch_evaluations']:,.0f})",
+                f"{figures['idle_ms']:.2f} ({figures['idle_evaluations']:,.0f})",
+                f"{figures['alerts']:,.0f} ({figures['silence']:,.0f})",
+            ]
+        )
+        print(rows[-1], flush=True)
+    table = Table(
+        f"One iot-consumer by fleet size ({args.rows:,} readings each, then the fleet falls silent)",
+        [
+            "distinct sensors",
+            "rows",
+            "rows/s",
+            f"÷ {fleets[0]:,}-sensor rows/s",
+            "CPU µs per row",
+            "peak RSS MB",
+            "alert ms per batch (batches)",
+            "alert ms per idle sweep (sweeps)",
+            "alerts opened (silence)",
+        ],
+        rows,
+        [
+            "Defaults: native decoder, writer thread, built-in alert rules; one process, fresh database per fleet.",
+            "rows/s = rows ÷ (last commit − process launch); CPU and peak RSS are the consumer's own (tests/measure.py).",
+            f"The consumer exits after {args.idle:.0f} s idle, time for the silence rule to judge the quiet fleet.",
+            "Goal (issue 24): 1,000,000 sensors at ≥ 50 % of the 1,000-sensor rows/s with RSS ≤ 256 MB.",
+            "Reproduce: make bench-fleet (python -m bench.fleet_bench --fleets ...).",
+        ],
+    )
+    save("fleet_bench", [table])
+
+
+if __name__ == "__main__":
+    main()
