@@ -91,10 +91,10 @@ test-native: dev ## The native decoder under AddressSanitizer + UBSan: its C tes
 test-compose: dev stack-up ## docker compose up/down/up of docker-compose.yml for real (Docker daemon; stand-in images)
 	scripts/pytest.sh -m compose tests/compose
 
-test-skaffold: dev ## Skaffold v2.16.1 itself: diagnose and render of both files, then `skaffold dev` on the real single-node cluster of tests/k8s
+test-skaffold: dev ## Skaffold v2.16.1 itself: diagnose and render of both files, then `skaffold dev` on the real single-node cluster of tests/k8s (root)
 	scripts/pytest.sh -m skaffold tests/skaffold tests/k8s
 
-test-k8s: dev stack-up ## helm install on a real single-node Kubernetes in its own network namespace (root; builds k8s once, ~20 min)
+test-k8s: dev stack-up ## helm install, the README's commands and skaffold dev on a real single-node Kubernetes in its own network namespace (root; builds k8s once, ~20 min)
 	scripts/pytest.sh -m k8s tests/k8s
 
 test-chaos: dev stack-up ## Faults for minutes: kill -9, SIGTERM, PostgreSQL and Kafka restarts (bench/results/chaos.md)
@@ -121,7 +121,7 @@ bench-exporter: dev stack-up ## CSV/XLSX export speed beside the naive pandas wa
 bench-alerts: dev stack-up ## What alert evaluation costs the consumer: alerts on vs --no-alerts (bench/results/alerts_bench.md)
 	$(BIN)/python -m bench.alerts_bench
 
-bench-fleet: dev stack-up ## The consumer by fleet size: 1,000 / 100,000 / 1,000,000 sensors, 3 readings each (bench/results/fleet_bench.md)
+bench-fleet: dev stack-up ## The consumer by fleet size: 3,000,000 readings over 1,000 / 100,000 / 1,000,000 sensors, then silence (bench/results/fleet_bench.md)
 	$(BIN)/python -m bench.fleet_bench
 
 clean: ## Remove the virtualenv and caches (the stack's data stays in .stack/)

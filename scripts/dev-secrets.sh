@@ -16,10 +16,10 @@ NAMES=(
   DASHBOARD_PASSWORD     # the dashboard page's sign-in
   STACK_SCRAM_PASSWORD   # the local broker's SASL_SSL user (stack/stack.sh)
 )
-# The directory keeps the caller's umask: .stack/ also holds PostgreSQL's data, which the
-# 'postgres' user must be able to reach; only the file is private.
-mkdir -p "$(dirname "$file")"
+# The directory is private too (.stack/ also holds the broker's key): where the 'postgres' user
+# cannot enter it, stack.sh keeps PostgreSQL's data outside (pg_data_home).
 umask 077
+mkdir -p "$(dirname "$file")"
 touch "$file"
 added=()
 for name in "${NAMES[@]}"; do

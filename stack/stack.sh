@@ -85,6 +85,7 @@ kafka_tls() {
   command -v openssl >/dev/null || die "openssl is required for the SASL_SSL listener: apt-get install openssl"
   mkdir -p "$KAFKA_TLS"
   (
+    umask 077  # the CA's and the broker's private keys
     cd "$KAFKA_TLS"
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=iot-monitor local CA" \
       -keyout ca.key -out ca.pem >/dev/null 2>&1
@@ -94,6 +95,7 @@ kafka_tls() {
       -extfile san.ext -out broker.pem >/dev/null 2>&1
     openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.pk8
     cat broker.pk8 broker.pem ca.pem >broker-keystore.pem
+    chmod 0644 ca.pem  # what clients trust
   ) || die "could not create TLS material in $KAFKA_TLS"
   log "TLS material for the SASL_SSL listener in $KAFKA_TLS (clients trust ca.pem)"
 }

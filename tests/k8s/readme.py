@@ -159,10 +159,11 @@ class ReadmeShell:
         )
 
     def follow(self, command: str, *, until: str, timeout: float = 120) -> str:
-        """A command that follows (`logs -f`): its output up to the first line containing
-        ``until``, then it is stopped."""
+        """A command that follows (`logs -f`): its output up to and including the first line
+        containing ``until``, then it is stopped."""
         with self.background(command, ready=until, timeout=timeout) as output:
-            return "\n".join(output)
+            first = next(index for index, line in enumerate(output) if until in line)
+            return "\n".join(output[: first + 1])
 
     @contextmanager
     def background(self, command: str, *, ready: str, timeout: float = 120) -> Iterator[list[str]]:

@@ -641,7 +641,7 @@ def test_exporter_job_from_the_cronjob_writes_csv_and_xlsx_on_the_claim(release:
     assert '"daily_finished"' in readme.run("kubectl -n iot logs job/export-now")
     directory = exports_dir()
     readme.run("kubectl -n iot apply -f k8s/tools/pvc-reader.yaml")
-    readme.run("kubectl -n iot wait pod/pvc-reader --for=condition=Ready")
+    readme.run("kubectl -n iot wait pod/pvc-reader --for=condition=Ready --timeout=120s")
     readme.run("kubectl -n iot cp pvc-reader:/exports ./exports")
     readme.run("kubectl -n iot delete -f k8s/tools/pvc-reader.yaml")
     copied = readme.checkout / "exports"
@@ -748,6 +748,7 @@ def stored_rows() -> int:
 
 
 @pytest.mark.skaffold
+@pytest.mark.timeout(5400)  # alone (make test-skaffold) it also bears the cluster's and images' set-up
 def test_skaffold_dev_builds_deploys_redeploys_only_what_changed_and_cleans_up(
     platform: Platform, readme: ReadmeShell, tmp_path: Path
 ) -> None:

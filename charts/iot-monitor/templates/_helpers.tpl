@@ -239,10 +239,12 @@ readinessProbe:
 {{- end }}
 
 {{/*
-The size the exports claim is rendered with. A claim kept from an earlier release (resource-policy
-keep) is adopted at the size it has: asking a bound claim for another size is a resize, which fails
-the whole install or upgrade unless its StorageClass allows expansion (kind's does not). NOTES.txt
-says so when the values ask for another size. Without a cluster (helm template) lookup finds nothing.
+The size the exports claim is rendered with: persistence.size when the chart creates it; an
+existing claim (any upgrade, or one kept from an earlier release by resource-policy keep) keeps the
+size it has, as asking a bound claim for another size is a resize, which fails the whole install
+or upgrade unless its StorageClass allows expansion (kind's does not). NOTES.txt says so when the
+values ask for another size (compared as written: 1Gi and 1024Mi differ there). Without a cluster
+(helm template) lookup finds nothing.
 */}}
 {{- define "iot-monitor.exporterClaimName" -}}
 {{- .Values.exporter.persistence.existingClaim | default (printf "%s-files" (include "iot-monitor.componentName" (dict "ctx" . "component" "exporter"))) -}}
