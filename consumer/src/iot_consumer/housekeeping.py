@@ -146,11 +146,15 @@ def _record_policy_as_owner(cur: psycopg2.extensions.cursor, retention: Retentio
         return
     for table, days in retention.days().items():
         if days > 0:
-            cur.execute(
-                """INSERT INTO retention_policy (relation, keep_days) VALUES (%s::regclass, %s)
-                   ON CONFLICT (relation) DO UPDATE SET keep_days = EXCLUDED.keep_days, updated_at = now()""",
-                (table, days),
-            )
+            _upsert_policy(cur, table, days)
+
+
+def _upsert_policy(cur: psycopg2.extensions.cursor, table: str, days: int) -> None:
+    cur.execute(
+        """INSERT INTO retention_policy (relation, keep_days) VALUES (%s::regclass, %s)
+           ON CONFLICT (relation) DO UPDATE SET keep_days = EXCLUDED.keep_days, updated_at = now()""",
+        (table, days),
+    )
 
 
 def set_retention_policy(conn: psycopg2.extensions.connection, retention: Retention) -> dict[str, int | None]:
@@ -162,11 +166,7 @@ def set_retention_policy(conn: psycopg2.extensions.connection, retention: Retent
     with conn.cursor() as cur:
         for table, days in retention.days().items():
             if days > 0:
-                cur.execute(
-                    """INSERT INTO retention_policy (relation, keep_days) VALUES (%s::regclass, %s)
-                       ON CONFLICT (relation) DO UPDATE SET keep_days = EXCLUDED.keep_days, updated_at = now()""",
-                    (table, days),
-                )
+                _upsert_policy(cur, table, days)
             else:
                 cur.execute("DELETE FROM retention_policy WHERE relation = %s::regclass", (table,))
     conn.commit()
