@@ -5,8 +5,10 @@ in the middle of the episode."""
 from __future__ import annotations
 
 import signal
+import time
 import urllib.request
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from iot_consumer.migrations import migrate
-from tests.helpers import Service, Stack, read_topic, run_cli, scalar, wait_until
+from tests.helpers import Service, Stack, read_topic, run_cli, scalar, send_raw, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -180,6 +182,81 @@ def test_sensors_that_stop_sending_raise_a_silence_alert_and_their_next_reading_
         }
         assert timed["batch"] >= 1
         assert timed["idle"] >= 1
+    finally:
+        consumer.signal(signal.SIGTERM)
+        assert consumer.wait(60) == 0
+
+
+STORM_RULES = """
+[[rule]]
+name = "sensor_silencioso"
+severity = "warning"
+silent_for_seconds = 3
+storm_share = 0.2
+storm_min_sensors = 50
+"""
+
+
+def readings_now(sensors: list[str]) -> list[tuple[bytes | None, bytes | None]]:
+    stamp = datetime.now(UTC).isoformat()
+    return [
+        (s.encode(), orjson.dumps({"sensor_id": s, "timestamp": stamp, "temperatura": 25.0, "umidade": 50.0}))
+        for s in sensors
+    ]
+
+
+@pytest.mark.partitions(2)
+def test_a_fleet_falling_silent_together_is_one_storm_per_partition_not_an_alert_per_sensor(
+    stack: Stack,
+    alert_env: dict[str, str],
+    alerts_topic: str,
+    db: psycopg2.extensions.connection,
+    tmp_path: Path,
+) -> None:
+    """400 sensors fall silent together: one storm alert per partition (2), one event each on the
+    alerts topic, no per-sensor alert. 380 come back: both storms close, and the 20 still silent
+    - silent on their own now - get alerts of their own."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(STORM_RULES, encoding="utf-8")
+    consumer = consume(alert_env, tmp_path, "--alert-rules", str(rules))
+    fleet = sorted(str(uuid.uuid4()) for _ in range(400))
+    storms = "SELECT count(*) FROM alertas WHERE rule = 'sensor_silencioso:storm'"
+    try:
+        send_raw(stack.bootstrap, alert_env["KAFKA_TOPIC"], readings_now(fleet))
+        wait_until(lambda: scalar(db, storms) == 2, 60, "a storm on each partition")
+        time.sleep(3)  # the next sweeps open nothing more
+        assert scalar(db, "SELECT count(*) FROM alertas WHERE rule = 'sensor_silencioso'") == 0
+        assert scalar(db, "SELECT sum(last_value) FROM alertas WHERE rule = 'sensor_silencioso:storm'") == 400
+        assert scalar(db, "SELECT count(*) FROM alert_states WHERE rule = 'sensor_silencioso'") == 0
+        port = consumer.event("observability_server_started")["port"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
+            metrics = response.read().decode()
+        assert 'iot_consumer_alert_storm_sensors{rule="sensor_silencioso"} 400.0' in metrics
+        assert 'iot_consumer_alerts_open{rule="sensor_silencioso:storm",severity="warning"} 2.0' in metrics
+
+        back, still_silent = fleet[20:], fleet[:20]
+        send_raw(stack.bootstrap, alert_env["KAFKA_TOPIC"], readings_now(back))
+        wait_until(lambda: scalar(db, storms + " AND closed_at IS NOT NULL") == 2, 60, "both storms closed")
+        own = "SELECT count(*) FROM alertas WHERE rule = 'sensor_silencioso' AND closed_at IS NULL"
+        wait_until(lambda: scalar(db, own) >= 20, 60, "alerts of their own for the 20 still silent")
+        time.sleep(5)  # ... and for nobody else (the 380 may go silent again after 3 s: not yet here)
+        with db.cursor() as cur:
+            cur.execute(
+                "SELECT sensor_id::text FROM alertas WHERE rule = 'sensor_silencioso' AND opened_at < "
+                "(SELECT min(closed_at) FROM alertas WHERE rule = 'sensor_silencioso:storm')"
+                " + interval '2 seconds'"
+            )
+            opened_own = sorted(row[0] for row in cur.fetchall())
+        db.rollback()
+        assert set(still_silent) <= set(opened_own)
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM alert_outbox") == 0, 30, "the outbox drained")
+        events = [e for _, e in topic_events(stack, alerts_topic)]
+        storm_events = [(e["event"], e["kafka_partition"]) for e in events if e["rule"] == "sensor_silencioso:storm"]
+        assert sorted(storm_events) == [("closed", 0), ("closed", 1), ("opened", 0), ("opened", 1)]
+        for opened in (e for e in events if e["rule"].endswith(":storm") and e["event"] == "opened"):
+            assert 50 <= opened["sensors_silent"] <= opened["sensors_known"] <= 400  # the counts, with the event
+        per_sensor = {e["sensor_id"] for e in events if e["rule"] == "sensor_silencioso" and e["event"] == "opened"}
+        assert set(still_silent) <= per_sensor
     finally:
         consumer.signal(signal.SIGTERM)
         assert consumer.wait(60) == 0

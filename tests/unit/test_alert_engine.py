@@ -233,3 +233,138 @@ def test_a_reading_stamped_tomorrow_cannot_push_the_partition_clock_past_the_wal
     assert {e.state.sensor_id for e in later.events if e.kind == "opened"} == {
         str(uuid.UUID(int=10 + i)) for i in range(5)
     }
+
+
+# ---------------------------------------------------------------------- fleets, storms
+STORMY = parse_rules(
+    '[[rule]]\nname = "sensor_silencioso"\nsilent_for_seconds = 60\nstorm_share = 0.2\nstorm_min_sensors = 100\n',
+    "test",
+)
+
+
+def fleet(count: int, first: int = 1000) -> list[str]:
+    return [str(uuid.UUID(int=first + i)) for i in range(count)]
+
+
+def heard(engine: AlertEngine, sensors: Iterable[str], at: datetime, partition: int = 0) -> Evaluation:
+    ev = engine.evaluate(summary_of([Reading(partition, s, at, 25.0, 50.0) for s in sensors]))
+    engine.apply(ev)
+    return ev
+
+
+def sweep(engine: AlertEngine, at: datetime, partitions: Iterable[int] = (0,)) -> Evaluation:
+    ev = engine.evaluate_clock(dict.fromkeys(partitions, at))
+    engine.apply(ev)
+    return ev
+
+
+def opened(ev: Evaluation) -> list[AlertEvent]:
+    return [e for e in ev.events if e.kind == "opened"]
+
+
+def test_a_fleet_falling_silent_together_opens_one_storm_not_one_alert_per_sensor() -> None:
+    """1,000 sensors, 900 fall silent together (a gateway died): one storm alert for the partition,
+    holding 900 with the fleet's size - no per-sensor alert, no per-sensor state."""
+    engine = AlertEngine(STORMY)
+    sensors = fleet(1000)
+    heard(engine, sensors, T0)
+    heard(engine, sensors[900:], T0 + timedelta(seconds=50))
+    ev = sweep(engine, T0 + timedelta(seconds=62))
+    assert [(e.kind, e.state.rule, e.state.sensor_id, e.known) for e in ev.events] == [
+        ("opened", "sensor_silencioso:storm", "00000000-0000-0000-0000-000000000000", 1000)
+    ]
+    (storm,) = [s for s in engine.states.values()]
+    assert storm.is_storm and storm.last_value == 900 and storm.peak == 900
+    assert engine.storm_sensors(STORMY.silence[0]) == 900
+    assert engine.open_counts() == {"sensor_silencioso:storm": 1}
+    # the rest of the fleet going quiet joins the same storm
+    ev = sweep(engine, T0 + timedelta(seconds=115))
+    assert ev.events == [] and engine.states[(storm.sensor_id, storm.rule)].last_value == 1000
+
+
+def test_the_storm_closes_when_the_fleet_is_back_and_the_sensors_still_silent_get_their_own_alerts() -> None:
+    """Back from the outage, all but 30 report: the storm closes (fewer than half its share silent),
+    and the 30 - silent on their own now - each open an alert of their own, stamped from their own
+    last reading."""
+    engine = AlertEngine(STORMY)
+    sensors = fleet(1000)
+    heard(engine, sensors, T0)
+    sweep(engine, T0 + timedelta(seconds=61))
+    back = T0 + timedelta(seconds=300)
+    ev = heard(engine, sensors[30:], back)
+    assert [(e.kind, e.state.rule) for e in ev.events] == [("closed", "sensor_silencioso:storm")]
+    assert ev.events[0].state.last_value == 30
+    ev = sweep(engine, back + timedelta(seconds=1))
+    assert sorted(e.state.sensor_id for e in opened(ev)) == sorted(sensors[:30])
+    assert {e.at for e in opened(ev)} == {T0 + timedelta(seconds=60)}
+    assert engine.storm_sensors(STORMY.silence[0]) == 0
+
+
+def test_sensors_silent_on_their_own_keep_their_own_alerts() -> None:
+    """Three sensors of a thousand fall silent: three alerts, no storm."""
+    engine = AlertEngine(STORMY)
+    sensors = fleet(1000)
+    heard(engine, sensors, T0)
+    heard(engine, sensors[3:], T0 + timedelta(seconds=40))
+    ev = sweep(engine, T0 + timedelta(seconds=61))
+    assert sorted(e.state.sensor_id for e in opened(ev)) == sorted(sensors[:3])
+    assert all(e.state.rule == "sensor_silencioso" for e in ev.events)
+
+
+def test_a_storm_survives_a_restart_as_one_alert() -> None:
+    """A replica restarted during a storm (stored states and newest readings) keeps the one storm
+    alert open, counts its sensors again, and opens no per-sensor alert."""
+    engine = AlertEngine(STORMY)
+    sensors = fleet(500)
+    heard(engine, sensors, T0)
+    sweep(engine, T0 + timedelta(seconds=61))
+    fresh = _reload(engine)
+    ev = sweep(fresh, T0 + timedelta(seconds=70))
+    assert ev.events == []
+    assert fresh.storm_sensors(STORMY.silence[0]) == 500
+    assert fresh.open_counts() == {"sensor_silencioso:storm": 1}
+
+
+def test_mass_silence_below_the_storm_size_opens_a_bounded_number_per_evaluation() -> None:
+    """Without a storm (its minimum not reached) each evaluation opens at most its bound; the
+    others stay due and open in the next evaluations - every one of them, once."""
+    rules = parse_rules(
+        '[[rule]]\nname = "sensor_silencioso"\nsilent_for_seconds = 60\nstorm_min_sensors = 100000\n', "test"
+    )
+    engine = AlertEngine(rules, max_silence_opens=100)
+    sensors = fleet(250)
+    heard(engine, sensors, T0)
+    counts = [len(opened(sweep(engine, T0 + timedelta(seconds=61 + i)))) for i in range(4)]
+    assert counts == [100, 100, 50, 0]
+    assert len(engine.open_alerts()) == 250
+
+
+def test_silence_found_by_an_evaluation_that_never_committed_is_found_again() -> None:
+    """An evaluation whose transaction failed is not adopted: the next one finds the same silence."""
+    engine = AlertEngine(SILENCE)
+    heard(engine, [SENSOR, OTHER], T0)
+    lost = engine.evaluate_clock({0: T0 + timedelta(seconds=61)})
+    assert len(opened(lost)) == 2  # ... and never applied
+    again = sweep(engine, T0 + timedelta(seconds=62))
+    assert sorted(e.state.sensor_id for e in opened(again)) == sorted([SENSOR, OTHER])
+
+
+def test_finding_silence_looks_at_the_sensors_due_not_at_the_fleet() -> None:
+    """100,000 known sensors, all heard recently: a batch and a sweep take (almost) nothing from
+    the silence wheel - what they look at is what is due, counted, not timed."""
+    engine = AlertEngine(SILENCE)
+    sensors = fleet(100_000)
+    for start in range(0, len(sensors), 10_000):
+        heard(engine, sensors[start : start + 10_000], T0 + timedelta(seconds=start // 10_000))
+    wheel = engine._wheels[0]
+    assert wheel.entries == 100_000
+    before = wheel.taken
+    heard(engine, sensors[:500], T0 + timedelta(seconds=30))
+    sweep(engine, T0 + timedelta(seconds=31))
+    assert wheel.taken - before == 0
+    # when the first 10,000 are due, a sweep takes those (and puts back the 500 heard since)
+    sweep(engine, T0 + timedelta(seconds=61))
+    assert wheel.taken - before == 10_000
+    assert len(engine.open_alerts()) == 5_000  # the bound per evaluation; the rest stay due
+    sweep(engine, T0 + timedelta(seconds=61.5))  # the next 10,000 are due only from second 61 on
+    assert len(engine.open_alerts()) == 9_500

@@ -57,6 +57,11 @@ LAST_COMMIT = Gauge("iot_consumer_last_commit_timestamp_seconds", "Unix time of 
 ALERTS_OPENED = Counter("iot_consumer_alerts_opened_total", "Alerts opened", ["rule", "severity"])
 ALERTS_CLOSED = Counter("iot_consumer_alerts_closed_total", "Alerts closed", ["rule", "severity"])
 ALERTS_OPEN = Gauge("iot_consumer_alerts_open", "Alerts open on this replica's partitions", ["rule", "severity"])
+ALERT_STORM_SENSORS = Gauge(
+    "iot_consumer_alert_storm_sensors",
+    "Sensors silent together in an open storm of the rule (one alert per partition instead of one per sensor)",
+    ["rule"],
+)
 ALERT_WRITE_ERRORS = Counter(
     "iot_consumer_alert_write_errors_total", "Batches whose alert changes PostgreSQL refused (rows still written)"
 )

@@ -27,24 +27,44 @@ or fenced batch leaves the in-memory state as it was in PostgreSQL.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from iot_consumer.alerts.fleet import LastSeen, SilenceWheel, from_micros, micros
 from iot_consumer.alerts.rules import RuleSet, Severity, SilenceRule, ThresholdRule
 from iot_consumer.readings import Reading
 from iot_consumer.summary import BatchSummary
 
 Phase = Literal["pending", "firing", "clearing"]
 StateKey = tuple[str, str]  # (sensor_id, rule name)
-# (kafka partition, sensor_id text, timestamp UTC, temperatura, umidade)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+STORM_SUFFIX = ":storm"
+# One evaluation opens at most this many alerts of a silence rule; the others stay due and open
+# in the next ones (each is a batch's or an idle sweep's transaction: bounded work per commit).
+MAX_SILENCE_OPENS_PER_EVALUATION = 5_000
+
+
+def storm_rule_name(rule: SilenceRule) -> str:
+    """The rule name a silence storm is stored under (no rule file can name a rule with ':')."""
+    return rule.name + STORM_SUFFIX
+
+
+def storm_sensor_id(partition: int) -> str:
+    """A storm belongs to its partition (it moves with the partition on a rebalance, and two
+    replicas never share one): the id it is stored under in place of a sensor's."""
+    return f"00000000-0000-0000-0000-{partition:012x}"
 
 
 @dataclass(frozen=True, slots=True)
 class AlertState:
-    """A (sensor, rule) that is not normal. Absent from the engine's map means normal."""
+    """A (sensor, rule) that is not normal. Absent from the engine's map means normal.
+
+    A storm (see :class:`SilenceRule`) is a state too, of its partition's storm id and the rule's
+    storm name; ``peak`` is the most sensors it held silent, ``last_value`` how many it holds."""
 
     sensor_id: str
     rule: str
@@ -61,6 +81,10 @@ class AlertState:
     def is_open(self) -> bool:
         return self.alert_id is not None
 
+    @property
+    def is_storm(self) -> bool:
+        return self.rule.endswith(STORM_SUFFIX)
+
 
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
@@ -68,6 +92,7 @@ class AlertEvent:
     state: AlertState
     severity: Severity
     at: datetime  # opened_at or closed_at
+    known: int | None = None  # storms: the sensors known on the partition then
 
 
 @dataclass(slots=True)
@@ -79,6 +104,13 @@ class Evaluation:
     peaks: set[StateKey] = field(default_factory=set)  # open alerts whose peak moved
     seen: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     clocks: dict[int, datetime] = field(default_factory=dict)
+    # taken from the silence wheels: (rule index, partition, deadline µs, sensor), pushed back
+    # if this evaluation is never adopted
+    silenced: list[tuple[int, int, int, str]] = field(default_factory=list)
+    storm_joins: list[tuple[int, int, str]] = field(default_factory=list)  # (rule index, partition, sensor)
+    storm_leaves: list[tuple[int, int, str]] = field(default_factory=list)
+    storms_over: list[tuple[int, int]] = field(default_factory=list)  # (rule index, partition)
+    silence_opens: int = 0
 
     @property
     def writes_anything(self) -> bool:
@@ -90,15 +122,30 @@ def _seconds(later: datetime, earlier: datetime) -> float:
 
 
 class AlertEngine:
-    """State of every (sensor, rule) on the partitions this replica owns."""
+    """State of every (sensor, rule) on the partitions this replica owns.
 
-    def __init__(self, rules: RuleSet) -> None:
+    What a batch costs grows with the batch, not with the fleet: threshold rules run only for
+    the batch's sensors that can change state, and silence is found through one timer wheel per
+    silence rule (see fleet.py) instead of a look at every known sensor."""
+
+    def __init__(self, rules: RuleSet, max_silence_opens: int = MAX_SILENCE_OPENS_PER_EVALUATION) -> None:
         self.rules = rules
+        self.max_silence_opens = max_silence_opens
         self._threshold = [(rule, 3 if rule.metric == "temperatura" else 4) for rule in rules.threshold]
+        self._silence_index = {rule.name: index for index, rule in enumerate(rules.silence)}
+        self._storm_index = {storm_rule_name(rule): index for index, rule in enumerate(rules.silence)}
+        self._limits_us = [round(rule.silent_for_seconds * 1_000_000) for rule in rules.silence]
         self.states: dict[StateKey, AlertState] = {}
-        self.last_seen: dict[str, tuple[int, datetime]] = {}  # sensor → (partition, newest timestamp)
+        self.last_seen = LastSeen()  # sensor → (partition, newest timestamp)
         self.clocks: dict[int, datetime] = {}  # partition → its clock (see module docstring)
-        self._by_partition: dict[int, set[str]] = {}
+        self._stateful: Counter[str] = Counter()  # sensor → how many of its (sensor, rule) are not normal
+        self._open_by_rule: Counter[str] = Counter()
+        self._known: Counter[int] = Counter()  # partition → sensors known there
+        self._silent_open: list[Counter[int]] = [Counter() for _ in rules.silence]  # per-sensor alerts open
+        self._wheels = [SilenceWheel() for _ in rules.silence]
+        self._members: list[dict[int, set[str]]] = [{} for _ in rules.silence]  # storm → sensors it holds
+        self._storm_partitions: list[set[int]] = [set() for _ in rules.silence]  # partitions with a storm open
+        self._unadopted: Evaluation | None = None
 
     # ------------------------------------------------------------------ state management
     def reset(
@@ -110,32 +157,125 @@ class AlertEngine:
         """Forget everything and adopt what PostgreSQL holds for ``partitions`` (after a rebalance)."""
         owned = set(partitions)
         self.states = {(s.sensor_id, s.rule): s for s in states if s.partition in owned}
-        self.last_seen = {sensor: seen for sensor, seen in last_seen.items() if seen[0] in owned}
-        self._by_partition = {}
-        for sensor, (partition, _) in self.last_seen.items():
-            self._by_partition.setdefault(partition, set()).add(sensor)
+        self.last_seen = LastSeen()
+        if isinstance(last_seen, LastSeen):
+            for sensor, partition, stamp_us in last_seen.entries():
+                if partition in owned:
+                    self.last_seen.note(sensor, partition, stamp_us)
+        else:
+            for sensor, (partition, stamp) in last_seen.items():
+                if partition in owned:
+                    self.last_seen.note(sensor, partition, micros(stamp))
+        self._stateful = Counter(sensor for sensor, _rule in self.states)
+        self._open_by_rule = Counter(s.rule for s in self.states.values() if s.is_open)
+        self._known = Counter()
         self.clocks = {}
-        for partition, stamp in self.last_seen.values():
-            if partition not in self.clocks or stamp > self.clocks[partition]:
-                self.clocks[partition] = stamp
+        newest: dict[int, int] = {}
+        for _sensor, partition, stamp_us in self.last_seen.entries():
+            self._known[partition] += 1
+            if stamp_us > newest.get(partition, stamp_us - 1):
+                newest[partition] = stamp_us
+        self.clocks = {partition: from_micros(stamp_us) for partition, stamp_us in newest.items()}
         _no_later_than_now(self.clocks)
+        self._silent_open = [Counter() for _ in self.rules.silence]
+        self._storm_partitions = [set() for _ in self.rules.silence]
+        for state in self.states.values():
+            index = self._silence_index.get(state.rule)
+            if index is not None and state.is_open:
+                self._silent_open[index][state.partition] += 1
+            index = self._storm_index.get(state.rule)
+            if index is not None:
+                self._storm_partitions[index].add(state.partition)
+        self._members = [{} for _ in self.rules.silence]
+        for index, (wheel, rule) in enumerate(zip(self._wheels, self.rules.silence, strict=True)):
+            wheel.clear()
+            limit = self._limits_us[index]
+            for sensor, partition, stamp_us in self.last_seen.entries():
+                if (sensor, rule.name) not in self.states:
+                    wheel.push(partition, stamp_us + limit, sensor)
+        self._unadopted = None
 
     def apply(self, evaluation: Evaluation) -> None:
         """Adopt an evaluation whose writes committed."""
+        self._unadopted = None
+        for sensor, (partition, stamp) in evaluation.seen.items():
+            before = self.last_seen.of(sensor)
+            self.last_seen.note(sensor, partition, micros(stamp))
+            if before is None:
+                self._known[partition] += 1
+                for index, rule in enumerate(self.rules.silence):
+                    if (sensor, rule.name) not in self.states:
+                        self._arm(index, sensor)
+            elif before[0] != partition:  # its entries follow it lazily (see _take_silent)
+                self._known[before[0]] -= 1
+                self._known[partition] += 1
         for key, state in evaluation.states.items():
+            before_state = self.states.get(key)
             if state is None:
-                self.states.pop(key, None)
+                if before_state is None:
+                    continue
+                del self.states[key]
+                self._stateful[key[0]] -= 1
+                if not self._stateful[key[0]]:
+                    del self._stateful[key[0]]
             else:
                 self.states[key] = state
-        for sensor, seen in evaluation.seen.items():
-            self.last_seen[sensor] = seen
-            self._by_partition.setdefault(seen[0], set()).add(sensor)
+                if before_state is None:
+                    self._stateful[key[0]] += 1
+            silence = self._silence_index.get(key[1])
+            if silence is not None:
+                was_open = before_state is not None and before_state.is_open
+                now_open = state is not None and state.is_open
+                if was_open != now_open:
+                    partition = (state or before_state).partition  # type: ignore[union-attr]
+                    self._silent_open[silence][partition] += 1 if now_open else -1
+                if was_open and not now_open:
+                    self._arm(silence, key[0])  # heard again: armed for its next silence
+            storm = self._storm_index.get(key[1])
+            if storm is not None:
+                if state is None:
+                    self._storm_partitions[storm].discard(before_state.partition if before_state else -1)
+                else:
+                    self._storm_partitions[storm].add(state.partition)
+        for event in evaluation.events:
+            self._open_by_rule[event.state.rule] += 1 if event.kind == "opened" else -1
+        for index, partition, sensor in evaluation.storm_leaves:
+            self._members[index].get(partition, set()).discard(sensor)
+            self._arm(index, sensor)
+        for index, partition, sensor in evaluation.storm_joins:
+            self._members[index].setdefault(partition, set()).add(sensor)
+        for index, partition in evaluation.storms_over:
+            # the sensors still silent are silent on their own now: due again, each gets its own alert
+            for sensor in self._members[index].pop(partition, set()):
+                self._arm(index, sensor)
         for partition, clock in evaluation.clocks.items():
             if partition not in self.clocks or clock > self.clocks[partition]:
                 self.clocks[partition] = clock
 
+    def _arm(self, index: int, sensor: str) -> None:
+        known = self.last_seen.of(sensor)
+        if known is not None:
+            self._wheels[index].push(known[0], known[1] + self._limits_us[index], sensor)
+
+    def _restore(self) -> None:
+        """An evaluation that was never adopted (its transaction failed): what it took from the
+        wheels goes back, so no silence is lost."""
+        ev, self._unadopted = self._unadopted, None
+        if ev is not None:
+            for index, partition, deadline_us, sensor in ev.silenced:
+                self._wheels[index].push(partition, deadline_us, sensor)
+
     def open_alerts(self) -> list[AlertState]:
         return [s for s in self.states.values() if s.is_open]
+
+    def open_counts(self) -> Counter[str]:
+        """Open alerts by rule name (storms under their storm name), kept as alerts open and close."""
+        return +self._open_by_rule
+
+    def storm_sensors(self, rule: SilenceRule) -> int:
+        """Sensors held silent by this rule's open storms."""
+        index = self._silence_index[rule.name]
+        return sum(len(members) for members in self._members[index].values())
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, summary: BatchSummary) -> Evaluation:
@@ -146,12 +286,15 @@ class AlertEngine:
         the extremes decide). Every other reading would leave its sensor normal; the newest
         readings and the partition clocks come from the summary for all of them.
         """
+        self._restore()
         ev = Evaluation()
-        interesting = {sensor for sensor, _rule in self.states}
+        interesting: set[str] = set()
+        stateful = self._stateful
         threshold = self._threshold
         for sensor, t_min, t_max, h_min, h_max, newest_us, newest_partition in summary.sensors():
             ev.seen[sensor] = (newest_partition, _EPOCH + timedelta(microseconds=newest_us))
-            if sensor in interesting:
+            if sensor in stateful:
+                interesting.add(sensor)
                 continue
             for rule, index in threshold:
                 low, high = (t_min, t_max) if index == 3 else (h_min, h_max)
@@ -166,11 +309,13 @@ class AlertEngine:
             for partition, sensor, stamp_us, t, h in (summary.readings_of(interesting) if interesting else ())
         ]
         self._run(ev, readings)
+        self._unadopted = ev
         return ev
 
     def evaluate_readings(self, readings: Iterable[Reading]) -> Evaluation:
         """The rules' definition: every reading (in partition order) through every rule, then
         silence. The reference the tests hold :meth:`evaluate` to (the consumer uses :meth:`evaluate`)."""
+        self._restore()
         ev = Evaluation()
         seen = ev.seen
         clocks = ev.clocks
@@ -185,6 +330,7 @@ class AlertEngine:
                 clocks[partition] = stamp
         _no_later_than_now(clocks)
         self._run(ev, listed)
+        self._unadopted = ev
         return ev
 
     def _run(self, ev: Evaluation, readings: list[Reading]) -> None:
@@ -208,11 +354,13 @@ class AlertEngine:
                     continue  # the common case: normal and staying normal
                 self._step(ev, key, state, rule, partition, stamp, value)
         if silence:
+            self._storm_leaves(ev)
             clocks = ev.clocks
             self._check_silence(ev, {p: c for p, c in clocks.items() if c > self.clocks.get(p, c - _TICK)})
 
     def evaluate_clock(self, clocks: Mapping[int, datetime]) -> Evaluation:
         """Move partitions' clocks on without readings (idle, caught-up partitions) and check for silence."""
+        self._restore()
         ev = Evaluation()
         for partition, clock in clocks.items():
             current = self.clocks.get(partition)
@@ -220,6 +368,7 @@ class AlertEngine:
                 ev.clocks[partition] = clock
         if self.rules.silence and ev.clocks:
             self._check_silence(ev, ev.clocks)
+        self._unadopted = ev
         return ev
 
     def _step(
@@ -282,26 +431,131 @@ class AlertEngine:
         closed = state if value is None else replace(state, last_value=value)
         ev.events.append(AlertEvent("closed", closed, severity, at))
 
-    def _check_silence(self, ev: Evaluation, clocks: Mapping[int, datetime]) -> None:
-        for partition, clock in clocks.items():
-            sensors = set(self._by_partition.get(partition, ()))
-            sensors.update(s for s, (p, _) in ev.seen.items() if p == partition)
-            for rule in self.rules.silence:
-                self._silent_sensors(ev, rule, partition, clock, sensors)
+    # ------------------------------------------------------------------ silence and storms
+    def _storm_leaves(self, ev: Evaluation) -> None:
+        """Sensors held by a storm that were heard in this batch leave it."""
+        for index, by_partition in enumerate(self._members):
+            if not any(by_partition.values()):
+                continue
+            for sensor in ev.seen:
+                known = self.last_seen.of(sensor)
+                if known is not None and sensor in by_partition.get(known[0], ()):
+                    ev.storm_leaves.append((index, known[0], sensor))
 
-    def _silent_sensors(
-        self, ev: Evaluation, rule: SilenceRule, partition: int, clock: datetime, sensors: Iterable[str]
-    ) -> None:
-        limit = timedelta(seconds=rule.silent_for_seconds)
-        for sensor in sensors:
-            last = ev.seen.get(sensor) or self.last_seen.get(sensor)
-            if last is None or last[0] != partition or clock - last[1] < limit:
+    def _check_silence(self, ev: Evaluation, clocks: Mapping[int, datetime]) -> None:
+        newcomers: Counter[int] | None = None
+        for index, rule in enumerate(self.rules.silence):
+            for partition, clock in clocks.items():
+                candidates = self._take_silent(ev, index, rule, partition, micros(clock))
+                if candidates:
+                    if newcomers is None:  # sensors this batch makes known (counted once)
+                        newcomers = Counter(p for s, (p, _) in ev.seen.items() if s not in self.last_seen)
+                    known = self._known[partition] + newcomers[partition]
+                    self._silence_or_storm(ev, index, rule, partition, candidates, known)
+            self._storms_in_balance(ev, index, rule, clocks)
+
+    def _take_silent(
+        self, ev: Evaluation, index: int, rule: SilenceRule, partition: int, clock_us: int
+    ) -> list[tuple[int, int, str]]:
+        """The due entries of the partition's wheel that are silent now: (last reading µs,
+        deadline µs as the wheel knew it, sensor). The others go back, never later than due."""
+        wheel = self._wheels[index]
+        limit = self._limits_us[index]
+        back: list[tuple[int, int, str]] = []
+        silent: list[tuple[int, int, str]] = []
+        for sensor in wheel.take_due(partition, clock_us):
+            known = self.last_seen.of(sensor)
+            if known is None:
+                continue  # forgotten
+            known_partition, known_us = known
+            deadline = known_us + limit
+            if known_partition != partition:  # the sensor moved: its entry follows it
+                back.append((known_partition, deadline, sensor))
+                continue
+            heard = ev.seen.get(sensor)
+            last_us = known_us
+            if heard is not None:
+                if heard[0] != partition:
+                    back.append((partition, deadline, sensor))
+                    continue
+                last_us = micros(heard[1])
+            if last_us + limit > clock_us:
+                back.append((partition, deadline, sensor))  # committed deadline: never later than the true one
                 continue
             key = (sensor, rule.name)
             if (ev.states[key] if key in ev.states else self.states.get(key)) is not None:
-                continue  # already open
-            state = AlertState(sensor, rule.name, partition, "firing", last[1])
-            self._open(ev, key, state, rule.severity, last[1] + limit)
+                continue  # open already: armed again when it closes
+            silent.append((last_us, deadline, sensor))
+        for entry in back:
+            wheel.push(*entry)
+        return silent
+
+    def _silence_or_storm(
+        self,
+        ev: Evaluation,
+        index: int,
+        rule: SilenceRule,
+        partition: int,
+        silent: list[tuple[int, int, str]],
+        known: int,
+    ) -> None:
+        """Open the silent sensors' alerts - at most ``max_silence_opens`` per evaluation - or,
+        when they are a storm, one alert for the partition that holds them all."""
+        limit = timedelta(microseconds=self._limits_us[index])
+        key = (storm_sensor_id(partition), storm_rule_name(rule))
+        storm = ev.states[key] if key in ev.states else self.states.get(key)
+        if storm is None:
+            held = self._silent_open[index][partition] + len(silent)
+            if len(silent) >= rule.storm_min_sensors and held >= rule.storm_share * known:
+                since = from_micros(min(last for last, _, _ in silent))
+                at = from_micros(max(last for last, _, _ in silent)) + limit
+                count = float(len(silent))
+                storm = AlertState(key[0], key[1], partition, "firing", since, peak=count, last_value=count)
+                storm = replace(storm, alert_id=uuid.uuid4(), opened_at=at)
+                ev.events.append(AlertEvent("opened", storm, rule.severity, at, known))
+                ev.states[key] = storm
+        if storm is not None:
+            for _last, deadline, sensor in silent:
+                ev.storm_joins.append((index, partition, sensor))
+                ev.silenced.append((index, partition, deadline, sensor))
+            return
+        room = max(0, self.max_silence_opens - ev.silence_opens)
+        wheel = self._wheels[index]
+        for position, (last_us, deadline, sensor) in enumerate(silent):
+            if position >= room:  # still due: the next evaluation opens it
+                wheel.push(partition, deadline, sensor)
+                continue
+            last = from_micros(last_us)
+            state = AlertState(sensor, rule.name, partition, "firing", last)
+            self._open(ev, (sensor, rule.name), state, rule.severity, last + limit)
+            ev.silence_opens += 1
+            ev.silenced.append((index, partition, deadline, sensor))
+
+    def _storms_in_balance(self, ev: Evaluation, index: int, rule: SilenceRule, clocks: Mapping[int, datetime]) -> None:
+        """Each open storm of the rule on the swept partitions (or that sensors left): how many it
+        holds now; over once fewer than half its share are still silent."""
+        name = storm_rule_name(rule)
+        joins = Counter(p for i, p, _ in ev.storm_joins if i == index)
+        leaves = Counter(p for i, p, _ in ev.storm_leaves if i == index)
+        opened = {p for i, p, _ in ev.storm_joins if i == index}
+        for partition in (set(clocks) | set(leaves)) & (self._storm_partitions[index] | opened):
+            key = (storm_sensor_id(partition), name)
+            storm = ev.states[key] if key in ev.states else self.states.get(key)
+            if storm is None:
+                continue
+            held = len(self._members[index].get(partition, ())) + joins[partition] - leaves[partition]
+            known = self._known[partition]
+            if held < rule.storm_share * known / 2:
+                clock = clocks.get(partition) or ev.clocks.get(partition) or self.clocks.get(partition)
+                at = max(clock or storm.since, storm.opened_at or storm.since)
+                closed = replace(storm, last_value=float(held))
+                ev.states[key] = None
+                ev.peaks.discard(key)
+                ev.events.append(AlertEvent("closed", closed, rule.severity, at, known))
+                ev.storms_over.append((index, partition))
+            elif storm.last_value != held:
+                ev.states[key] = replace(storm, peak=max(storm.peak or 0.0, float(held)), last_value=float(held))
+                ev.peaks.add(key)
 
 
 def _no_later_than_now(clocks: dict[int, datetime]) -> None:

@@ -53,10 +53,14 @@ for_seconds = 10
 clear_for_seconds = 10
 
 # No reading from a sensor for 60 s (measured on the readings' own clock, see docs/ALERTS.md).
+# When at least a fifth of the known fleet (and 100 sensors or more) goes silent together - a
+# gateway, the network or the broker failed - one fleet-wide alert opens instead of one per sensor.
 [[rule]]
 name = "sensor_silencioso"
 severity = "warning"
 silent_for_seconds = 60
+storm_share = 0.2
+storm_min_sensors = 100
 """
 
 
@@ -75,9 +79,15 @@ class _RuleModel(BaseModel):
     for_seconds: float = Field(0.0, ge=0, le=86_400)
     clear_for_seconds: float = Field(0.0, ge=0, le=86_400)
     silent_for_seconds: float | None = Field(None, gt=0, le=86_400)
+    storm_share: float | None = Field(None, gt=0, le=1)
+    storm_min_sensors: int | None = Field(None, ge=2, le=100_000_000)
 
     @model_validator(mode="after")
     def _consistent(self) -> _RuleModel:
+        if self.silent_for_seconds is None:
+            storm = [k for k in ("storm_share", "storm_min_sensors") if getattr(self, k) is not None]
+            if storm:
+                raise ValueError(f"{', '.join(storm)} belong to a silence rule (silent_for_seconds)")
         if self.silent_for_seconds is not None:
             extra = [
                 k for k in ("metric", "above", "below", "clear_below", "clear_above") if getattr(self, k) is not None
@@ -144,14 +154,24 @@ class ThresholdRule:
 
 @dataclass(frozen=True, slots=True)
 class SilenceRule:
-    """Opens when a known sensor has sent nothing for ``silent_for_seconds``; closes on its next reading."""
+    """Opens when a known sensor has sent nothing for ``silent_for_seconds``; closes on its next reading.
+
+    A storm: when ``storm_min_sensors`` or more fall silent in one evaluation and the silent
+    sensors then make up ``storm_share`` of the known fleet, one fleet-wide alert opens instead
+    of one per sensor; it closes once fewer than half that share are still silent, and the
+    sensors still silent then get alerts of their own (they are silent on their own)."""
 
     name: str
     severity: Severity
     silent_for_seconds: float
+    storm_share: float = 0.2
+    storm_min_sensors: int = 100
 
     def describe(self) -> str:
         return f"no reading for {self.silent_for_seconds:g} s"
+
+    def describe_storm(self, silent: int, known: int) -> str:
+        return f"{silent} of {known} known sensors silent (no reading for {self.silent_for_seconds:g} s)"
 
 
 Rule = ThresholdRule | SilenceRule
@@ -173,7 +193,13 @@ class RuleSet:
 
 def _convert(model: _RuleModel) -> Rule:
     if model.silent_for_seconds is not None:
-        return SilenceRule(model.name, model.severity, model.silent_for_seconds)
+        return SilenceRule(
+            model.name,
+            model.severity,
+            model.silent_for_seconds,
+            0.2 if model.storm_share is None else model.storm_share,
+            100 if model.storm_min_sensors is None else model.storm_min_sensors,
+        )
     assert model.metric is not None  # the validator guarantees metric and exactly one of above/below
     if model.above is not None:
         direction: Literal["above", "below"] = "above"

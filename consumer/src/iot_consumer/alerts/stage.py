@@ -3,7 +3,6 @@ adopt after commit, publish after commit."""
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
@@ -13,7 +12,7 @@ from iot_common.errors import summary
 from iot_common.logging import get_logger
 from iot_common.postgres import CONNECTION_ERRORS
 from iot_consumer import metrics as m
-from iot_consumer.alerts.engine import AlertEngine, Evaluation
+from iot_consumer.alerts.engine import AlertEngine, Evaluation, storm_rule_name
 from iot_consumer.alerts.outbox import OutboxPublisher
 from iot_consumer.alerts.rules import RuleSet
 from iot_consumer.alerts.store import load_last_seen, load_states, write_evaluation
@@ -40,10 +39,14 @@ class AlertStage:
         self.silence_lookback = max(silence_lookback, timedelta(seconds=10 * longest))
         for kind in ("batch", "idle"):
             m.ALERT_EVALUATION_SECONDS.labels(kind)
-        for rule in rules.all:  # export every series at 0, so absent() and rate() work from the start
-            m.ALERTS_OPENED.labels(rule.name, rule.severity)
-            m.ALERTS_CLOSED.labels(rule.name, rule.severity)
-            m.ALERTS_OPEN.labels(rule.name, rule.severity).set(0)
+        self._series = [(rule.name, rule.severity) for rule in rules.all]
+        self._series += [(storm_rule_name(rule), rule.severity) for rule in rules.silence]
+        for name, severity in self._series:  # export every series at 0, so absent() and rate() work from the start
+            m.ALERTS_OPENED.labels(name, severity)
+            m.ALERTS_CLOSED.labels(name, severity)
+            m.ALERTS_OPEN.labels(name, severity).set(0)
+        for rule in rules.silence:
+            m.ALERT_STORM_SENSORS.labels(rule.name).set(0)
 
     def load(self, conn: psycopg2.extensions.connection, partitions: list[int]) -> None:
         """Adopt the stored state of ``partitions`` (after every rebalance or failure)."""
@@ -101,6 +104,18 @@ class AlertStage:
         for event in evaluation.events:
             counter = m.ALERTS_OPENED if event.kind == "opened" else m.ALERTS_CLOSED
             counter.labels(event.state.rule, event.severity).inc()
+            if event.state.is_storm:  # one line for the partition's storm, with its counts
+                log.warning(
+                    f"alert_storm_{event.kind}",
+                    alert_id=str(event.state.alert_id),
+                    rule=event.state.rule,
+                    partition=event.state.partition,
+                    severity=event.severity,
+                    at=event.at.isoformat(),
+                    sensors_silent=int(event.state.last_value or 0),
+                    sensors_known=event.known,
+                )
+                continue
             log.info(
                 f"alert_{event.kind}",
                 alert_id=str(event.state.alert_id),
@@ -115,6 +130,8 @@ class AlertStage:
             self.publisher.notify()
 
     def _export_open(self) -> None:
-        counts = Counter(s.rule for s in self.engine.open_alerts())
-        for rule in self.rules.all:
-            m.ALERTS_OPEN.labels(rule.name, rule.severity).set(counts.get(rule.name, 0))
+        counts = self.engine.open_counts()
+        for name, severity in self._series:
+            m.ALERTS_OPEN.labels(name, severity).set(counts.get(name, 0))
+        for rule in self.rules.silence:
+            m.ALERT_STORM_SENSORS.labels(rule.name).set(self.engine.storm_sensors(rule))

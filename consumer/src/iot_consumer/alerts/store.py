@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
-from iot_consumer.alerts.engine import AlertEvent, AlertState, Evaluation
-from iot_consumer.alerts.rules import RuleSet, ThresholdRule
+from iot_consumer.alerts.engine import STORM_SUFFIX, AlertEvent, AlertState, Evaluation
+from iot_consumer.alerts.fleet import LastSeen
+from iot_consumer.alerts.rules import Rule, RuleSet, SilenceRule, ThresholdRule
 
 MIGRATION_SQL = """
 CREATE TABLE alertas (
@@ -94,34 +95,40 @@ def load_states(cur: psycopg2.extensions.cursor, group: str, partitions: list[in
     ]
 
 
-def load_last_seen(
-    cur: psycopg2.extensions.cursor, partitions: list[int], lookback: timedelta
-) -> dict[str, tuple[int, datetime]]:
-    """Newest reading per sensor on ``partitions`` within ``lookback`` (silence bookkeeping after a restart)."""
-    cur.execute(
-        """SELECT sensor_id::text, kafka_partition, max("timestamp") FROM sensores
-            WHERE kafka_partition = ANY(%s) AND "timestamp" >= now() - %s
-            GROUP BY sensor_id, kafka_partition""",
-        (partitions, lookback),
-    )
-    newest: dict[str, tuple[int, datetime]] = {}
-    for sensor, partition, stamp in cur.fetchall():
-        if sensor not in newest or stamp > newest[sensor][1]:
-            newest[sensor] = (partition, stamp)
+def load_last_seen(cur: psycopg2.extensions.cursor, partitions: list[int], lookback: timedelta) -> LastSeen:
+    """Newest reading per sensor on ``partitions`` within ``lookback`` (silence bookkeeping after a
+    restart), streamed from a server-side cursor into the packed table: a million sensors never
+    sit in memory as a million rows of Python objects."""
+    newest = LastSeen()
+    conn = cur.connection
+    with conn.cursor(name="iot_last_seen") as rows:
+        rows.itersize = 20_000
+        rows.execute(
+            """SELECT sensor_id::text, kafka_partition,
+                      (extract(epoch FROM max("timestamp")) * 1000000)::bigint
+                 FROM sensores
+                WHERE kafka_partition = ANY(%s) AND "timestamp" >= now() - %s
+                GROUP BY sensor_id, kafka_partition""",
+            (partitions, lookback),
+        )
+        for sensor, partition, stamp_us in rows:
+            known = newest.of(sensor)
+            if known is None or stamp_us > known[1]:
+                newest.note(sensor, partition, stamp_us)
     return newest
 
 
 def event_payload(event: AlertEvent, rules: RuleSet) -> dict[str, Any]:
-    """The message published to the alerts topic (one per opened or closed alert)."""
+    """The message published to the alerts topic (one per opened or closed alert; one per storm)."""
     state = event.state
-    rule = rules.by_name(state.rule)
+    rule = rules.by_name(state.rule.removesuffix(STORM_SUFFIX))
     payload: dict[str, Any] = {
         "event": event.kind,
         "alert_id": str(state.alert_id),
-        "sensor_id": state.sensor_id,
+        "sensor_id": None if state.is_storm else state.sensor_id,
         "rule": state.rule,
         "severity": event.severity,
-        "condition": rule.describe() if rule is not None else None,
+        "condition": _condition(state, rule, event.known),
         "started_at": state.since,
         "opened_at": state.opened_at,
         "closed_at": event.at if event.kind == "closed" else None,
@@ -130,55 +137,81 @@ def event_payload(event: AlertEvent, rules: RuleSet) -> dict[str, Any]:
     }
     if isinstance(rule, ThresholdRule):
         payload.update(metric=rule.metric, threshold=rule.threshold, clear_threshold=rule.clear)
+    if state.is_storm:
+        payload.update(scope="partition", kafka_partition=state.partition, sensors_known=event.known)
+        payload["sensors_silent"] = int(state.last_value or 0)
     return payload
+
+
+def _condition(state: AlertState, rule: Rule | None, known: int | None) -> str:
+    if rule is None:
+        return state.rule
+    if state.is_storm and isinstance(rule, SilenceRule):
+        return "storm: " + rule.describe_storm(int(state.last_value or 0), known or 0)
+    return rule.describe()
 
 
 def write_evaluation(
     cur: psycopg2.extensions.cursor, group: str, topic: str, evaluation: Evaluation, rules: RuleSet
 ) -> None:
-    """Write what one evaluation changes (inside the caller's transaction)."""
-    outbox: list[tuple[str, bytes, bytes]] = []
+    """Write what one evaluation changes (inside the caller's transaction), a statement per
+    kind of change however many alerts it holds (the engine bounds how many open at once)."""
+    opened = []
+    closed = []
+    outbox: list[tuple[str, Any, Any]] = []
     for event in evaluation.events:
         state = event.state
         if event.kind == "opened":
-            rule = rules.by_name(state.rule)
-            cur.execute(
-                """INSERT INTO alertas (id, consumer_group, sensor_id, rule, severity, condition, started_at,
-                                        opened_at, peak_value, last_value, kafka_partition)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            rule = rules.by_name(state.rule.removesuffix(STORM_SUFFIX))
+            opened.append(
                 (
                     str(state.alert_id),
                     group,
                     state.sensor_id,
                     state.rule,
                     event.severity,
-                    rule.describe() if rule is not None else state.rule,
+                    _condition(state, rule, event.known),
                     state.since,
                     state.opened_at,
                     state.peak,
                     state.last_value,
                     state.partition,
-                ),
+                )
             )
         else:
-            cur.execute(
-                "UPDATE alertas SET closed_at = %s, peak_value = %s, last_value = %s WHERE id = %s",
-                (event.at, state.peak, state.last_value, str(state.alert_id)),
-            )
-        outbox.append((topic, state.sensor_id.encode(), orjson.dumps(event_payload(event, rules))))
-    for key in evaluation.peaks:
-        peaked = evaluation.states.get(key)
-        if peaked is not None and peaked.alert_id is not None:
-            cur.execute(
-                "UPDATE alertas SET peak_value = %s, last_value = %s WHERE id = %s",
-                (peaked.peak, peaked.last_value, str(peaked.alert_id)),
-            )
-    if outbox:
+            closed.append((str(state.alert_id), event.at, state.peak, state.last_value))
+        message_key = f"storm-{state.partition}".encode() if state.is_storm else state.sensor_id.encode()
+        payload = orjson.dumps(event_payload(event, rules))
+        outbox.append((topic, psycopg2.Binary(message_key), psycopg2.Binary(payload)))
+    if opened:
         execute_values(
             cur,
-            "INSERT INTO alert_outbox (topic, message_key, payload) VALUES %s",
-            [(t, psycopg2.Binary(k), psycopg2.Binary(p)) for t, k, p in outbox],
+            """INSERT INTO alertas (id, consumer_group, sensor_id, rule, severity, condition, started_at,
+                                    opened_at, peak_value, last_value, kafka_partition)
+               VALUES %s""",
+            opened,
+            template="(%s::uuid, %s, %s::uuid, %s, %s, %s, %s, %s, %s, %s, %s)",
+            page_size=1000,
         )
+    peaked = []
+    for key in evaluation.peaks:
+        moved = evaluation.states.get(key)
+        if moved is not None and moved.alert_id is not None:
+            peaked.append((str(moved.alert_id), None, moved.peak, moved.last_value))
+    for rows, closing in ((closed, True), (peaked, False)):
+        if rows:
+            execute_values(
+                cur,
+                f"""UPDATE alertas a SET {"closed_at = v.closed_at, " if closing else ""}
+                           peak_value = v.peak, last_value = v.last
+                      FROM (VALUES %s) AS v(id, closed_at, peak, last)
+                     WHERE a.id = v.id""",
+                rows,
+                template="(%s::uuid, %s::timestamptz, %s::double precision, %s::double precision)",
+                page_size=1000,
+            )
+    if outbox:
+        execute_values(cur, "INSERT INTO alert_outbox (topic, message_key, payload) VALUES %s", outbox, page_size=1000)
     _write_states(cur, group, evaluation.states.items())
 
 
@@ -212,6 +245,7 @@ def _write_states(
             """DELETE FROM alert_states s USING (VALUES %s) AS d(consumer_group, sensor_id, rule)
                 WHERE s.consumer_group = d.consumer_group AND s.sensor_id = d.sensor_id::uuid AND s.rule = d.rule""",
             deletes,
+            page_size=1000,
         )
     if upserts:
         execute_values(
@@ -224,4 +258,5 @@ def _write_states(
                    alert_id = EXCLUDED.alert_id, opened_at = EXCLUDED.opened_at, peak_value = EXCLUDED.peak_value,
                    last_value = EXCLUDED.last_value, clear_since = EXCLUDED.clear_since""",
             upserts,
+            page_size=1000,
         )
