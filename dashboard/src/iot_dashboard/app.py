@@ -99,8 +99,17 @@ def runtime() -> Runtime:
     return rt
 
 
+LATEST_SHOWN = 50  # rows of "latest reading per sensor"
+OPEN_ALERTS_SHOWN = 100  # rows of "open alerts" (storms first: one stands for many sensors)
+SENSORS_FOUND = 50  # sensors the picker offers per search
+
+
 def short(sensor_id: str) -> str:
     return sensor_id[:8]
+
+
+def is_storm(rule: str) -> bool:
+    return rule.endswith(":storm")
 
 
 def ago(stamp: Any, now: datetime) -> str:
@@ -156,7 +165,15 @@ def line_chart(
 def alert_table(alerts: pd.DataFrame, extra: dict[str, pd.Series]) -> pd.DataFrame:
     """The columns every alert list shows, then ``extra``, indexed by the short sensor id."""
     columns: dict[str, pd.Series] = {
-        "sensor": alerts["sensor_id"].map(short),
+        "sensor": pd.Series(
+            [
+                f"partition {partition}" if is_storm(rule) else short(sensor)
+                for sensor, rule, partition in zip(
+                    alerts["sensor_id"], alerts["rule"], alerts["kafka_partition"], strict=True
+                )
+            ],
+            index=alerts.index,
+        ),
         "rule": alerts["rule"],
         "severity": alerts["severity"].map(lambda s: SEVERITY_MARK.get(s, s)),
         "opened (UTC)": alerts["opened_at"].map(clock),
@@ -177,8 +194,10 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
         return
     broken = False
     try:
-        latest = q.latest_per_sensor(conn, timedelta(hours=1))
-        opened = q.open_alerts(conn)
+        latest = q.latest_per_sensor(conn, timedelta(hours=1), LATEST_SHOWN)
+        heard = q.sensors_heard(conn, timedelta(hours=1))
+        opened = q.open_alerts(conn, OPEN_ALERTS_SHOWN)
+        open_count = len(opened) if len(opened) < OPEN_ALERTS_SHOWN else q.open_alert_count(conn)
         recent = q.recent_alerts(conn, timedelta(hours=24))
         flow = q.throughput(conn, settings.consumer_group)
         dead = q.dead_letters_by_reason(conn, window)
@@ -187,8 +206,8 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
         if chosen:
             sensors = chosen
         else:  # open alerts first, then the sensors furthest from the fleet's mean, up to max_sensors
-            known = set(latest["sensor_id"]) if not latest.empty else set()
-            ranked = [*sorted(alerting & known), *q.most_deviating(conn, timedelta(hours=1), settings.max_sensors)]
+            own = sorted(s for s, rule in zip(opened["sensor_id"], opened["rule"], strict=True) if not is_storm(rule))
+            ranked = [*own, *q.most_deviating(conn, timedelta(hours=1), settings.max_sensors)]
             sensors = list(dict.fromkeys(ranked))[: settings.max_sensors]
         source = q.source_for(window)
         bucket = q.bucket_for(window, source=source)
@@ -223,7 +242,7 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
     cols[3].metric(
         "Dead letters", f"{int(dead['messages'].sum()) if not dead.empty else 0:,}", help=f"In the last {window_name}"
     )
-    cols[4].metric("Open alerts", f"{len(opened)}")
+    cols[4].metric("Open alerts", f"{open_count:,}")
     freshness = (
         "no batch stored yet"
         if flow.seconds_since_last_write is None
@@ -235,7 +254,7 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
 
     # ------------------------------------------------------------------ charts
     st.subheader(f"Readings · last {window_name}")
-    fleet = len(latest)
+    fleet = heard
     st.caption(
         f"{len(sensors)} sensors drawn ({'chosen' if chosen else 'open alerts first, then furthest from the mean'})"
         f" from {q.SOURCE_NAMES[source]}, one point per {q.bucket_for(window, source=source)}"
@@ -258,10 +277,20 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
         )
 
     # ------------------------------------------------------------------ alerts
-    st.subheader(f"Open alerts ({len(opened)})")
+    st.subheader(f"Open alerts ({open_count:,})")
     if opened.empty:
         st.success("No open alert.")
     else:
+        storms = opened[opened["rule"].map(is_storm)]
+        for partition, condition, started in zip(
+            storms["kafka_partition"], storms["condition"], storms["started_at"], strict=True
+        ):
+            st.error(
+                f"Silence storm on partition {partition}: {str(condition).removeprefix('storm: ')}"
+                f" - since {clock(started)} UTC (one alert for all of them; see docs/ALERTS.md)"
+            )
+        if open_count > len(opened):
+            st.caption(f"The {len(opened)} most severe and oldest of {open_count:,} shown.")
         st.table(
             alert_table(
                 opened,
@@ -281,7 +310,7 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
         if latest.empty:
             st.caption("No sensor heard from in the last hour.")
         else:
-            shown = latest.sort_values("timestamp", ascending=False).head(50)
+            shown = latest.sort_values("timestamp", ascending=False)
             left.table(
                 pd.DataFrame(
                     {
@@ -294,8 +323,8 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
                     }
                 ).set_index("sensor")
             )
-            if len(latest) > len(shown):
-                st.caption(f"{len(latest) - len(shown)} more sensors not shown.")
+            if heard > len(shown):
+                st.caption(f"{heard - len(shown)} more sensors not shown.")
     with right:
         st.subheader("Pipeline health")
         topics = ", ".join(sorted(set(positions["topic"]))) if not positions.empty else "-"
@@ -359,10 +388,14 @@ def main() -> None:
         st.header("View")
         names = list(WINDOWS)
         window_name = st.selectbox("Window", names, index=names.index(settings.window))
+        # the fleet may be a million sensors: the picker searches, it never lists them all
+        wanted = st.text_input("Find sensors (id prefix)", max_chars=36, placeholder="e.g. 3f2a")
+        previous = st.session_state.get("sensors", [])
         chosen = st.multiselect(
             "Sensors (empty: alerting first, then the others)",
-            options=_known_sensors(rt),
+            options=list(dict.fromkeys([*previous, *_matching_sensors(rt, wanted)])),
             format_func=short,
+            key="sensors",
         )
         st.caption(f"Refreshes every {settings.refresh_seconds:g} s. Read-only role {rt.postgres.user!r}.")
 
@@ -373,15 +406,17 @@ def main() -> None:
     live()
 
 
-def _known_sensors(rt: Runtime) -> list[str]:
+def _matching_sensors(rt: Runtime, prefix: str) -> list[str]:
+    """At most SENSORS_FOUND sensors heard from today whose id starts with ``prefix``."""
+    if q.sensor_id_range(prefix) is None:
+        return []
     try:
         conn = rt.connection()
     except psycopg2.Error:
         return []
     broken = False
     try:
-        latest = q.latest_per_sensor(conn)
-        return sorted(latest["sensor_id"]) if not latest.empty else []
+        return q.find_sensors(conn, prefix, limit=SENSORS_FOUND)
     except psycopg2.Error:
         broken = True
         return []

@@ -10,6 +10,7 @@ of 1,000 sensors reads ~720k hourly rows instead of ~2.6 billion readings (docs/
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -53,24 +54,77 @@ def bucket_for(window: timedelta, points: int = 240, source: Source = "raw") -> 
     return max(_GRAIN[source], timedelta(seconds=round(window.total_seconds() / points)))
 
 
-def latest_per_sensor(conn: psycopg2.extensions.connection, within: timedelta = timedelta(hours=1)) -> pd.DataFrame:
-    """Newest reading of every sensor heard from within ``within``, newest sensors first.
+def latest_per_sensor(
+    conn: psycopg2.extensions.connection, within: timedelta = timedelta(hours=1), limit: int = 50
+) -> pd.DataFrame:
+    """Newest reading of the ``limit`` sensors heard from most recently within ``within``,
+    newest first - bounded whatever the fleet's size.
 
-    The sensors come from the minute rollup (one row per sensor-minute), then one index probe
-    per sensor finds its newest reading: no sort of every reading in the window."""
+    The sensors come from the newest minutes of the rollup, walked backwards on its bucket index
+    and cut after ``limit`` distinct sensors; then one index probe per sensor finds its newest
+    reading: no aggregate over the fleet, no sort of every reading in the window."""
     return _frame(
         conn,
         "latest",
         """SELECT s.sensor_id::text AS sensor_id, r."timestamp", r.temperatura, r.umidade
-             FROM (SELECT DISTINCT sensor_id FROM sensores_minuto
-                    WHERE bucket >= date_trunc('minute', now() - %(within)s)) s
+             FROM (SELECT sensor_id FROM (
+                     SELECT sensor_id, bucket FROM sensores_minuto
+                      WHERE bucket >= date_trunc('minute', now() - %(within)s)
+                      ORDER BY bucket DESC LIMIT %(scan)s) newest
+                    GROUP BY sensor_id ORDER BY max(bucket) DESC LIMIT %(limit)s) s
              CROSS JOIN LATERAL (
                    SELECT "timestamp", temperatura, umidade FROM sensores x
                     WHERE x.sensor_id = s.sensor_id AND x."timestamp" >= now() - %(within)s
                     ORDER BY x."timestamp" DESC LIMIT 1) r
             ORDER BY r."timestamp" DESC""",
+        # a sensor has one row per minute: a few minutes' worth of rows hold `limit` distinct sensors
+        {"within": within, "limit": limit, "scan": limit * 60},
+    )
+
+
+def sensors_heard(conn: psycopg2.extensions.connection, within: timedelta = timedelta(hours=1)) -> int:
+    """How many distinct sensors were heard from within ``within`` (from the minute rollup)."""
+    frame = _frame(
+        conn,
+        "sensors_heard",
+        """SELECT count(DISTINCT sensor_id) AS sensors FROM sensores_minuto
+            WHERE bucket >= date_trunc('minute', now() - %(within)s)""",
         {"within": within},
     )
+    return int(frame["sensors"].iloc[0]) if not frame.empty else 0
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def sensor_id_range(prefix: str) -> tuple[str, str] | None:
+    """The UUIDs starting with ``prefix`` (hex digits; dashes and case ignored) as an inclusive
+    range, or None when ``prefix`` cannot start a sensor id."""
+    digits = prefix.strip().lower().replace("-", "")
+    if not digits or len(digits) > 32 or not set(digits) <= _HEX:
+        return None
+    low, high = digits.ljust(32, "0"), digits.ljust(32, "f")
+    return str(uuid.UUID(low)), str(uuid.UUID(high))
+
+
+def find_sensors(
+    conn: psycopg2.extensions.connection, prefix: str, within: timedelta = timedelta(days=1), limit: int = 50
+) -> list[str]:
+    """Up to ``limit`` sensors heard from within ``within`` whose id starts with ``prefix``:
+    a range scan of the rollup's (sensor_id, bucket) key, never a list of the whole fleet."""
+    bounds = sensor_id_range(prefix)
+    if bounds is None:
+        return []
+    frame = _frame(
+        conn,
+        "find_sensors",
+        """SELECT DISTINCT sensor_id::text AS sensor_id FROM sensores_minuto
+            WHERE sensor_id BETWEEN %(low)s::uuid AND %(high)s::uuid
+              AND bucket >= date_trunc('minute', now() - %(within)s)
+            ORDER BY 1 LIMIT %(limit)s""",
+        {"low": bounds[0], "high": bounds[1], "within": within, "limit": limit},
+    )
+    return list(frame["sensor_id"]) if not frame.empty else []
 
 
 def series(
@@ -136,23 +190,31 @@ def most_deviating(conn: psycopg2.extensions.connection, within: timedelta, limi
     return list(frame["sensor_id"]) if not frame.empty else []
 
 
-def open_alerts(conn: psycopg2.extensions.connection) -> pd.DataFrame:
+def open_alerts(conn: psycopg2.extensions.connection, limit: int = 100) -> pd.DataFrame:
+    """The ``limit`` most severe, oldest open alerts (storms, which stand for many sensors, first)."""
     return _frame(
         conn,
         "open_alerts",
         """SELECT sensor_id::text AS sensor_id, rule, severity, opened_at, started_at, peak_value, last_value,
-                  condition
+                  condition, kafka_partition
              FROM alertas WHERE closed_at IS NULL
-            ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, opened_at""",
-        {},
+            ORDER BY rule LIKE '%%:storm' DESC,
+                     CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, opened_at
+            LIMIT %(limit)s""",
+        {"limit": limit},
     )
+
+
+def open_alert_count(conn: psycopg2.extensions.connection) -> int:
+    frame = _frame(conn, "open_alert_count", "SELECT count(*) AS n FROM alertas WHERE closed_at IS NULL", {})
+    return int(frame["n"].iloc[0]) if not frame.empty else 0
 
 
 def recent_alerts(conn: psycopg2.extensions.connection, within: timedelta, limit: int = 20) -> pd.DataFrame:
     return _frame(
         conn,
         "recent_alerts",
-        """SELECT sensor_id::text AS sensor_id, rule, severity, opened_at, closed_at, peak_value
+        """SELECT sensor_id::text AS sensor_id, rule, severity, opened_at, closed_at, peak_value, kafka_partition
              FROM alertas WHERE closed_at IS NOT NULL AND closed_at >= now() - %(within)s
             ORDER BY closed_at DESC LIMIT %(limit)s""",
         {"within": within, "limit": limit},
