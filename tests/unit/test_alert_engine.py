@@ -273,13 +273,16 @@ def test_a_fleet_falling_silent_together_opens_one_storm_not_one_alert_per_senso
     assert [(e.kind, e.state.rule, e.state.sensor_id, e.known) for e in ev.events] == [
         ("opened", "sensor_silencioso:storm", "00000000-0000-0000-0000-000000000000", 1000)
     ]
-    (storm,) = [s for s in engine.states.values()]
-    assert storm.is_storm and storm.last_value == 900 and storm.peak == 900
+    (storm,) = list(engine.states.values())
+    assert storm.is_storm
+    assert storm.last_value == 900
+    assert storm.peak == 900
     assert engine.storm_sensors(STORMY.silence[0]) == 900
     assert engine.open_counts() == {"sensor_silencioso:storm": 1}
     # the rest of the fleet going quiet joins the same storm
     ev = sweep(engine, T0 + timedelta(seconds=115))
-    assert ev.events == [] and engine.states[(storm.sensor_id, storm.rule)].last_value == 1000
+    assert ev.events == []
+    assert engine.states[(storm.sensor_id, storm.rule)].last_value == 1000
 
 
 def test_the_storm_closes_when_the_fleet_is_back_and_the_sensors_still_silent_get_their_own_alerts() -> None:
