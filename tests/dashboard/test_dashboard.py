@@ -348,7 +348,7 @@ def test_with_a_password_the_page_shows_only_the_sign_in_form_until_it_is_given(
     assert _query_count() > queries
     app.run()  # a refresh of the same session
     assert [t.value for t in app.title] == ["iot-monitor"]
-    assert not app.text_input
+    assert [t.label for t in app.text_input] == ["Find sensors (id prefix)"]  # the sign-in form is gone
 
 
 def test_a_dashboard_password_too_short_or_too_long_is_refused_at_start(env: dict[str, str]) -> None:
