@@ -104,27 +104,21 @@ class AlertStage:
         for event in evaluation.events:
             counter = m.ALERTS_OPENED if event.kind == "opened" else m.ALERTS_CLOSED
             counter.labels(event.state.rule, event.severity).inc()
-            if event.state.is_storm:  # one line for the partition's storm, with its counts
+            state = event.state
+            said = {"alert_id": str(state.alert_id), "rule": state.rule, "severity": event.severity}
+            if state.is_storm:  # one line for the partition's storm, with its counts
                 log.warning(
                     f"alert_storm_{event.kind}",
-                    alert_id=str(event.state.alert_id),
-                    rule=event.state.rule,
-                    partition=event.state.partition,
-                    severity=event.severity,
+                    **said,
                     at=event.at.isoformat(),
-                    sensors_silent=int(event.state.last_value or 0),
+                    partition=state.partition,
+                    sensors_silent=int(state.last_value or 0),
                     sensors_known=event.known,
                 )
-                continue
-            log.info(
-                f"alert_{event.kind}",
-                alert_id=str(event.state.alert_id),
-                sensor_id=event.state.sensor_id,
-                rule=event.state.rule,
-                severity=event.severity,
-                at=event.at.isoformat(),
-                peak=event.state.peak,
-            )
+            else:
+                log.info(
+                    f"alert_{event.kind}", **said, at=event.at.isoformat(), sensor_id=state.sensor_id, peak=state.peak
+                )
         self._export_open()
         if self.publisher is not None:
             self.publisher.notify()
