@@ -33,10 +33,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from iot_consumer.alerts.fleet import LastSeen, SilenceWheel, from_micros, micros
+from iot_consumer.alerts.fleet import LastSeen, SilenceWheel
 from iot_consumer.alerts.rules import RuleSet, Severity, SilenceRule, ThresholdRule
 from iot_consumer.readings import Reading
-from iot_consumer.summary import BatchSummary
+from iot_consumer.summary import BatchSummary, from_micros, to_micros
 
 Phase = Literal["pending", "firing", "clearing"]
 StateKey = tuple[str, str]  # (sensor_id, rule name)
@@ -165,7 +165,7 @@ class AlertEngine:
         else:
             for sensor, (partition, stamp) in last_seen.items():
                 if partition in owned:
-                    self.last_seen.note(sensor, partition, micros(stamp))
+                    self.last_seen.note(sensor, partition, to_micros(stamp))
         self._stateful = Counter(sensor for sensor, _rule in self.states)
         self._open_by_rule = Counter(s.rule for s in self.states.values() if s.is_open)
         self._known = Counter()
@@ -200,7 +200,7 @@ class AlertEngine:
         self._unadopted = None
         for sensor, (partition, stamp) in evaluation.seen.items():
             before = self.last_seen.of(sensor)
-            self.last_seen.note(sensor, partition, micros(stamp))
+            self.last_seen.note(sensor, partition, to_micros(stamp))
             if before is None:
                 self._known[partition] += 1
                 for index, rule in enumerate(self.rules.silence):
@@ -446,7 +446,7 @@ class AlertEngine:
         newcomers: Counter[int] | None = None
         for index, rule in enumerate(self.rules.silence):
             for partition, clock in clocks.items():
-                candidates = self._take_silent(ev, index, rule, partition, micros(clock))
+                candidates = self._take_silent(ev, index, rule, partition, to_micros(clock))
                 if candidates:
                     if newcomers is None:  # sensors this batch makes known (counted once)
                         newcomers = Counter(p for s, (p, _) in ev.seen.items() if s not in self.last_seen)
@@ -478,7 +478,7 @@ class AlertEngine:
                 if heard[0] != partition:
                     back.append((partition, deadline, sensor))
                     continue
-                last_us = micros(heard[1])
+                last_us = to_micros(heard[1])
             if last_us + limit > clock_us:
                 back.append((partition, deadline, sensor))  # committed deadline: never later than the true one
                 continue

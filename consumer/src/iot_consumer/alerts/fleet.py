@@ -11,22 +11,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+
+from iot_consumer.summary import from_micros
 
 _PARTITION_BITS = 24  # Kafka partitions of one topic stay far below 16.7 million
 _PARTITION_MASK = (1 << _PARTITION_BITS) - 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUCKET_US = 1_000_000  # a wheel's bucket: deadlines in the same second share one list
-
-
-def micros(when: datetime) -> int:
-    """Microseconds since the epoch (exact: no float in between)."""
-    delta = when - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(stamp_us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=stamp_us)
 
 
 class LastSeen(Mapping[str, tuple[int, datetime]]):
