@@ -79,7 +79,8 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
     """In headless Chromium against the live pipeline: both charts list every sensor, the spike's
     alert appears as open (sensor, rule, severity) and then, without a reload, as recently closed;
     a week of backlog shows in the 7-day window (hourly rollups); with 1,000 sensors it draws
-    twelve against the fleet's band; the page raises no error."""
+    twelve against the fleet's band; when those sensors fall silent together the page shows one
+    storm per partition, not an alert per sensor; the page raises no error."""
     pipeline_env = {**env, "ALERTS_TOPIC": alerts_topic}
     consumer = Service(["iot-consumer", "run"], pipeline_env, tmp_path / "consumer.log")
     # 5 sensors, 4 readings/s each; the first reads ~33 °C from its 8th reading for 30 s.
@@ -206,6 +207,7 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
             # lines at most (open alerts first, then furthest from the mean), the whole fleet as
             # the band, and "latest reading" capped at 50 with the rest counted.
             fleet = [str(uuid.uuid4()) for _ in range(995)]
+            reported = datetime.now(UTC).isoformat()  # one gateway's batch: one instant for all
             send_raw(
                 stack.bootstrap,
                 env["KAFKA_TOPIC"],
@@ -215,7 +217,7 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
                         orjson.dumps(
                             {
                                 "sensor_id": sensor_id,
-                                "timestamp": datetime.now(UTC).isoformat(),
+                                "timestamp": reported,
                                 "temperatura": 24.0 + (i % 10) / 10,
                                 "umidade": 50.0,
                             }
@@ -232,6 +234,19 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
             expect(page.get_by_text("12 sensors drawn")).to_be_visible()
             expect(page.get_by_text("950 more sensors not shown.")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "dashboard-1000-sensors.png"), full_page=True)
+
+            # Then the 995 fall silent together (their gateway failed): a storm per partition
+            # (~166 sensors each, over the default rule's 100 and a fifth of the partition), shown
+            # as a banner and first in the open list - not 995 alerts for one failure.
+            storms = "SELECT count(*) FROM alertas WHERE closed_at IS NULL AND rule = 'sensor_silencioso:storm'"
+            wait_until(lambda: scalar(db, storms) == 6, 120, "a silence storm on each of the 6 partitions")
+            own = "SELECT count(*) FROM alertas WHERE rule = 'sensor_silencioso' AND sensor_id = ANY(%s::uuid[])"
+            assert scalar(db, own, (fleet,)) == 0
+            banner = page.get_by_text("Silence storm on partition")
+            expect(banner).to_have_count(6, timeout=30_000)
+            expect(banner.first).to_contain_text("silent")
+            expect(page.locator('[data-testid="stTable"]').first).to_contain_text("sensor_silencioso:storm")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-storm.png"), full_page=True)
             assert page.locator('[data-testid="stException"]').count() == 0
             assert errors == []
             browser.close()
