@@ -28,6 +28,7 @@ from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from iot_common.postgres import connect
 from iot_common.settings import PostgresSettings
+from iot_consumer.rollups import FLEET_TABLES, SKETCH_HASH_SQL, SKETCH_RANK_SQL, SKETCH_REGISTER_SQL, SKETCH_REGISTERS
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / ".venv" / "bin"
@@ -435,6 +436,55 @@ def rollup_mismatches(conn: psycopg2.extensions.connection, where: str = "") -> 
                        OR abs(gw.ts - r.temperatura_soma) > 1e-9 * greatest(1, abs(gw.ts))
                        OR abs(gw.us - r.umidade_soma) > 1e-9 * greatest(1, abs(gw.us))
                     ORDER BY 3, 2 LIMIT 20"""
+            )
+            found += cur.fetchall()
+    return found + fleet_rollup_mismatches(conn, where)
+
+
+def fleet_rollup_mismatches(conn: psycopg2.extensions.connection, where: str = "") -> list[tuple[Any, ...]]:
+    """Buckets where the fleet rollups (their slots added up) differ from a GROUP BY over
+    ``sensores``: counts, minima, maxima and every sketch register exactly, sums to 1e-9
+    relative; [] when they are exact."""
+    hashed = SKETCH_HASH_SQL.format(id="sensor_id")
+    register = SKETCH_REGISTER_SQL.format(hash=hashed)
+    rank = SKETCH_RANK_SQL.format(hash=hashed)
+    found: list[tuple[Any, ...]] = []
+    for table, unit, sketch in FLEET_TABLES.values():
+        union = f"""(SELECT array_agg(m ORDER BY k) FROM (
+                        SELECT k, max(v) AS m FROM {table} x, unnest(x.registros) WITH ORDINALITY u(v, k)
+                        WHERE x.bucket = t.bucket GROUP BY k) y)"""
+        with conn.cursor() as cur:
+            cur.execute(
+                f"""WITH g AS (
+                        SELECT date_trunc('{unit}', "timestamp", 'UTC') AS bucket, count(*) AS n,
+                               sum(temperatura) AS ts, min(temperatura) AS tmin, max(temperatura) AS tmax,
+                               sum(umidade) AS us, min(umidade) AS umin, max(umidade) AS umax
+                        FROM sensores GROUP BY 1),
+                    ranks AS (
+                        SELECT date_trunc('{unit}', "timestamp", 'UTC') AS bucket, {register} AS reg, max({rank}) AS r
+                        FROM sensores GROUP BY 1, 2),
+                    gs AS (
+                        SELECT g.bucket, array_agg(coalesce(ranks.r, 0)::smallint ORDER BY i.reg) AS sketch
+                        FROM g CROSS JOIN generate_series(0, {SKETCH_REGISTERS - 1}) AS i(reg)
+                        LEFT JOIN ranks ON ranks.bucket = g.bucket AND ranks.reg = i.reg GROUP BY g.bucket),
+                    f AS (
+                        SELECT bucket, sum(leituras) AS leituras, sum(temperatura_soma) AS ts,
+                               min(temperatura_min) AS tmin, max(temperatura_max) AS tmax,
+                               sum(umidade_soma) AS us, min(umidade_min) AS umin, max(umidade_max) AS umax,
+                               {union if sketch else "NULL::smallint[]"} AS sketch
+                        FROM {table} t GROUP BY bucket),
+                    r AS (SELECT * FROM f {where}),
+                    gw AS (SELECT g.*, {"gs.sketch" if sketch else "NULL::smallint[] AS sketch"}
+                           FROM g JOIN gs USING (bucket) {where})
+                    SELECT '{table}', bucket, gw.n, r.leituras
+                    FROM gw FULL JOIN r USING (bucket)
+                    WHERE gw.n IS DISTINCT FROM r.leituras
+                       OR gw.tmin IS DISTINCT FROM r.tmin OR gw.tmax IS DISTINCT FROM r.tmax
+                       OR gw.umin IS DISTINCT FROM r.umin OR gw.umax IS DISTINCT FROM r.umax
+                       OR gw.sketch IS DISTINCT FROM r.sketch
+                       OR abs(gw.ts - r.ts) > 1e-9 * greatest(1, abs(gw.ts))
+                       OR abs(gw.us - r.us) > 1e-9 * greatest(1, abs(gw.us))
+                    ORDER BY 2 LIMIT 20"""
             )
             found += cur.fetchall()
     return found

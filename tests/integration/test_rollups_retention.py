@@ -74,7 +74,8 @@ def test_retention_drops_exactly_the_expired_partitions_of_each_table(
     """Readings 40, 31, 30, 5 and 0 days old; RETENTION_DAYS=30 and minute rollups for 35 days:
     `--dry-run` names what would go and drops nothing; the running consumer then detaches and
     drops exactly the day partitions that ended more than 30 (35) days ago, logs each and keeps
-    every other row; the rollups of the remaining days still equal their GROUP BY."""
+    every other row; the rollups of the remaining days still equal their GROUP BY, and the fleet
+    rollups lose exactly the days their per-sensor rollup lost."""
     now = datetime.now(UTC)
     sensor = str(uuid.uuid4())
     ages = (40, 31, 30, 5, 0)
@@ -112,6 +113,14 @@ def test_retention_drops_exactly_the_expired_partitions_of_each_table(
         assert partitions(db, table) == before[table] - names, table
     assert scalar(db, "SELECT count(*) FROM sensores") == rows_kept == 30
     assert rollup_mismatches(db, f"WHERE bucket >= '{(now - timedelta(days=30, hours=1)).isoformat()}'") == []
+    # The fleet rollups keep what their per-sensor rollup keeps, nothing older.
+    for fleet, per_sensor, days_kept in (
+        ("sensores_frota_minuto", "sensores_minuto", (31, 30, 5, 0)),
+        ("sensores_frota_hora", "sensores_hora", ages),
+    ):
+        oldest = scalar(db, f"SELECT min(bucket) FROM {per_sensor}")
+        assert scalar(db, f"SELECT count(*) FROM {fleet} WHERE bucket < %s", (oldest,)) == 0
+        assert scalar(db, f"SELECT count(DISTINCT bucket::date) FROM {fleet}") == len(days_kept), fleet
     # Nothing else to drop: a second round is a no-op.
     again = run_cli(["iot-consumer", "retention"], {**env, **retention})
     assert again.returncode == 0, again.stderr

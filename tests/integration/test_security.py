@@ -97,6 +97,8 @@ def test_services_run_with_least_privilege_roles(
         (as_dashboard, "SELECT count(*) FROM alertas"),
         (as_dashboard, "SELECT count(*) FROM dead_letters"),
         (as_dashboard, "SELECT count(*) FROM consumer_positions"),
+        (as_dashboard, "SELECT count(*) FROM sensores_frota_minuto"),
+        (as_dashboard, "SELECT count(*) FROM sensores_frota_hora"),
     ]
     for conn, statement in allowed:
         with conn.cursor() as cur:
@@ -111,6 +113,7 @@ def test_services_run_with_least_privilege_roles(
         (as_consumer, "SELECT payload FROM dead_letters"),
         (as_consumer, "TRUNCATE sensores"),
         (as_consumer, "DROP TABLE dead_letters"),
+        (as_consumer, "DELETE FROM sensores_frota_minuto"),  # fleet rows expire through a function only
         (
             as_consumer,
             "CREATE TABLE sensores_29991231 PARTITION OF sensores FOR VALUES FROM ('2999-12-31') TO ('3000-01-01')",

@@ -24,7 +24,7 @@ from enum import StrEnum
 import psycopg2.extensions
 
 from iot_consumer.rollups import COLUMNS as ROLLUP_COLUMNS
-from iot_consumer.rollups import ON_CONFLICT, STAGE_SQL, upsert_from_stage
+from iot_consumer.rollups import ON_CONFLICT, STAGE_SQL, upsert_fleet_from_stage, upsert_from_stage
 
 
 class DuplicatePolicy(StrEnum):
@@ -70,9 +70,10 @@ _HOURS_FROM_MINUTES = (
 )
 
 
-def insert_new_readings(cur: psycopg2.extensions.cursor, copy_payload: bytes, offered: int) -> int:
+def insert_new_readings(cur: psycopg2.extensions.cursor, copy_payload: bytes, offered: int, slot: int) -> int:
     """Store the rows of ``copy_payload`` (``sink.COPY_SQL``'s text format) whose sensor and
-    timestamp are new, with their rollups, in the caller's transaction; the number dropped."""
+    timestamp are new, with their rollups (fleet rows under ``slot``), in the caller's
+    transaction; the number dropped."""
     cur.execute(_READING_STAGE)
     cur.execute(STAGE_SQL)
     cur.copy_expert(f"COPY reading_stage ({READING_COLUMNS}) FROM STDIN", io.BytesIO(copy_payload), size=1 << 20)
@@ -82,6 +83,8 @@ def insert_new_readings(cur: psycopg2.extensions.cursor, copy_payload: bytes, of
     if inserted:
         upsert_from_stage(cur, "sensores_minuto")
         cur.execute(_HOURS_FROM_MINUTES)
+        for table in ("sensores_minuto", "sensores_hora"):  # the hours' fleet rows from the minutes staged
+            upsert_fleet_from_stage(cur, table, slot)
     cur.execute("DELETE FROM rollup_stage")
     cur.execute("DELETE FROM reading_stage")
     return offered - inserted

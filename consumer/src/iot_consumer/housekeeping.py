@@ -7,6 +7,8 @@ for years; 0 keeps everything). The consumer runs it on its clock (``--housekeep
 on its own connection, between batches; replicas take turns through an advisory lock, and a
 drop that would wait more than a few seconds for the table lock is postponed to the next round
 instead of stalling the writers queued behind it. ``iot-consumer retention`` runs it by hand.
+The fleet rollups (one row per bucket, not per sensor) follow their per-sensor rollup in the same
+transaction: rows older than its oldest kept bucket are deleted (``iot_expire_fleet_rollups``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ def drop_expired(
                     (table, now - timedelta(days=days)),
                 )
                 dropped += [DroppedPartition(table, str(p), u, int(b)) for p, u, b in cur.fetchall()]
+            # the fleet rollups keep what the per-sensor ones still hold (nothing older)
+            cur.execute("SELECT iot_expire_fleet_rollups()")
         if dry_run:
             conn.rollback()
         else:

@@ -21,7 +21,7 @@ from psycopg2 import sql
 
 from iot_common.logging import get_logger
 from iot_consumer.alerts.store import MIGRATION_SQL as ALERTS_MIGRATION_SQL
-from iot_consumer.rollups import REBUILD_SQL
+from iot_consumer.rollups import FLEET_REBUILD_SQL, REBUILD_SQL
 
 log = get_logger(__name__)
 
@@ -65,13 +65,16 @@ BEGIN
         GRANT USAGE ON SEQUENCE offset_gaps_id_seq TO iot_consumer;
         GRANT EXECUTE ON FUNCTION iot_expire_dead_letters(timestamptz, integer) TO iot_consumer;
         GRANT SELECT ON retention_policy TO iot_consumer;
+        -- fleet rollups, updated with the rows; expired with the per-sensor rollups through a function
+        GRANT SELECT, INSERT, UPDATE ON sensores_frota_minuto, sensores_frota_hora TO iot_consumer;
+        GRANT EXECUTE ON FUNCTION iot_expire_fleet_rollups() TO iot_consumer;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_exporter') THEN
         GRANT SELECT ON sensores, sensores_minuto, sensores_hora TO iot_exporter;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'iot_dashboard') THEN
         GRANT SELECT ON sensores, sensores_minuto, sensores_hora, alertas, dead_letters, consumer_positions,
-            offset_gaps TO iot_dashboard;
+            offset_gaps, sensores_frota_minuto, sensores_frota_hora TO iot_dashboard;
     END IF;
 END
 $grants$;
@@ -376,6 +379,58 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         REVOKE ALL ON FUNCTION iot_drop_expired_partitions(regclass, timestamptz) FROM PUBLIC;
         """,
     ),
+    (
+        8,
+        "fleet rollups: the whole fleet per minute and hour, with a sketch of the sensors heard",
+        """
+        -- One row per bucket and slot (the writing batch's lowest partition: replicas never wait on
+        -- each other's rows); a reader adds the slots up. registros: HyperLogLog registers (rollups.py).
+        CREATE TABLE sensores_frota_minuto (
+            bucket            timestamptz      NOT NULL,
+            slot              smallint         NOT NULL,
+            leituras          bigint           NOT NULL,
+            temperatura_soma  double precision NOT NULL,
+            temperatura_min   double precision NOT NULL,
+            temperatura_max   double precision NOT NULL,
+            umidade_soma      double precision NOT NULL,
+            umidade_min       double precision NOT NULL,
+            umidade_max       double precision NOT NULL,
+            registros         smallint[]       NOT NULL,
+            PRIMARY KEY (bucket, slot)
+        );
+        COMMENT ON TABLE sensores_frota_minuto IS 'The whole fleet per UTC minute and slot: count, sum, min, max, sketch of the sensors heard';
+        CREATE TABLE sensores_frota_hora (LIKE sensores_frota_minuto INCLUDING ALL);
+        ALTER TABLE sensores_frota_hora DROP COLUMN registros;  -- long windows need the band only
+        COMMENT ON TABLE sensores_frota_hora IS 'The whole fleet per UTC hour and slot: count, sum, min, max';
+
+        -- Two sketches' union: each register's highest rank.
+        CREATE FUNCTION iot_sketch_union(a smallint[], b smallint[]) RETURNS smallint[]
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+            SELECT array_agg(greatest(x, y) ORDER BY i) FROM unnest(a, b) WITH ORDINALITY AS u(x, y, i)
+        $fn$;
+
+        -- Retention of the fleet rollups follows the per-sensor ones: rows before the oldest bucket
+        -- still kept there go. No argument to trust; SECURITY DEFINER: the consumer cannot DELETE.
+        CREATE FUNCTION iot_expire_fleet_rollups() RETURNS bigint
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            minute_rows bigint;
+            hour_rows bigint;
+        BEGIN
+            DELETE FROM sensores_frota_minuto WHERE bucket < (SELECT min(bucket) FROM sensores_minuto);
+            GET DIAGNOSTICS minute_rows = ROW_COUNT;
+            DELETE FROM sensores_frota_hora WHERE bucket < (SELECT min(bucket) FROM sensores_hora);
+            GET DIAGNOSTICS hour_rows = ROW_COUNT;
+            RETURN minute_rows + hour_rows;
+        END
+        $fn$;
+        REVOKE ALL ON FUNCTION iot_expire_fleet_rollups() FROM PUBLIC;
+
+        -- The fleet rows of what is stored already (one pass; the consumer keeps them from now on).
+        """
+        + FLEET_REBUILD_SQL
+        + ";",
+    ),
 ]
 
 
@@ -432,6 +487,9 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
 
 # One privilege per grant group of GRANTS, newest first: when a role lacks any, GRANTS runs again.
 REQUIRED_PRIVILEGES = (
+    ("iot_consumer", "iot_expire_fleet_rollups()", "EXECUTE"),
+    ("iot_consumer", "sensores_frota_hora", "UPDATE"),
+    ("iot_dashboard", "sensores_frota_hora", "SELECT"),
     ("iot_consumer", "alert_outbox", "UPDATE"),
     ("iot_consumer", "dead_letters.kafka_offset", "SELECT"),
     ("iot_consumer", "retention_policy", "SELECT"),

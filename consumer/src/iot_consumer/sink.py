@@ -53,7 +53,9 @@ def store_rows(
     started = time.perf_counter()
     if duplicates is DuplicatePolicy.DROP:
         # The rows actually inserted feed the rollups, in the same statement (duplicates.py).
-        batch.duplicates_dropped = insert_new_readings(cur, batch.copy_payload(), batch.rows)
+        batch.duplicates_dropped = insert_new_readings(
+            cur, batch.copy_payload(), batch.rows, rollups.batch_slot(batch.summary)
+        )
         return time.perf_counter() - started, 0.0
     cur.copy_expert(COPY_SQL, io.BytesIO(batch.copy_payload()), size=1 << 20)
     copied = time.perf_counter()
