@@ -230,7 +230,7 @@ def test_the_dashboard_shows_live_charts_and_the_alert_as_it_opens_and_closes(
             wait_until(lambda: scalar(db, recent) == 1000, 60, "1,000 sensors reporting")
             page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').click()
             page.get_by_role("option", name="1 h").click()
-            expect(page.get_by_text("all 1000 sensors heard from")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("all 1,000 sensors heard from")).to_be_visible(timeout=30_000)
             expect(page.get_by_text("12 sensors drawn")).to_be_visible()
             expect(page.get_by_text("950 more sensors not shown.")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "dashboard-1000-sensors.png"), full_page=True)

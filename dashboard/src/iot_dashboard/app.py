@@ -231,7 +231,9 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
         lag = sum(max(0, end - stored.get(partition, 0)) for partition, end in ends.items())
     cols = st.columns(5)
     cols[0].metric(
-        "Sensors reporting (1 min)", f"{flow.sensors_reporting}", help="Sensors with a reading in the last minute"
+        "Sensors reporting (1 min)",
+        str(flow.sensors_reporting),
+        help="Sensors with a reading in the last minute (≈: estimated from the fleet rollup, beyond 100,000 readings)",
     )
     cols[1].metric("Readings / s", f"{flow.readings_per_second:,.1f}", help="Over the last minute, by reading time")
     cols[2].metric(
@@ -254,11 +256,10 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
 
     # ------------------------------------------------------------------ charts
     st.subheader(f"Readings · last {window_name}")
-    fleet = heard
     st.caption(
         f"{len(sensors)} sensors drawn ({'chosen' if chosen else 'open alerts first, then furthest from the mean'})"
         f" from {q.SOURCE_NAMES[source]}, one point per {q.bucket_for(window, source=source)}"
-        f" · grey band: all {fleet} sensors heard from, lowest to highest, dashed mean"
+        f" · grey band: all {heard} sensors heard from, lowest to highest, dashed mean"
     )
     if data.empty:
         st.info("No readings in this window yet.")
@@ -323,8 +324,9 @@ def render(rt: Runtime, window_name: str, chosen: list[str]) -> None:
                     }
                 ).set_index("sensor")
             )
-            if heard > len(shown):
-                st.caption(f"{heard - len(shown)} more sensors not shown.")
+            if heard.sensors > len(shown):
+                more = heard.sensors - len(shown)
+                st.caption(f"{more:,} more sensors not shown." if heard.exact else f"About {more:,} more not shown.")
     with right:
         st.subheader("Pipeline health")
         topics = ", ".join(sorted(set(positions["topic"]))) if not positions.empty else "-"
