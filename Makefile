@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-skaffold test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-rollups bench-exporter bench-fleet clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-skaffold test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-dashboard-fleet bench-rollups bench-exporter bench-fleet clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -111,6 +111,9 @@ bench-codecs: dev stack-up ## What each compression codec costs end to end (benc
 
 bench-dashboard: dev stack-up ## Every dashboard panel's query on 100M readings of 1,000 sensors (first run loads ~15 GB, ~25 min)
 	$(BIN)/python -m bench.dashboard_bench
+
+bench-dashboard-fleet: dev stack-up ## Every dashboard panel's query with 1,000,000 sensors: 24M readings over a day, each sensor once an hour (~15 min first run)
+	$(BIN)/python -m bench.dashboard_bench --sensors 1000000 --readings 24000000 --days 1
 
 bench-rollups: dev stack-up ## What the rollups cost the consumer per row, beside the COPY (bench/results/rollup_bench.md)
 	$(BIN)/python -m bench.rollup_bench

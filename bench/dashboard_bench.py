@@ -7,6 +7,11 @@ query of the dashboard (iot_dashboard.queries, the code the page runs) --rounds 
 window: p50 and p95 in ms. Side by side, for the windows the rollups serve, the same chart
 computed from raw readings (the dashboard before rollups), to show what they save.
 
+A fleet of another size gets a database and a result file of its own
+(`iot_bench_dashboard_<sensors>`, bench/results/dashboard_bench_<sensors>.md): `make
+bench-dashboard-fleet` runs 24M readings of 1,000,000 sensors over a day (each sensor once an
+hour), where every panel that aggregates "the fleet" meets a million sensors.
+
 usage: python -m bench.dashboard_bench [--readings 100000000] [--sensors 1000] [--days 30] [--rounds 20] [--reload]
 """
 
@@ -26,44 +31,56 @@ import psycopg2.extensions
 from bench.common import STACK, Table, connect, fmt, save
 from iot_consumer import rollups
 from iot_consumer.migrations import DailyPartitions, migrate
-from iot_consumer.rollups import REBUILD_SQL
+from iot_consumer.rollups import FLEET_REBUILD_SQL, REBUILD_SQL
 from iot_dashboard import queries as q
 
-DATABASE = "iot_bench_dashboard"
+DEFAULT_SENSORS = 1000
 WINDOWS = {"5 min": 300, "1 h": 3600, "24 h": 86_400, "7 d": 604_800, "30 d": 2_592_000}
 CHOSEN = 12  # series drawn by default (DASHBOARD_MAX_SENSORS)
 # Raw-reading versions of the rollup-served charts are slow by design: time them fewer times.
 RAW_ROUNDS = 3
 
 
-def ensure_database() -> None:
+def database_for(sensors: int) -> str:
+    """The kept database of a fleet size (the default size keeps its historical name)."""
+    return "iot_bench_dashboard" if sensors == DEFAULT_SENSORS else f"iot_bench_dashboard_{sensors}"
+
+
+def results_name(sensors: int) -> str:
+    return "dashboard_bench" if sensors == DEFAULT_SENSORS else f"dashboard_bench_{sensors}"
+
+
+def ensure_database(database: str) -> None:
     admin = STACK.admin_connection()
     with admin.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
         if cur.fetchone() is None:
-            cur.execute(f"CREATE DATABASE {DATABASE} OWNER {STACK.pg_user}")
+            cur.execute(f"CREATE DATABASE {database} OWNER {STACK.pg_user}")
     admin.close()
 
 
-def drop_database() -> None:
+def drop_database(database: str) -> None:
     admin = STACK.admin_connection()
     with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        cur.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     admin.close()
 
 
 def lines(sensors: list[str], start: datetime, end: datetime, step_s: float, first_offset: int) -> Iterator[str]:
-    """COPY text lines: every sensor at every step in [start, end), values cycling through a
-    realistic range; chunks of one step (one line per sensor)."""
+    """COPY text lines: every sensor once per step in [start, end), the fleet spread evenly over
+    the step (as real sensors' clocks are), values cycling through a realistic range; chunks of
+    one step (one line per sensor)."""
     temperatures = [f"{20 + (i % 1000) / 100:.2f}" for i in range(997)]
     humidities = [f"{30 + (i % 5000) / 100:.2f}" for i in range(991)]
     offset = first_offset
     steps = int((end - start).total_seconds() // step_s)
     for step in range(steps):
-        stamp = (start + timedelta(seconds=step * step_s)).isoformat()
+        step_start = start + timedelta(seconds=step * step_s)
+        spacing = timedelta(seconds=step_s / len(sensors))
         chunk = []
         for index, sensor in enumerate(sensors):
             n = step * len(sensors) + index
+            stamp = (step_start + index * spacing).isoformat()
             chunk.append(
                 f"{sensor}\t{stamp}\t{temperatures[n % 997]}\t{humidities[n % 991]}\t{index % 6}\t{offset}\t\\N\n"
             )
@@ -121,14 +138,17 @@ def load(
 def rebuild_rollups(conn: psycopg2.extensions.connection) -> float:
     started = time.perf_counter()
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE sensores_minuto, sensores_hora")
+        cur.execute("TRUNCATE sensores_minuto, sensores_hora, sensores_frota_minuto, sensores_frota_hora")
         cur.execute(REBUILD_SQL)
+        cur.execute(FLEET_REBUILD_SQL)
     conn.commit()
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("VACUUM ANALYZE sensores")
         cur.execute("VACUUM ANALYZE sensores_minuto")
         cur.execute("VACUUM ANALYZE sensores_hora")
+        cur.execute("VACUUM ANALYZE sensores_frota_minuto")
+        cur.execute("VACUUM ANALYZE sensores_frota_hora")
     conn.autocommit = False
     return time.perf_counter() - started
 
@@ -155,16 +175,21 @@ def refresh_rollups(conn: psycopg2.extensions.connection, since: datetime) -> fl
                   FROM sensores_minuto WHERE bucket >= %s GROUP BY 1, 2""",
             (hour,),
         )
+        for table, (fleet, unit, sketch) in rollups.FLEET_TABLES.items():
+            cur.execute(f"DELETE FROM {fleet} WHERE bucket >= %s", (hour,))
+            source = cur.mogrify(f"(SELECT * FROM {table} WHERE bucket >= %s) AS refreshed", (hour,)).decode()
+            cur.execute(rollups.fleet_sql(source, unit, fleet, "0", sketch))
     conn.commit()
     return time.perf_counter() - started
 
 
 def prepare(args: argparse.Namespace) -> tuple[int, str]:
     """The database with ~--readings rows ending now; (rows, how it was prepared)."""
+    database = database_for(args.sensors)
     if args.reload:
-        drop_database()
-    ensure_database()
-    conn = connect(DATABASE)
+        drop_database(database)
+    ensure_database(database)
+    conn = connect(database)
     conn.autocommit = True
     migrate(conn)
     conn.autocommit = False
@@ -236,13 +261,13 @@ def raw_latest(conn: psycopg2.extensions.connection) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=100_000_000)
-    parser.add_argument("--sensors", type=int, default=1000)
+    parser.add_argument("--sensors", type=int, default=DEFAULT_SENSORS)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--reload", action="store_true", help="Drop the kept database and load again.")
     args = parser.parse_args()
     rows, how = prepare(args)
-    conn = connect(DATABASE)
+    conn = connect(database_for(args.sensors))
     conn.autocommit = True
     chosen = q.most_deviating(conn, timedelta(hours=1), CHOSEN)
     panels: list[list[str]] = []
@@ -250,6 +275,7 @@ def main() -> None:
     fixed: dict[str, Callable[[], object]] = {
         "latest reading per sensor (1 h, newest 50)": lambda: q.latest_per_sensor(conn, timedelta(hours=1)),
         "sensors heard from (1 h)": lambda: q.sensors_heard(conn, timedelta(hours=1)),
+        "sensors heard from (5 min)": lambda: q.sensors_heard(conn, timedelta(minutes=5)),
         "sensor picker: ids starting 4000": lambda: q.find_sensors(conn, "4000"),
         "sensors furthest from the mean (1 h)": lambda: q.most_deviating(conn, timedelta(hours=1), CHOSEN),
         "headline: readings/s, sensors reporting": lambda: q.throughput(conn, "iot-consumer"),
@@ -317,7 +343,7 @@ def main() -> None:
             [f"{RAW_ROUNDS} rounds each; raw = GROUP BY over every reading of the window (12 sensors)"],
         ),
     ]
-    save("dashboard_bench", tables)
+    save(results_name(args.sensors), tables, script="dashboard_bench")
 
 
 if __name__ == "__main__":
