@@ -371,3 +371,67 @@ def test_finding_silence_looks_at_the_sensors_due_not_at_the_fleet() -> None:
     assert len(engine.open_alerts()) == 5_000  # the bound per evaluation; the rest stay due
     sweep(engine, T0 + timedelta(seconds=61.5))  # the next 10,000 are due only from second 61 on
     assert len(engine.open_alerts()) == 9_500
+
+
+def test_sensors_not_heard_for_the_look_back_are_forgotten_and_a_flood_of_new_ids_stays_bounded() -> None:
+    """A device inventing 1,000 new ids a minute for an hour, with a 10-minute look-back: the
+    engine never knows more than the ids of the last 10 minutes (and one minute's due), each
+    forgotten id counted once; a sensor heard all along is never forgotten."""
+    engine = AlertEngine(SILENCE, forget_after=timedelta(minutes=10))
+    sizes = []
+    for minute in range(60):
+        at = T0 + timedelta(minutes=minute)
+        heard(engine, [*fleet(1000, first=10_000 + 1000 * minute), SENSOR], at)
+        sizes.append(len(engine.last_seen))
+    assert max(sizes) <= 11 * 1000 + 1
+    assert SENSOR in engine.last_seen
+    assert engine.forgotten == 60 * 1000 - (len(engine.last_seen) - 1)
+    assert sum(engine._known.values()) == len(engine.last_seen)
+
+
+def test_a_forgotten_sensor_keeps_its_open_alert_until_it_is_heard_again() -> None:
+    """Silent past the look-back: forgotten (as a restart would not reload it), its silence alert
+    still open; its next reading closes that alert and makes it known again."""
+    engine = AlertEngine(SILENCE, forget_after=timedelta(minutes=10))
+    heard(engine, [SENSOR], T0)
+    assert len(opened(sweep(engine, T0 + timedelta(seconds=61)))) == 1
+    sweep(engine, T0 + timedelta(minutes=11))
+    assert SENSOR not in engine.last_seen
+    assert len(engine.open_alerts()) == 1
+    ev = heard(engine, [SENSOR], T0 + timedelta(minutes=20))
+    assert [(e.kind, e.state.sensor_id) for e in ev.events] == [("closed", SENSOR)]
+    assert SENSOR in engine.last_seen
+    assert engine.open_alerts() == []
+
+
+def test_forgetting_is_bounded_per_evaluation_and_undone_when_the_evaluation_never_commits() -> None:
+    """2,500 sensors due to be forgotten with a bound of 1,000: an evaluation that never commits
+    forgets nothing, and the next ones forget 1,000, 1,000, 500."""
+    engine = AlertEngine(TEMPERATURE_ONLY, forget_after=timedelta(minutes=10), max_forgotten=1000)
+    heard(engine, fleet(2500), T0)
+    later = T0 + timedelta(minutes=11)
+    lost = engine.evaluate_clock({0: later})
+    assert len(lost.forgotten) == 1000  # ... and never applied
+    counts = [len(sweep(engine, later + timedelta(seconds=i)).forgotten) for i in range(4)]
+    assert counts == [1000, 1000, 500, 0]
+    assert len(engine.last_seen) == 0
+
+
+def test_a_storm_outliving_the_look_back_closes_as_its_sensors_are_forgotten_as_after_a_restart() -> None:
+    """900 of 1,000 silent past a 10-minute look-back: forgotten, so the storm (which a restarted
+    replica could not count either) closes, holding none; the 100 still reporting stay known."""
+    engine = AlertEngine(STORMY, forget_after=timedelta(minutes=10))
+    sensors = fleet(1000)
+    heard(engine, sensors, T0)
+    events: list[AlertEvent] = []
+    for minute in range(1, 13):
+        events += heard(engine, sensors[900:], T0 + timedelta(minutes=minute, seconds=1)).events
+        if minute == 1:
+            assert engine.open_counts() == {"sensor_silencioso:storm": 1}
+    assert [(e.kind, e.state.rule, e.state.last_value) for e in events] == [
+        ("opened", "sensor_silencioso:storm", 900),
+        ("closed", "sensor_silencioso:storm", 0),
+    ]
+    assert engine.open_counts() == {}
+    assert len(engine.last_seen) == 100
+    assert engine.storm_sensors(STORMY.silence[0]) == 0

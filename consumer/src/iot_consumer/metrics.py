@@ -62,6 +62,13 @@ ALERT_STORM_SENSORS = Gauge(
     "Sensors silent together in an open storm of the rule (one alert per partition instead of one per sensor)",
     ["rule"],
 )
+ALERT_SENSORS_KNOWN = Gauge(
+    "iot_consumer_alert_sensors_known",
+    "Sensors the alert engine knows on this replica's partitions (heard within the look-back)",
+)
+ALERT_SENSORS_FORGOTTEN = Counter(
+    "iot_consumer_alert_sensors_forgotten_total", "Sensors forgotten after no reading for the silence look-back"
+)
 ALERT_WRITE_ERRORS = Counter(
     "iot_consumer_alert_write_errors_total", "Batches whose alert changes PostgreSQL refused (rows still written)"
 )

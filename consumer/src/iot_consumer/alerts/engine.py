@@ -46,6 +46,8 @@ STORM_SUFFIX = ":storm"
 # One evaluation opens at most this many alerts of a silence rule; the others stay due and open
 # in the next ones (each is a batch's or an idle sweep's transaction: bounded work per commit).
 MAX_SILENCE_OPENS_PER_EVALUATION = 5_000
+# ... and forgets at most this many sensors (a dict deletion each: ~50 ms per 100,000).
+MAX_FORGOTTEN_PER_EVALUATION = 100_000
 
 
 def storm_rule_name(rule: SilenceRule) -> str:
@@ -111,6 +113,8 @@ class Evaluation:
     storm_leaves: list[tuple[int, int, str]] = field(default_factory=list)
     storms_over: list[tuple[int, int]] = field(default_factory=list)  # (rule index, partition)
     silence_opens: int = 0
+    # taken from the forget wheel: (partition, deadline µs, sensor) not heard for forget_after
+    forgotten: list[tuple[int, int, str]] = field(default_factory=list)
 
     @property
     def writes_anything(self) -> bool:
@@ -128,9 +132,21 @@ class AlertEngine:
     the batch's sensors that can change state, and silence is found through one timer wheel per
     silence rule (see fleet.py) instead of a look at every known sensor."""
 
-    def __init__(self, rules: RuleSet, max_silence_opens: int = MAX_SILENCE_OPENS_PER_EVALUATION) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        max_silence_opens: int = MAX_SILENCE_OPENS_PER_EVALUATION,
+        forget_after: timedelta | None = None,
+        max_forgotten: int = MAX_FORGOTTEN_PER_EVALUATION,
+    ) -> None:
+        """``forget_after``: a sensor not heard for that long on its partition's clock is
+        forgotten (None: never) - what a restart does too, which reloads only the sensors heard
+        within the look-back; so a device flooding new ids costs memory for that long, not for ever."""
         self.rules = rules
         self.max_silence_opens = max_silence_opens
+        self.forget_us = None if forget_after is None else round(forget_after.total_seconds() * 1_000_000)
+        self.max_forgotten = max_forgotten
+        self.forgotten = 0  # sensors forgotten so far (a metric)
         self._threshold = [(rule, 3 if rule.metric == "temperatura" else 4) for rule in rules.threshold]
         self._silence_index = {rule.name: index for index, rule in enumerate(rules.silence)}
         self._storm_index = {storm_rule_name(rule): index for index, rule in enumerate(rules.silence)}
@@ -143,6 +159,7 @@ class AlertEngine:
         self._known: Counter[int] = Counter()  # partition → sensors known there
         self._silent_open: list[Counter[int]] = [Counter() for _ in rules.silence]  # per-sensor alerts open
         self._wheels = [SilenceWheel() for _ in rules.silence]
+        self._forget_wheel = SilenceWheel()  # every known sensor, at last heard + forget_after
         self._members: list[dict[int, set[str]]] = [{} for _ in rules.silence]  # storm → sensors it holds
         self._storm_partitions: list[set[int]] = [set() for _ in rules.silence]  # partitions with a storm open
         self._unadopted: Evaluation | None = None
@@ -187,6 +204,10 @@ class AlertEngine:
             if index is not None:
                 self._storm_partitions[index].add(state.partition)
         self._members = [{} for _ in self.rules.silence]
+        self._forget_wheel.clear()
+        if self.forget_us is not None:
+            for sensor, partition, stamp_us in self.last_seen.entries():
+                self._forget_wheel.push(partition, stamp_us + self.forget_us, sensor)
         for index, (wheel, rule) in enumerate(zip(self._wheels, self.rules.silence, strict=True)):
             wheel.clear()
             limit = self._limits_us[index]
@@ -203,6 +224,8 @@ class AlertEngine:
             self.last_seen.note(sensor, partition, to_micros(stamp))
             if before is None:
                 self._known[partition] += 1
+                if self.forget_us is not None:
+                    self._forget_wheel.push(partition, to_micros(stamp) + self.forget_us, sensor)
                 for index, rule in enumerate(self.rules.silence):
                     if (sensor, rule.name) not in self.states:
                         self._arm(index, sensor)
@@ -251,6 +274,18 @@ class AlertEngine:
         for partition, clock in evaluation.clocks.items():
             if partition not in self.clocks or clock > self.clocks[partition]:
                 self.clocks[partition] = clock
+        self._forget(evaluation.forgotten)
+
+    def _forget(self, forgotten: list[tuple[int, int, str]]) -> None:
+        """Drop sensors not heard for forget_after. Their wheel entries go lazily (a forgotten
+        sensor is skipped when taken); an open alert of their own stays open until they are heard
+        again, as after a restart."""
+        for partition, _deadline, sensor in forgotten:
+            del self.last_seen.packed[sensor]
+            self._known[partition] -= 1
+            for members in self._members:
+                members.get(partition, set()).discard(sensor)
+        self.forgotten += len(forgotten)
 
     def _arm(self, index: int, sensor: str) -> None:
         known = self.last_seen.of(sensor)
@@ -264,6 +299,8 @@ class AlertEngine:
         if ev is not None:
             for index, partition, deadline_us, sensor in ev.silenced:
                 self._wheels[index].push(partition, deadline_us, sensor)
+            for partition, deadline_us, sensor in ev.forgotten:
+                self._forget_wheel.push(partition, deadline_us, sensor)
 
     def open_alerts(self) -> list[AlertState]:
         return [s for s in self.states.values() if s.is_open]
@@ -353,10 +390,11 @@ class AlertEngine:
                 if state is None and not rule.violates(value):
                     continue  # the common case: normal and staying normal
                 self._step(ev, key, state, rule, partition, stamp, value)
+        moved = {p: c for p, c in ev.clocks.items() if c > self.clocks.get(p, c - _TICK)}
         if silence:
             self._storm_leaves(ev)
-            clocks = ev.clocks
-            self._check_silence(ev, {p: c for p, c in clocks.items() if c > self.clocks.get(p, c - _TICK)})
+            self._check_silence(ev, moved)
+        self._take_forgotten(ev, moved)
 
     def evaluate_clock(self, clocks: Mapping[int, datetime]) -> Evaluation:
         """Move partitions' clocks on without readings (idle, caught-up partitions) and check for silence."""
@@ -368,6 +406,7 @@ class AlertEngine:
                 ev.clocks[partition] = clock
         if self.rules.silence and ev.clocks:
             self._check_silence(ev, ev.clocks)
+        self._take_forgotten(ev, ev.clocks)
         self._unadopted = ev
         return ev
 
@@ -430,6 +469,31 @@ class AlertEngine:
         ev.peaks.discard(key)
         closed = state if value is None else replace(state, last_value=value)
         ev.events.append(AlertEvent("closed", closed, severity, at))
+
+    # ------------------------------------------------------------------ forgetting
+    def _take_forgotten(self, ev: Evaluation, clocks: Mapping[int, datetime]) -> None:
+        """The sensors not heard for forget_after on the partitions whose clock moved - at most
+        max_forgotten per evaluation, the others stay due. A sensor heard since (or in this
+        batch) goes back at its true deadline; one that moved partition follows it."""
+        if self.forget_us is None or not clocks:
+            return
+        wheel = self._forget_wheel
+        limit = self.forget_us
+        for partition, clock in clocks.items():
+            clock_us = to_micros(clock)
+            for sensor in wheel.take_due(partition, clock_us):
+                known = self.last_seen.of(sensor)
+                if known is None:
+                    continue
+                known_partition, known_us = known
+                heard = ev.seen.get(sensor)
+                if heard is not None:
+                    known_partition, known_us = heard[0], max(known_us, to_micros(heard[1]))
+                deadline = known_us + limit
+                if known_partition != partition or deadline > clock_us or len(ev.forgotten) >= self.max_forgotten:
+                    wheel.push(known_partition, deadline, sensor)  # (late is harmless: forgetting waits)
+                    continue
+                ev.forgotten.append((partition, deadline, sensor))
 
     # ------------------------------------------------------------------ silence and storms
     def _storm_leaves(self, ev: Evaluation) -> None:

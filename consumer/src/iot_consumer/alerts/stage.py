@@ -33,10 +33,11 @@ class AlertStage:
         self.rules = rules
         self.group = group
         self.alerts_topic = alerts_topic
-        self.engine = AlertEngine(rules)
         self.publisher = publisher
         longest = max((rule.silent_for_seconds for rule in rules.silence), default=0.0)
         self.silence_lookback = max(silence_lookback, timedelta(seconds=10 * longest))
+        # a running replica forgets what a restarted one would not reload
+        self.engine = AlertEngine(rules, forget_after=self.silence_lookback)
         for kind in ("batch", "idle"):
             m.ALERT_EVALUATION_SECONDS.labels(kind)
         self._series = [(rule.name, rule.severity) for rule in rules.all]
@@ -56,6 +57,7 @@ class AlertStage:
         conn.rollback()
         self.engine.reset(partitions, states, last_seen)
         self._export_open()
+        m.ALERT_SENSORS_KNOWN.set(len(self.engine.last_seen))
         log.info("alert_state_loaded", partitions=partitions, states=len(states), sensors_known=len(last_seen))
 
     def evaluate(self, batch: BatchSummary) -> Evaluation:
@@ -75,6 +77,7 @@ class AlertStage:
             evaluation = self.engine.evaluate_clock(dict.fromkeys(fence, wall))
         if not evaluation.writes_anything:
             self.engine.apply(evaluation)
+            self._count_known(evaluation)
             return None
         return evaluation
 
@@ -99,6 +102,7 @@ class AlertStage:
     def committed(self, evaluation: Evaluation) -> None:
         """The transaction holding ``evaluation`` committed: adopt it and tell the world."""
         self.engine.apply(evaluation)
+        self._count_known(evaluation)
         if not evaluation.events:
             return
         for event in evaluation.events:
@@ -122,6 +126,17 @@ class AlertStage:
         self._export_open()
         if self.publisher is not None:
             self.publisher.notify()
+
+    def _count_known(self, evaluation: Evaluation) -> None:
+        m.ALERT_SENSORS_KNOWN.set(len(self.engine.last_seen))
+        if evaluation.forgotten:
+            m.ALERT_SENSORS_FORGOTTEN.inc(len(evaluation.forgotten))
+            log.info(
+                "sensors_forgotten",
+                sensors=len(evaluation.forgotten),
+                known=len(self.engine.last_seen),
+                after_s=self.silence_lookback.total_seconds(),
+            )
 
     def _export_open(self) -> None:
         counts = self.engine.open_counts()
