@@ -112,8 +112,8 @@ bench-codecs: dev stack-up ## What each compression codec costs end to end (benc
 bench-dashboard: dev stack-up ## Every dashboard panel's query on 100M readings of 1,000 sensors (first run loads ~15 GB, ~25 min)
 	$(BIN)/python -m bench.dashboard_bench
 
-bench-dashboard-fleet: dev stack-up ## Every dashboard panel's query with 1,000,000 sensors: 24M readings over a day, each sensor once an hour (~15 min first run)
-	$(BIN)/python -m bench.dashboard_bench --sensors 1000000 --readings 24000000 --days 1
+bench-dashboard-fleet: dev stack-up ## Every dashboard panel's query with 1,000,000 sensors: 24M readings over a day, each sensor once an hour, then retention (~20 min)
+	$(BIN)/python -m bench.dashboard_bench --sensors 1000000 --readings 24000000 --days 1 --reload --measure-retention
 
 bench-rollups: dev stack-up ## What the rollups cost the consumer per row, beside the COPY (bench/results/rollup_bench.md)
 	$(BIN)/python -m bench.rollup_bench

@@ -239,9 +239,9 @@ def fleet_band(conn: psycopg2.extensions.connection, window: timedelta, bucket: 
     )
 
 
-# Sensor-minutes most_deviating looks at: the newest of the window (the whole hour of 1,000
-# sensors reporting every second is 60,000).
-DEVIATION_SCAN = 100_000
+# Sensor-minutes most_deviating looks at: the newest of the window (the last 30 minutes of 1,000
+# sensors reporting every second; with a million sensors, 100,000 of them took ~380 ms).
+DEVIATION_SCAN = 30_000
 
 
 def most_deviating(
@@ -249,8 +249,8 @@ def most_deviating(
 ) -> list[str]:
     """Sensors whose mean temperature over ``within`` is furthest from the fleet's, first.
 
-    Among the sensors of the window's newest ``scan`` minute-rollup rows (all of them for fleets
-    up to that size: with a million sensors, those heard most recently), against the fleet's mean
+    Among the sensors of the window's newest ``scan`` minute-rollup rows (all of them while the
+    window holds fewer; with a million sensors, those heard most recently), against the fleet's mean
     from the fleet rollup: bounded whatever the fleet's size."""
     frame = _frame(
         conn,
