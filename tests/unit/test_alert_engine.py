@@ -304,13 +304,16 @@ def test_the_storm_closes_when_the_fleet_is_back_and_the_sensors_still_silent_ge
 
 
 def test_sensors_silent_on_their_own_keep_their_own_alerts() -> None:
-    """Three sensors of a thousand fall silent: three alerts, no storm."""
+    """Three sensors of a thousand fall silent: three alerts, no storm - once the storm window
+    (5 s past their deadline) has shown that no more fell silent with them; stamped with the deadline."""
     engine = AlertEngine(STORMY)
     sensors = fleet(1000)
     heard(engine, sensors, T0)
     heard(engine, sensors[3:], T0 + timedelta(seconds=40))
-    ev = sweep(engine, T0 + timedelta(seconds=61))
+    assert opened(sweep(engine, T0 + timedelta(seconds=61))) == []
+    ev = sweep(engine, T0 + timedelta(seconds=66))
     assert sorted(e.state.sensor_id for e in opened(ev)) == sorted(sensors[:3])
+    assert {e.at for e in opened(ev)} == {T0 + timedelta(seconds=60)}
     assert all(e.state.rule == "sensor_silencioso" for e in ev.events)
 
 
@@ -354,8 +357,11 @@ def test_silence_found_by_an_evaluation_that_never_committed_is_found_again() ->
 
 def test_finding_silence_looks_at_the_sensors_due_not_at_the_fleet() -> None:
     """100,000 known sensors, all heard recently: a batch and a sweep take (almost) nothing from
-    the silence wheel - what they look at is what is due, counted, not timed."""
-    engine = AlertEngine(SILENCE)
+    the silence wheel - what they look at is what is due, counted, not timed. (No storm can
+    form under this rule, so no storm window delays the alerts.)"""
+    engine = AlertEngine(
+        parse_rules('[[rule]]\nname = "sensor_silencioso"\nsilent_for_seconds = 60\nstorm_min_sensors = 1000000\n', "t")
+    )
     sensors = fleet(100_000)
     for start in range(0, len(sensors), 10_000):
         heard(engine, sensors[start : start + 10_000], T0 + timedelta(seconds=start // 10_000))
@@ -435,3 +441,23 @@ def test_a_storm_outliving_the_look_back_closes_as_its_sensors_are_forgotten_as_
     assert engine.open_counts() == {}
     assert len(engine.last_seen) == 100
     assert engine.storm_sensors(STORMY.silence[0]) == 0
+
+
+def test_a_fleet_whose_last_readings_spread_over_seconds_is_still_one_storm() -> None:
+    """A gateway of 540 sensors reporting about once a second dies: their last readings spread
+    over two seconds, so no single evaluation finds 100 silent on any of its three partitions
+    (90 + 90 each) - the storm window counts those falling silent within 5 s of each other
+    together: one storm per partition holding all 180, no alert of their own."""
+    engine = AlertEngine(STORMY)
+    sensors = fleet(540)
+    for partition in range(3):
+        own = sensors[partition * 180 : (partition + 1) * 180]
+        heard(engine, own[:90], T0, partition)
+        heard(engine, own[90:], T0 + timedelta(seconds=1.5), partition)
+    events: list[AlertEvent] = []
+    for tick in range(60, 70):
+        events += sweep(engine, T0 + timedelta(seconds=tick + 0.1), range(3)).events
+    assert sorted((e.kind, e.state.rule, e.state.partition, e.state.last_value) for e in events) == [
+        ("opened", "sensor_silencioso:storm", partition, 180.0) for partition in range(3)
+    ]
+    assert engine.storm_sensors(STORMY.silence[0]) == 540

@@ -151,6 +151,7 @@ class AlertEngine:
         self._silence_index = {rule.name: index for index, rule in enumerate(rules.silence)}
         self._storm_index = {storm_rule_name(rule): index for index, rule in enumerate(rules.silence)}
         self._limits_us = [round(rule.silent_for_seconds * 1_000_000) for rule in rules.silence]
+        self._storm_windows_us = [round(rule.storm_window_seconds * 1_000_000) for rule in rules.silence]
         self.states: dict[StateKey, AlertState] = {}
         self.last_seen = LastSeen()  # sensor → (partition, newest timestamp)
         self.clocks: dict[int, datetime] = {}  # partition → its clock (see module docstring)
@@ -515,7 +516,7 @@ class AlertEngine:
                     if newcomers is None:  # sensors this batch makes known (counted once)
                         newcomers = Counter(p for s, (p, _) in ev.seen.items() if s not in self.last_seen)
                     known = self._known[partition] + newcomers[partition]
-                    self._silence_or_storm(ev, index, rule, partition, candidates, known)
+                    self._silence_or_storm(ev, index, rule, partition, candidates, known, to_micros(clock))
             self._storms_in_balance(ev, index, rule, clocks)
 
     def _take_silent(
@@ -562,9 +563,12 @@ class AlertEngine:
         partition: int,
         silent: list[tuple[int, int, str]],
         known: int,
+        clock_us: int,
     ) -> None:
         """Open the silent sensors' alerts - at most ``max_silence_opens`` per evaluation - or,
-        when they are a storm, one alert for the partition that holds them all."""
+        when they are a storm, one alert for the partition that holds them all. Where a storm
+        could form, a sensor's own alert waits the storm window past its deadline (it goes back
+        to the wheel, due, and is counted again with those falling silent after it)."""
         limit = timedelta(microseconds=self._limits_us[index])
         key = (storm_sensor_id(partition), storm_rule_name(rule))
         storm = ev.states[key] if key in ev.states else self.states.get(key)
@@ -583,11 +587,11 @@ class AlertEngine:
                 ev.storm_joins.append((index, partition, sensor))
                 ev.silenced.append((index, partition, deadline, sensor))
             return
-        room = max(0, self.max_silence_opens - ev.silence_opens)
         wheel = self._wheels[index]
-        for position, (last_us, deadline, sensor) in enumerate(silent):
-            if position >= room:  # still due: the next evaluation opens it
-                wheel.push(partition, deadline, sensor)
+        window_us = self._storm_windows_us[index] if known >= rule.storm_min_sensors else 0
+        for last_us, deadline, sensor in silent:
+            if ev.silence_opens >= self.max_silence_opens or deadline > clock_us - window_us:
+                wheel.push(partition, deadline, sensor)  # still due: a later evaluation opens it
                 continue
             last = from_micros(last_us)
             state = AlertState(sensor, rule.name, partition, "firing", last)

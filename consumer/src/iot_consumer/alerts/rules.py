@@ -61,6 +61,7 @@ severity = "warning"
 silent_for_seconds = 60
 storm_share = 0.2
 storm_min_sensors = 100
+storm_window_seconds = 5
 """
 
 
@@ -81,11 +82,14 @@ class _RuleModel(BaseModel):
     silent_for_seconds: float | None = Field(None, gt=0, le=86_400)
     storm_share: float | None = Field(None, gt=0, le=1)
     storm_min_sensors: int | None = Field(None, ge=2, le=100_000_000)
+    storm_window_seconds: float | None = Field(None, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _consistent(self) -> _RuleModel:
         if self.silent_for_seconds is None:
-            storm = [k for k in ("storm_share", "storm_min_sensors") if getattr(self, k) is not None]
+            storm = [
+                k for k in ("storm_share", "storm_min_sensors", "storm_window_seconds") if getattr(self, k) is not None
+            ]
             if storm:
                 raise ValueError(f"{', '.join(storm)} belong to a silence rule (silent_for_seconds)")
         if self.silent_for_seconds is not None:
@@ -156,16 +160,20 @@ class ThresholdRule:
 class SilenceRule:
     """Opens when a known sensor has sent nothing for ``silent_for_seconds``; closes on its next reading.
 
-    A storm: when ``storm_min_sensors`` or more fall silent in one evaluation and the silent
-    sensors then make up ``storm_share`` of the known fleet, one fleet-wide alert opens instead
-    of one per sensor; it closes once fewer than half that share are still silent, and the
-    sensors still silent then get alerts of their own (they are silent on their own)."""
+    A storm: when ``storm_min_sensors`` or more fall silent within ``storm_window_seconds`` of
+    each other and the silent sensors then make up ``storm_share`` of the known fleet, one
+    fleet-wide alert opens instead of one per sensor; it closes once fewer than half that share
+    are still silent, and the sensors still silent then get alerts of their own (they are silent
+    on their own). Where a storm could form (a partition knowing ``storm_min_sensors`` or more),
+    a sensor's own alert waits ``storm_window_seconds`` past its deadline (stamped with the
+    deadline all the same): a fleet's last readings spread over its reporting interval."""
 
     name: str
     severity: Severity
     silent_for_seconds: float
     storm_share: float = 0.2
     storm_min_sensors: int = 100
+    storm_window_seconds: float = 5.0
 
     def describe(self) -> str:
         return f"no reading for {self.silent_for_seconds:g} s"
@@ -199,6 +207,7 @@ def _convert(model: _RuleModel) -> Rule:
             model.silent_for_seconds,
             0.2 if model.storm_share is None else model.storm_share,
             100 if model.storm_min_sensors is None else model.storm_min_sensors,
+            5.0 if model.storm_window_seconds is None else model.storm_window_seconds,
         )
     assert model.metric is not None  # the validator guarantees metric and exactly one of above/below
     if model.above is not None:
