@@ -160,7 +160,7 @@ def engine_memory(fleet: int, partitions: int = 6, batch: int = 10_000) -> dict[
         engine.apply(engine.evaluate(summary))
     known_rss = _rss_mb() - before
     wheels = 0
-    for wheel in engine._wheels:
+    for wheel in [*engine._wheels, engine._forget_wheel]:
         for buckets in wheel._buckets.values():
             wheels += sys.getsizeof(buckets) + sum(sys.getsizeof(b) for b in buckets.values())
     clocks = dict.fromkeys(range(partitions), from_micros(heard_us + 3_600_000_000))
@@ -221,7 +221,7 @@ def memory_table(fleets: list[int]) -> Table:
             "id str",
             "packed int",
             "last-seen dict",
-            "silence wheel",
+            "wheels (silence, forget)",
             "storm members",
             "allocator, rest",
             "alert states",
