@@ -42,17 +42,23 @@ STAGE_SQL = """CREATE TEMP TABLE IF NOT EXISTS rollup_stage (
     sensor_id uuid, bucket timestamptz, leituras integer, temperatura_soma double precision,
     temperatura_min double precision, temperatura_max double precision, umidade_soma double precision,
     umidade_min double precision, umidade_max double precision) ON COMMIT DELETE ROWS"""
-# Adds an INSERT's buckets (aliased r) to the rows already there.
-ON_CONFLICT = """
-    ON CONFLICT (sensor_id, bucket) DO UPDATE SET
-        leituras = r.leituras + EXCLUDED.leituras,
-        temperatura_soma = r.temperatura_soma + EXCLUDED.temperatura_soma,
-        temperatura_min = least(r.temperatura_min, EXCLUDED.temperatura_min),
-        temperatura_max = greatest(r.temperatura_max, EXCLUDED.temperatura_max),
-        umidade_soma = r.umidade_soma + EXCLUDED.umidade_soma,
-        umidade_min = least(r.umidade_min, EXCLUDED.umidade_min),
-        umidade_max = greatest(r.umidade_max, EXCLUDED.umidade_max)
+
+
+def on_conflict(key: str, alias: str) -> str:
+    """Adds an INSERT's rows (aliased ``alias``) to those already there with the same ``key``."""
+    return f"""
+    ON CONFLICT ({key}) DO UPDATE SET
+        leituras = {alias}.leituras + EXCLUDED.leituras,
+        temperatura_soma = {alias}.temperatura_soma + EXCLUDED.temperatura_soma,
+        temperatura_min = least({alias}.temperatura_min, EXCLUDED.temperatura_min),
+        temperatura_max = greatest({alias}.temperatura_max, EXCLUDED.temperatura_max),
+        umidade_soma = {alias}.umidade_soma + EXCLUDED.umidade_soma,
+        umidade_min = least({alias}.umidade_min, EXCLUDED.umidade_min),
+        umidade_max = greatest({alias}.umidade_max, EXCLUDED.umidade_max)
 """
+
+
+ON_CONFLICT = on_conflict("sensor_id, bucket", "r")
 _UPSERT = "INSERT INTO {table} AS r ({columns}) SELECT * FROM rollup_stage ORDER BY sensor_id, bucket" + ON_CONFLICT
 
 # Both rollups computed from the readings in sensores (into empty tables): migration 5 fills
@@ -121,18 +127,9 @@ def fleet_sql(source: str, unit: str, target: str, slot: str, sketch: bool) -> s
 
 
 def fleet_on_conflict(sketch: bool) -> str:
-    """Adds an INSERT's fleet rows (aliased f) to those already there."""
-    return """
-    ON CONFLICT (bucket, slot) DO UPDATE SET
-        leituras = f.leituras + EXCLUDED.leituras,
-        temperatura_soma = f.temperatura_soma + EXCLUDED.temperatura_soma,
-        temperatura_min = least(f.temperatura_min, EXCLUDED.temperatura_min),
-        temperatura_max = greatest(f.temperatura_max, EXCLUDED.temperatura_max),
-        umidade_soma = f.umidade_soma + EXCLUDED.umidade_soma,
-        umidade_min = least(f.umidade_min, EXCLUDED.umidade_min),
-        umidade_max = greatest(f.umidade_max, EXCLUDED.umidade_max)""" + (
-        ",\n        registros = iot_sketch_union(f.registros, EXCLUDED.registros)" if sketch else ""
-    )
+    """Adds an INSERT's fleet rows (aliased f) to those already there, sketches by union."""
+    merged = on_conflict("bucket, slot", "f").rstrip("\n")
+    return merged + (",\n        registros = iot_sketch_union(f.registros, EXCLUDED.registros)" if sketch else "")
 
 
 _FLEET_UPSERT = {
