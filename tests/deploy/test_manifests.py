@@ -666,13 +666,52 @@ def test_compose_third_party_images_can_be_stood_in_for() -> None:
     assert services["producer"]["environment"]["PRODUCER_SEED"] == "${PRODUCER_SEED:-1}"
 
 
+def test_the_production_kafka_profile_survives_a_broker_down_without_losing_an_acknowledged_write() -> None:
+    """k8s/kafka-production.yaml, valid against the Strimzi 1.2.0 CRDs: three KRaft nodes, every
+    topic (internal ones too) replicated 3 times with min.insync.replicas 2, no unclean leader
+    election, one broker down at a time (PodDisruptionBudget); the same listener, users, ACLs and
+    topics as k8s/kafka.yaml, so the chart works against either."""
+    production = [d for d in yaml.safe_load_all((REPO / "k8s" / "kafka-production.yaml").read_text()) if d]
+    development = [d for d in yaml.safe_load_all((REPO / "k8s" / "kafka.yaml").read_text()) if d]
+    for doc in production:
+        assert doc["apiVersion"] == "kafka.strimzi.io/v1"
+        validate_object(doc)
+    (pool,) = [d for d in production if d["kind"] == "KafkaNodePool"]
+    assert pool["spec"]["replicas"] == 3
+    assert pool["spec"]["roles"] == ["controller", "broker"]
+    (kafka,) = [d["spec"]["kafka"] for d in production if d["kind"] == "Kafka"]
+    (dev_kafka,) = [d["spec"]["kafka"] for d in development if d["kind"] == "Kafka"]
+    config = kafka["config"]
+    assert config["min.insync.replicas"] == config["transaction.state.log.min.isr"] == 2
+    assert config["default.replication.factor"] == config["offsets.topic.replication.factor"] == 3
+    assert config["transaction.state.log.replication.factor"] == 3
+    assert config["unclean.leader.election.enable"] is False
+    assert kafka["template"]["podDisruptionBudget"] == {"maxUnavailable": 1}
+    assert (kafka["version"], kafka["listeners"], kafka["authorization"]) == (
+        dev_kafka["version"], dev_kafka["listeners"], dev_kafka["authorization"]
+    )  # fmt: skip
+    topics = {d["spec"]["topicName"]: d["spec"] for d in production if d["kind"] == "KafkaTopic"}
+    dev_topics = {d["spec"]["topicName"]: d["spec"] for d in development if d["kind"] == "KafkaTopic"}
+    assert topics.keys() == dev_topics.keys()
+    for name, spec in topics.items():
+        assert (spec["replicas"], spec["config"]["min.insync.replicas"]) == (3, 2), name
+        assert spec["partitions"] == dev_topics[name]["partitions"]
+        assert spec["config"]["retention.ms"] == dev_topics[name]["config"]["retention.ms"]
+    users = [d for d in production if d["kind"] == "KafkaUser"]
+    assert users == [d for d in development if d["kind"] == "KafkaUser"]
+
+
 def test_strimzi_kafka_keeps_its_volume_when_the_cluster_is_deleted() -> None:
-    """deleteClaim: false on every persistent volume of every KafkaNodePool: re-creating the
-    Kafka cluster must not hand PostgreSQL's stored positions an empty log."""
+    """deleteClaim: false on every persistent volume of every KafkaNodePool (development and
+    production profiles): re-creating the Kafka cluster must not hand PostgreSQL's stored
+    positions an empty log."""
     pools = [
-        d for d in yaml.safe_load_all((REPO / "k8s" / "kafka.yaml").read_text()) if d and d["kind"] == "KafkaNodePool"
+        d
+        for manifest in ("kafka.yaml", "kafka-production.yaml")
+        for d in yaml.safe_load_all((REPO / "k8s" / manifest).read_text())
+        if d and d["kind"] == "KafkaNodePool"
     ]
-    assert pools
+    assert len(pools) == 2
     for pool in pools:
         storage = pool["spec"]["storage"]
         volumes = storage.get("volumes", [storage])
