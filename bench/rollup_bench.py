@@ -70,7 +70,7 @@ def main() -> None:
                 summary.rollup_copy(60)
                 summary.rollup_copy(3600)
                 aggregated = time.perf_counter()
-                buckets.append(rollups.upsert(cur, summary))
+                buckets.append(rollups.upsert(cur, summary, rollups.batch_slot(summary)))
                 done = time.perf_counter()
             conn.commit()
             copy_s.append(copied - began)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from iot_consumer.alerts.engine import AlertEngine, AlertEvent, Evaluation
 from iot_consumer.alerts.rules import load_rules, parse_rules
 from iot_consumer.readings import Reading
-from iot_consumer.summary import summary_of
+from iot_consumer.summary import summary_of, to_micros
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SENSOR = str(uuid.UUID(int=1))
@@ -461,3 +461,24 @@ def test_a_fleet_whose_last_readings_spread_over_seconds_is_still_one_storm() ->
         ("opened", "sensor_silencioso:storm", partition, 180.0) for partition in range(3)
     ]
     assert engine.storm_sensors(STORMY.silence[0]) == 540
+
+
+def test_an_old_reading_sent_again_does_not_make_a_sensor_look_silent_earlier() -> None:
+    """Heard at +50 s, then a gateway re-sends its reading of +0 s: the sensor was still heard at
+    +50, so at +61 s it is not silent (its last heard never moves backwards)."""
+    engine = AlertEngine(SILENCE)
+    heard(engine, [SENSOR, OTHER], T0)
+    heard(engine, [SENSOR, OTHER], T0 + timedelta(seconds=50))
+    heard(engine, [SENSOR], T0)
+    assert engine.last_seen[SENSOR][1] == T0 + timedelta(seconds=50)
+    assert opened(sweep(engine, T0 + timedelta(seconds=61))) == []
+
+
+def test_two_wheel_entries_of_one_sensor_open_one_alert() -> None:
+    """A stale silence-wheel entry beside a fresh one (a sensor forgotten, then heard again before
+    the stale entry was taken): both fall due together, one alert opens."""
+    engine = AlertEngine(SILENCE)
+    heard(engine, [SENSOR], T0)
+    engine._wheels[0].push(0, to_micros(T0) + 60_000_000, SENSOR)  # the stale twin
+    ev = sweep(engine, T0 + timedelta(seconds=61))
+    assert [e.state.sensor_id for e in opened(ev)] == [SENSOR]

@@ -22,6 +22,7 @@ import psycopg2.extensions
 from iot_common.schema import InvalidReading, ReadingLimits, validate_reading
 from iot_consumer.batch import Batch
 from iot_consumer.migrations import create_day_partitions
+from iot_consumer.rollups import REPLAY_SLOT
 from iot_consumer.sink import store_rows
 
 CHUNK = 1000
@@ -159,7 +160,7 @@ def replay(
                     replayed_ids.append(int(letter_id))
                 if replayed_ids:
                     create_day_partitions(cur, rows.days)
-                    store_rows(cur, rows)
+                    store_rows(cur, rows, slot=REPLAY_SLOT)
                     cur.execute(
                         "UPDATE dead_letters SET replayed_at = now(), replay_id = %s WHERE id = ANY(%s)",
                         (result.replay_id, replayed_ids),

@@ -143,20 +143,24 @@ FLEET_REBUILD_SQL = ";\n".join(
 )
 
 
+# A dead-letter replay's fleet rows: a slot no consumer's batch uses, so a replay's long
+# transaction never holds a row a live replica waits for.
+REPLAY_SLOT = 32767
+
+
 def batch_slot(summary: BatchSummary) -> int:
     """The fleet rows' slot of a batch: its lowest partition (a replica's own, so replicas do not
     contend for fleet rows; any value is correct, readers add the slots up)."""
     return min((partition for partition, _ in summary.clocks()), default=0)
 
 
-def upsert(cur: psycopg2.extensions.cursor, summary: BatchSummary) -> int:
+def upsert(cur: psycopg2.extensions.cursor, summary: BatchSummary, slot: int) -> int:
     """Add the batch's buckets to both rollups and both fleet rollups inside the caller's
-    transaction; the minute buckets touched. The days' partitions of the rollups exist whenever
-    ``sensores``' do (``iot_ensure_sensores_partition`` creates all three)."""
+    transaction, fleet rows under ``slot``; the minute buckets touched. The days' partitions of
+    the rollups exist whenever ``sensores``' do (``iot_ensure_sensores_partition`` creates all three)."""
     minute_rows = summary.rollup_copy(60)
     if not minute_rows:
         return 0
-    slot = batch_slot(summary)
     cur.execute(STAGE_SQL)
     for table, rows in zip(TABLES, (minute_rows, summary.rollup_copy(3600)), strict=True):
         cur.copy_expert("COPY rollup_stage FROM STDIN", io.BytesIO(rows), size=1 << 20)

@@ -43,23 +43,26 @@ __all__ = ["COPY_SQL", "FencedError", "PostgresSink", "StoredPosition", "store_r
 
 
 def store_rows(
-    cur: psycopg2.extensions.cursor, batch: Batch, duplicates: DuplicatePolicy = DuplicatePolicy.KEEP
+    cur: psycopg2.extensions.cursor,
+    batch: Batch,
+    duplicates: DuplicatePolicy = DuplicatePolicy.KEEP,
+    slot: int | None = None,
 ) -> tuple[float, float]:
-    """The batch's rows into ``sensores`` and its summary into both rollups, inside the caller's
-    transaction (the days' partitions exist). Sets ``batch.duplicates_dropped`` under
-    ``DuplicatePolicy.DROP``. Returns the seconds spent on the rows and on the rollups."""
+    """The batch's rows into ``sensores`` and its summary into the rollups, inside the caller's
+    transaction (the days' partitions exist); fleet rows under ``slot`` (default: the batch's own,
+    rollups.batch_slot). Sets ``batch.duplicates_dropped`` under ``DuplicatePolicy.DROP``.
+    Returns the seconds spent on the rows and on the rollups."""
     if not batch.rows:
         return 0.0, 0.0
     started = time.perf_counter()
+    slot = rollups.batch_slot(batch.summary) if slot is None else slot
     if duplicates is DuplicatePolicy.DROP:
         # The rows actually inserted feed the rollups, in the same statement (duplicates.py).
-        batch.duplicates_dropped = insert_new_readings(
-            cur, batch.copy_payload(), batch.rows, rollups.batch_slot(batch.summary)
-        )
+        batch.duplicates_dropped = insert_new_readings(cur, batch.copy_payload(), batch.rows, slot)
         return time.perf_counter() - started, 0.0
     cur.copy_expert(COPY_SQL, io.BytesIO(batch.copy_payload()), size=1 << 20)
     copied = time.perf_counter()
-    rollups.upsert(cur, batch.summary)
+    rollups.upsert(cur, batch.summary, slot)
     return copied - started, time.perf_counter() - copied
 
 

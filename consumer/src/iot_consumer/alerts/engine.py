@@ -220,19 +220,7 @@ class AlertEngine:
     def apply(self, evaluation: Evaluation) -> None:
         """Adopt an evaluation whose writes committed."""
         self._unadopted = None
-        for sensor, (partition, stamp) in evaluation.seen.items():
-            before = self.last_seen.of(sensor)
-            self.last_seen.note(sensor, partition, to_micros(stamp))
-            if before is None:
-                self._known[partition] += 1
-                if self.forget_us is not None:
-                    self._forget_wheel.push(partition, to_micros(stamp) + self.forget_us, sensor)
-                for index, rule in enumerate(self.rules.silence):
-                    if (sensor, rule.name) not in self.states:
-                        self._arm(index, sensor)
-            elif before[0] != partition:  # its entries follow it lazily (see _take_silent)
-                self._known[before[0]] -= 1
-                self._known[partition] += 1
+        self._note_heard(evaluation.seen)
         for key, state in evaluation.states.items():
             before_state = self.states.get(key)
             if state is None:
@@ -276,6 +264,26 @@ class AlertEngine:
             if partition not in self.clocks or clock > self.clocks[partition]:
                 self.clocks[partition] = clock
         self._forget(evaluation.forgotten)
+
+    def _note_heard(self, seen: Mapping[str, tuple[int, datetime]]) -> None:
+        """The batch's newest reading per sensor becomes its last heard - never an older one (a
+        reading sent again); a new sensor is armed on every silence wheel and the forget wheel."""
+        for sensor, (partition, stamp) in seen.items():
+            before = self.last_seen.of(sensor)
+            stamp_us = to_micros(stamp)
+            if before is not None and stamp_us < before[1]:
+                continue
+            self.last_seen.note(sensor, partition, stamp_us)
+            if before is None:
+                self._known[partition] += 1
+                if self.forget_us is not None:
+                    self._forget_wheel.push(partition, stamp_us + self.forget_us, sensor)
+                for index, rule in enumerate(self.rules.silence):
+                    if (sensor, rule.name) not in self.states:
+                        self._arm(index, sensor)
+            elif before[0] != partition:  # its entries follow it lazily (see _take_silent)
+                self._known[before[0]] -= 1
+                self._known[partition] += 1
 
     def _forget(self, forgotten: list[tuple[int, int, str]]) -> None:
         """Drop sensors not heard for forget_after. Their wheel entries go lazily (a forgotten
@@ -543,7 +551,7 @@ class AlertEngine:
                 if heard[0] != partition:
                     back.append((partition, deadline, sensor))
                     continue
-                last_us = to_micros(heard[1])
+                last_us = max(known_us, to_micros(heard[1]))
             if last_us + limit > clock_us:
                 back.append((partition, deadline, sensor))  # committed deadline: never later than the true one
                 continue
@@ -592,6 +600,8 @@ class AlertEngine:
         for last_us, deadline, sensor in silent:
             if ev.silence_opens >= self.max_silence_opens or deadline > clock_us - window_us:
                 wheel.push(partition, deadline, sensor)  # still due: a later evaluation opens it
+                continue
+            if (sensor, rule.name) in ev.states:  # a stale entry beside a fresh one (forgotten, heard again)
                 continue
             last = from_micros(last_us)
             state = AlertState(sensor, rule.name, partition, "firing", last)
