@@ -84,7 +84,7 @@ def latest_per_sensor(
 
 
 # Up to this many rows are counted exactly; beyond, the fleet rollup's sketches estimate (a
-# million sensors' hour is a million rows: an exact distinct count of them took ~0.5 s).
+# million sensors' hour is a million rows to count distinct).
 EXACT_COUNT_LIMIT = 100_000
 
 

@@ -46,7 +46,7 @@ STORM_SUFFIX = ":storm"
 # One evaluation opens at most this many alerts of a silence rule; the others stay due and open
 # in the next ones (each is a batch's or an idle sweep's transaction: bounded work per commit).
 MAX_SILENCE_OPENS_PER_EVALUATION = 5_000
-# ... and forgets at most this many sensors (a dict deletion each: ~50 ms per 100,000).
+# ... and forgets at most this many sensors (a dict deletion each), the others staying due.
 MAX_FORGOTTEN_PER_EVALUATION = 100_000
 
 
