@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-skaffold test-k8s test-chaos test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-dashboard-fleet bench-rollups bench-exporter bench-fleet clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-skaffold test-k8s test-chaos test-chaos-cluster test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-dashboard-fleet bench-rollups bench-exporter bench-fleet clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -45,8 +45,9 @@ lock: ## Regenerate the hashed dependency locks after changing a pyproject.toml 
 	test -x $(BIN)/uv || $(MAKE) dev
 	scripts/lock.sh
 
-stack-up: ## Start Kafka 4.3.1 (localhost:9092, topic iot_sensores) and PostgreSQL (localhost:5432)
-	stack/stack.sh up
+BROKERS ?= 1
+stack-up: ## Start Kafka 4.3.1 (localhost:9092, topic iot_sensores) and PostgreSQL (localhost:5432); BROKERS=3: three nodes, RF 3, min ISR 2
+	KAFKA_BROKERS=$(BROKERS) stack/stack.sh up
 
 stack-down: ## Stop Kafka and PostgreSQL (no process left behind)
 	stack/stack.sh down
@@ -82,8 +83,9 @@ test-unit: dev ## Unit tests only (no servers needed)
 test-integration: dev stack-up ## Integration tests against the local Kafka and PostgreSQL
 	scripts/pytest.sh -m "integration and not chaos" tests
 
-test: dev lint typecheck test-native stack-up ## Lint, types, the C units under sanitizers, unit, integration, a short chaos run, deployment, image, Compose, Kubernetes tests
+test: dev lint typecheck test-native stack-up ## Lint, types, the C units under sanitizers, unit, integration, a short chaos run, deployment, image, Compose, Kubernetes tests, chaos on three brokers
 	scripts/pytest.sh -m "not chaos" tests
+	tests/harness/kafka_cluster.sh run scripts/pytest.sh -m "chaos and cluster" tests/chaos/test_cluster.py
 
 test-native: dev ## The native decoder under AddressSanitizer + UBSan: its C test driver, then the fuzz tests on a sanitizer build
 	consumer/fastpath/tests/sanitize.sh
@@ -98,7 +100,10 @@ test-k8s: dev stack-up ## helm install, the README's commands and skaffold dev o
 	scripts/pytest.sh -m k8s tests/k8s
 
 test-chaos: dev stack-up ## Faults for minutes: kill -9, SIGTERM, PostgreSQL and Kafka restarts (bench/results/chaos.md)
-	scripts/pytest.sh -m chaos tests/chaos
+	scripts/pytest.sh -m "chaos and not cluster" tests/chaos
+
+test-chaos-cluster: dev ## Three brokers in network namespaces: leader kill -9, a broker away 60 s, rolling restart, isolation (root, ~10 min; bench/results/chaos_cluster.md)
+	tests/harness/kafka_cluster.sh run scripts/pytest.sh -m "chaos and cluster" tests/chaos/test_cluster.py
 
 bench: dev stack-up ## All benchmarks side by side (~30 min): bench/results/ and docs/BENCHMARKS.md
 	$(BIN)/python -m bench.run_all

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Native local stack for iot-monitor: Apache Kafka 4.3.1 (KRaft, one combined node) from
-# Maven Central jars, and a PostgreSQL server from the machine's packages. No Docker.
+# Native local stack for iot-monitor: Apache Kafka 4.3.1 (KRaft, combined broker+controller
+# nodes) from Maven Central jars, and a PostgreSQL server from the machine's packages. No Docker.
 #
 #   stack/stack.sh up     [kafka|postgres]   start (idempotent), create topic, role, database
 #   stack/stack.sh down   [kafka|postgres]   stop; leaves no process behind
 #   stack/stack.sh status                    what runs, where, and where its logs are
 #   stack/stack.sh restart [kafka|postgres]
+#   stack/stack.sh node   up|down|kill N     one Kafka node of a cluster: start, stop (SIGTERM), SIGKILL
+#
+# KAFKA_BROKERS=3 (make stack-up BROKERS=3) runs three nodes, as production does: replication
+# factor 3 and min.insync.replicas 2 for the topics and the internal topics. Node N listens on
+# KAFKA_PORT + 10*(N-1) (9092, 9102, 9112; controllers 9093, ...; SASL_SSL 9095, ...) on its
+# entry of KAFKA_NODE_HOSTS (default localhost), and runs under KAFKA_NODE_EXEC with {node}
+# replaced by N (the three-broker chaos test puts each node in its own network namespace).
+# The default stays one node with replication factor 1.
 #
 # Everything lives under $STACK_DIR (default: <repo>/.stack). Settings come from the
 # environment with the same names the services read (KAFKA_*, POSTGRES_*).
@@ -22,6 +30,9 @@ KAFKA_TOPIC=${KAFKA_TOPIC:-iot_sensores}
 KAFKA_PARTITIONS=${KAFKA_PARTITIONS:-6}
 KAFKA_ALERTS_TOPIC=${KAFKA_ALERTS_TOPIC:-iot_alertas}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
+KAFKA_BROKERS=${KAFKA_BROKERS:-1}
+KAFKA_NODE_HOSTS=${KAFKA_NODE_HOSTS:-}
+KAFKA_NODE_EXEC=${KAFKA_NODE_EXEC:-}
 POSTGRES_PORT=${POSTGRES_PORT:-5432}
 POSTGRES_DB=${POSTGRES_DB:-iot}
 POSTGRES_USER=${POSTGRES_USER:-iot}
@@ -31,10 +42,9 @@ POSTGRES_USER=${POSTGRES_USER:-iot}
 STACK_SECRETS=$STACK_DIR/secrets.env
 
 KAFKA_HOME=$STACK_DIR/kafka
-KAFKA_LIBS=$KAFKA_HOME/libs
-KAFKA_DATA=$KAFKA_HOME/data
+# The jars may be shared between stacks (a test stack reuses the main one's; a stamp keeps them current).
+KAFKA_LIBS=${KAFKA_LIBS:-$KAFKA_HOME/libs}
 KAFKA_LOGS=$KAFKA_HOME/logs
-KAFKA_PID=$KAFKA_HOME/kafka.pid
 KAFKA_TLS=$KAFKA_HOME/tls
 PG_HOME=$STACK_DIR/postgres
 
@@ -79,18 +89,55 @@ kafka_tool() {
     -Dkafka.logs.dir="$KAFKA_LOGS/tools" "$@"
 }
 
+# ---- the nodes: one (the default, in $KAFKA_HOME as it always was) or a cluster of N
+[[ $KAFKA_BROKERS =~ ^[1-9]$ ]] || die "KAFKA_BROKERS must be a number of nodes from 1 to 9, not '$KAFKA_BROKERS'"
+read -r -a NODE_HOSTS <<<"$KAFKA_NODE_HOSTS"
+if ((${#NODE_HOSTS[@]} > 0 && ${#NODE_HOSTS[@]} != KAFKA_BROKERS)); then
+  die "KAFKA_NODE_HOSTS lists ${#NODE_HOSTS[@]} hosts for $KAFKA_BROKERS nodes"
+fi
+# Replication as production runs it once there are three nodes: RF 3, min ISR 2 (acks=all then
+# survives one node down); with two, RF 2 and min ISR 1; with one, RF 1.
+KAFKA_REPLICATION=$((KAFKA_BROKERS < 3 ? KAFKA_BROKERS : 3))
+KAFKA_MIN_ISR=$((KAFKA_REPLICATION > 1 ? KAFKA_REPLICATION - 1 : 1))
+
+nodes() { seq 1 "$KAFKA_BROKERS"; }
+node_host() { echo "${NODE_HOSTS[$(($1 - 1))]:-localhost}"; }
+node_port() { echo $((KAFKA_PORT + 10 * ($1 - 1))); }
+node_controller_port() { echo $((KAFKA_CONTROLLER_PORT + 10 * ($1 - 1))); }
+node_sasl_port() { echo $((KAFKA_SASL_PORT + 10 * ($1 - 1))); }
+node_home() { if ((KAFKA_BROKERS == 1)); then echo "$KAFKA_HOME"; else echo "$KAFKA_HOME/node-$1"; fi; }
+node_pidfile() { echo "$(node_home "$1")/kafka.pid"; }
+node_logs() { if ((KAFKA_BROKERS == 1)); then echo "$KAFKA_LOGS"; else echo "$(node_home "$1")/logs"; fi; }
+node_open() { (exec 3<>"/dev/tcp/$(node_host "$1")/$(node_port "$1")") 2>/dev/null; }
+bootstrap() {
+  local n out=()
+  for n in $(nodes); do out+=("$(node_host "$n"):$(node_port "$n")"); done
+  (IFS=,; echo "${out[*]}")
+}
+any_node_open() { local n; for n in $(nodes); do node_open "$n" && return 0; done; return 1; }
+# The bootstrap of a node that answers (the tools need one that is up).
+live_bootstrap() {
+  local n
+  for n in $(nodes); do node_open "$n" && { echo "$(node_host "$n"):$(node_port "$n")"; return; }; done
+  bootstrap
+}
+
 kafka_tls() {
   # A private CA and a broker certificate for localhost, for the SASL_SSL listener.
   [[ -f $KAFKA_TLS/broker-keystore.pem && -f $KAFKA_TLS/ca.pem ]] && return
   command -v openssl >/dev/null || die "openssl is required for the SASL_SSL listener: apt-get install openssl"
   mkdir -p "$KAFKA_TLS"
+  local san="DNS:localhost,IP:127.0.0.1" host
+  for host in "${NODE_HOSTS[@]}"; do
+    if [[ $host =~ ^[0-9.]+$ ]]; then san+=",IP:$host"; elif [[ $host != localhost ]]; then san+=",DNS:$host"; fi
+  done
   (
     umask 077  # the CA's and the broker's private keys
     cd "$KAFKA_TLS"
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=iot-monitor local CA" \
       -keyout ca.key -out ca.pem >/dev/null 2>&1
     openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout broker.key -out broker.csr >/dev/null 2>&1
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+    printf 'subjectAltName=%s\n' "$san" >san.ext
     openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile san.ext -out broker.pem >/dev/null 2>&1
     openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.pk8
@@ -106,73 +153,116 @@ kafka_scram_user() {
   local config=$KAFKA_HOME/scram.properties
   # (In a file the value has no brackets: --add-config-file reads a properties file.)
   (umask 077 && printf 'SCRAM-SHA-512=iterations=4096,password=%s\n' "$STACK_SCRAM_PASSWORD" >"$config")
-  kafka_tool kafka.admin.ConfigCommand --bootstrap-server "localhost:$KAFKA_PORT" --alter \
+  kafka_tool kafka.admin.ConfigCommand --bootstrap-server "$(live_bootstrap)" --alter \
     --add-config-file "$config" --entity-type users --entity-name "$STACK_SCRAM_USER" >/dev/null \
     2>/dev/null || { rm -f "$config"; die "could not create SCRAM user $STACK_SCRAM_USER (the tool's message would show the password)"; }
   rm -f "$config"
-  log "SASL_SSL listener on localhost:$KAFKA_SASL_PORT (SCRAM-SHA-512 user $STACK_SCRAM_USER, CA $KAFKA_TLS/ca.pem)"
+  log "SASL_SSL listener on $(node_host 1):$KAFKA_SASL_PORT (SCRAM-SHA-512 user $STACK_SCRAM_USER, CA $KAFKA_TLS/ca.pem)"
+}
+
+kafka_cluster_id() {
+  # One id for every node of the cluster, kept beside them.
+  local file=$KAFKA_HOME/cluster-id-$KAFKA_BROKERS
+  [[ -s $file ]] || kafka_tool kafka.tools.StorageTool random-uuid >"$file"
+  cat "$file"
+}
+
+node_config() {  # node_config N: render node N's server.properties
+  local n=$1 voters="" v home
+  home=$(node_home "$n")
+  for v in $(nodes); do voters+="${voters:+,}$v@$(node_host "$v"):$(node_controller_port "$v")"; done
+  sed -e "s|@NODE_ID@|$n|g" -e "s|@HOST@|$(node_host "$n")|g" -e "s|@VOTERS@|$voters|g" \
+      -e "s|@KAFKA_PORT@|$(node_port "$n")|g" -e "s|@CONTROLLER_PORT@|$(node_controller_port "$n")|g" \
+      -e "s|@KAFKA_SASL_PORT@|$(node_sasl_port "$n")|g" -e "s|@TLS_DIR@|$KAFKA_TLS|g" \
+      -e "s|@DATA_DIR@|$home/data|g" -e "s|@PARTITIONS@|$KAFKA_PARTITIONS|g" \
+      -e "s|@REPLICATION@|$KAFKA_REPLICATION|g" -e "s|@MIN_ISR@|$KAFKA_MIN_ISR|g" \
+      "$REPO_DIR/stack/kafka/server.properties.template" >"$home/server.properties"
+}
+
+node_start() {  # node_start N: launch node N unless it runs (does not wait for it)
+  local n=$1 home logs pidfile
+  home=$(node_home "$n"); logs=$(node_logs "$n"); pidfile=$(node_pidfile "$n")
+  mkdir -p "$home/data" "$logs"
+  if pid_alive "$pidfile"; then return; fi
+  if node_open "$n"; then
+    local other
+    for other in "$KAFKA_HOME/kafka.pid" "$KAFKA_HOME"/node-*/kafka.pid; do
+      if [[ $other != "$pidfile" ]] && pid_alive "$other"; then
+        die "this stack's Kafka already runs with another number of nodes ($other): make stack-down, then KAFKA_BROKERS=$KAFKA_BROKERS (make stack-up BROKERS=$KAFKA_BROKERS)"
+      fi
+    done
+    die "port $(node_host "$n"):$(node_port "$n") is taken by another process (not this stack's Kafka); set KAFKA_PORT"
+  fi
+  node_config "$n"
+  if [[ ! -f $home/data/meta.properties ]]; then
+    log "formatting KRaft storage of node $n in $home/data"
+    kafka_tool kafka.tools.StorageTool format --cluster-id "$(kafka_cluster_id)" \
+      --config "$home/server.properties" --ignore-formatted >&2
+  fi
+  log "starting Kafka $KAFKA_VERSION (KRaft) node $n on $(node_host "$n"):$(node_port "$n"), logs in $logs"
+  local prefix=()
+  [[ -n $KAFKA_NODE_EXEC ]] && read -r -a prefix <<<"${KAFKA_NODE_EXEC//\{node\}/$n}"
+  # setsid: the broker outlives this script and is not killed by the caller's Ctrl-C.
+  # shellcheck disable=SC2086  # the heap options are words
+  setsid nohup "${prefix[@]}" java $KAFKA_HEAP_OPTS -XX:+UseG1GC -cp "$KAFKA_LIBS/*" \
+    -Dlog4j2.configurationFile="$REPO_DIR/stack/kafka/log4j2.properties" \
+    -Dkafka.logs.dir="$logs" kafka.Kafka "$home/server.properties" \
+    >"$logs/stdout.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+}
+
+node_wait() {  # node_wait N: until node N accepts clients (a cluster's node waits for its quorum)
+  local n=$1 waited=0 pidfile logs
+  pidfile=$(node_pidfile "$n"); logs=$(node_logs "$n")
+  until node_open "$n"; do
+    pid_alive "$pidfile" || die "Kafka node $n exited during start; see $logs/server.log and $logs/stdout.log"
+    ((waited++ < 360)) || die "Kafka node $n did not open $(node_host "$n"):$(node_port "$n") within 180 s; see $logs/server.log"
+    sleep 0.5
+  done
 }
 
 kafka_up() {
   require_java
-  mkdir -p "$KAFKA_HOME" "$KAFKA_DATA" "$KAFKA_LOGS"
+  mkdir -p "$KAFKA_HOME" "$KAFKA_LOGS"
   kafka_classpath
   kafka_tls
-  if pid_alive "$KAFKA_PID"; then
-    log "kafka already running (pid $(cat "$KAFKA_PID")) on localhost:$KAFKA_PORT"
-  else
-    port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (not this stack's Kafka); set KAFKA_PORT"
-    sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" -e "s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
-        -e "s|@KAFKA_SASL_PORT@|$KAFKA_SASL_PORT|g" -e "s|@TLS_DIR@|$KAFKA_TLS|g" \
-        -e "s|@DATA_DIR@|$KAFKA_DATA|g" -e "s|@PARTITIONS@|$KAFKA_PARTITIONS|g" \
-        "$REPO_DIR/stack/kafka/server.properties.template" >"$KAFKA_HOME/server.properties"
-    if [[ ! -f $KAFKA_DATA/meta.properties ]]; then
-      log "formatting KRaft storage in $KAFKA_DATA"
-      local cluster_id
-      cluster_id=$(kafka_tool kafka.tools.StorageTool random-uuid)
-      kafka_tool kafka.tools.StorageTool format --cluster-id "$cluster_id" \
-        --config "$KAFKA_HOME/server.properties" --ignore-formatted >&2
+  local n
+  # Every node first, then the wait: a cluster's node serves only once a quorum of voters runs.
+  for n in $(nodes); do
+    if pid_alive "$(node_pidfile "$n")"; then
+      log "kafka node $n already running (pid $(cat "$(node_pidfile "$n")")) on $(node_host "$n"):$(node_port "$n")"
+    else
+      node_start "$n"
     fi
-    log "starting Kafka $KAFKA_VERSION (KRaft) on localhost:$KAFKA_PORT, logs in $KAFKA_LOGS"
-    # setsid: the broker outlives this script and is not killed by the caller's Ctrl-C.
-    setsid nohup java $KAFKA_HEAP_OPTS -XX:+UseG1GC -cp "$KAFKA_LIBS/*" \
-      -Dlog4j2.configurationFile="$REPO_DIR/stack/kafka/log4j2.properties" \
-      -Dkafka.logs.dir="$KAFKA_LOGS" kafka.Kafka "$KAFKA_HOME/server.properties" \
-      >"$KAFKA_LOGS/stdout.log" 2>&1 </dev/null &
-    echo $! >"$KAFKA_PID"
-    local waited=0
-    until port_open "$KAFKA_PORT"; do
-      pid_alive "$KAFKA_PID" || die "Kafka exited during start; see $KAFKA_LOGS/server.log and $KAFKA_LOGS/stdout.log"
-      ((waited++ < 360)) || die "Kafka did not open port $KAFKA_PORT within 180 s; see $KAFKA_LOGS/server.log"
-      sleep 0.5
-    done
-  fi
+  done
+  for n in $(nodes); do node_wait "$n"; done
   kafka_ensure_topic "$KAFKA_TOPIC"
   kafka_ensure_topic "$KAFKA_ALERTS_TOPIC"
   kafka_scram_user
+  ((KAFKA_BROKERS == 1)) || log "cluster of $KAFKA_BROKERS nodes: KAFKA_BOOTSTRAP_SERVERS=$(bootstrap) (replication factor $KAFKA_REPLICATION, min.insync.replicas $KAFKA_MIN_ISR)"
 }
 
 kafka_ensure_topic() {
   local topic=$1 attempt out
   for attempt in $(seq 1 30); do
-    if out=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
+    if out=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(live_bootstrap)" \
         --create --if-not-exists --topic "$topic" --partitions "$KAFKA_PARTITIONS" \
-        --replication-factor 1 2>&1); then
+        --replication-factor "$KAFKA_REPLICATION" 2>&1); then
       break
     fi
     ((attempt < 30)) || die "could not create topic $topic: $out"
     sleep 1
   done
   local partitions
-  partitions=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
+  partitions=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(live_bootstrap)" \
     --describe --topic "$topic" 2>/dev/null | grep -o 'PartitionCount: [0-9]*' | grep -o '[0-9]*' || true)
   if [[ -n $partitions && $partitions -lt $KAFKA_PARTITIONS ]]; then
     log "topic $topic has $partitions partitions; raising to $KAFKA_PARTITIONS"
-    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
+    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(live_bootstrap)" \
       --alter --topic "$topic" --partitions "$KAFKA_PARTITIONS" >&2
     partitions=$KAFKA_PARTITIONS
   fi
-  log "topic $topic ready ($partitions partitions)"
+  log "topic $topic ready ($partitions partitions, replication factor $KAFKA_REPLICATION)"
 }
 
 stop_pid() {
@@ -191,7 +281,27 @@ stop_pid() {
   rm -f "$pidfile"
 }
 
-kafka_down() { stop_pid "$KAFKA_PID" kafka; }
+kafka_down() {
+  # Every node this stack runs, whatever KAFKA_BROKERS says now; a cluster's nodes stop together
+  # (one by one, the last would wait for a quorum that left before it).
+  local pidfile
+  for pidfile in "$KAFKA_HOME/kafka.pid" "$KAFKA_HOME"/node-*/kafka.pid; do
+    [[ -f $pidfile ]] && stop_pid "$pidfile" "kafka $(basename "$(dirname "$pidfile")")" &
+  done
+  wait
+}
+
+node_command() {  # node up|down|kill N
+  local action=${1:-} n=${2:-}
+  [[ $n =~ ^[1-9]$ ]] && ((n <= KAFKA_BROKERS)) || die "usage: stack/stack.sh node up|down|kill N (1..$KAFKA_BROKERS)"
+  case $action in
+    up)   require_java; kafka_classpath; kafka_tls; node_start "$n"; node_wait "$n" ;;
+    down) stop_pid "$(node_pidfile "$n")" "kafka node $n" ;;
+    kill) pid_alive "$(node_pidfile "$n")" && { log "SIGKILL kafka node $n (pid $(cat "$(node_pidfile "$n")"))"; kill -KILL "$(cat "$(node_pidfile "$n")")"; }
+          rm -f "$(node_pidfile "$n")" ;;
+    *)    die "usage: stack/stack.sh node up|down|kill N" ;;
+  esac
+}
 
 # ---------------------------------------------------------------- PostgreSQL
 pg_bindir() {
@@ -338,19 +448,21 @@ pg_down() {
 
 # ---------------------------------------------------------------- status
 status() {
-  local rc=0
-  if pid_alive "$KAFKA_PID" && port_open "$KAFKA_PORT"; then
-    echo "kafka     running  pid $(cat "$KAFKA_PID")  localhost:$KAFKA_PORT  logs $KAFKA_LOGS/server.log"
-  else
-    echo "kafka     stopped"; rc=1
-  fi
+  local rc=0 n
+  for n in $(nodes); do
+    if pid_alive "$(node_pidfile "$n")" && node_open "$n"; then
+      echo "kafka     running  pid $(cat "$(node_pidfile "$n")")  $(node_host "$n"):$(node_port "$n")  logs $(node_logs "$n")/server.log"
+    else
+      echo "kafka     stopped  $(node_host "$n"):$(node_port "$n")"; rc=1
+    fi
+  done
   if [[ -e $PG_HOME/data/PG_VERSION ]] && as_pg "$(pg_bindir)/pg_ctl" -D "$PG_HOME/data" status >/dev/null 2>&1; then
     echo "postgres  running  pid $(head -1 "$PG_HOME/data/postmaster.pid")  localhost:$POSTGRES_PORT  db $POSTGRES_DB  log $PG_HOME/postgres.log"
   else
     echo "postgres  stopped"; rc=1
   fi
-  if pid_alive "$KAFKA_PID"; then
-    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "localhost:$KAFKA_PORT" \
+  if any_node_open; then
+    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(live_bootstrap)" \
       --describe --topic "$KAFKA_TOPIC" 2>/dev/null | head -1 | sed 's/^/topic     /' || true
   fi
   return $rc
@@ -364,5 +476,6 @@ case $cmd in
   down)    resolve_pg_home; for c in $(components "$@"); do case $c in kafka) kafka_down ;; postgres) pg_down ;; *) die "unknown component '$c' (kafka|postgres)";; esac; done ;;
   restart) "$0" down "$@"; "$0" up "$@" ;;
   status)  resolve_pg_home; status ;;
-  *)       die "usage: stack/stack.sh up|down|restart [kafka|postgres] | status" ;;
+  node)    node_command "$@" ;;
+  *)       die "usage: stack/stack.sh up|down|restart [kafka|postgres] | status | node up|down|kill N" ;;
 esac

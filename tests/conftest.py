@@ -24,17 +24,18 @@ from tests.helpers import Service, Stack, create_topic, delete_topic
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 @pytest.fixture(scope="session")
 def stack() -> Stack:
     """The running local stack; started here if it is not up yet."""
     info = Stack.from_env(REPO)
-    if not (_port_open(info.kafka_port) and _port_open(info.postgres_port)):
+    kafka_host, _, kafka_port = info.bootstrap.split(",")[0].rpartition(":")
+    if not (_port_open(int(kafka_port), kafka_host) and _port_open(info.postgres_port)):
         subprocess.run([str(REPO / "stack" / "stack.sh"), "up"], check=True)
     return info
 
@@ -45,7 +46,7 @@ def topic(stack: Stack, request: pytest.FixtureRequest) -> Iterator[str]:
     marker = request.node.get_closest_marker("partitions")
     partitions = marker.args[0] if marker else 6
     name = f"test_{request.node.name[:40].replace('[', '_').replace(']', '')}_{uuid.uuid4().hex[:8]}"
-    create_topic(stack.bootstrap, name, partitions)
+    create_topic(stack.bootstrap, name, partitions, stack.replication_factor)
     yield name
     delete_topic(stack.bootstrap, name)
 

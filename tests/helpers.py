@@ -63,16 +63,28 @@ class Stack:
     postgres_port: int
     pg_user: str
     stack_dir: Path
+    # A cluster's nodes (stack/stack.sh with KAFKA_BROKERS=3); one node on localhost otherwise.
+    kafka_bootstrap: str = ""
+    brokers: int = 1
 
     @classmethod
     def from_env(cls, repo: Path) -> Stack:
+        kafka_port = int(os.environ.get("KAFKA_PORT", "9092"))
+        brokers = int(os.environ.get("KAFKA_BROKERS", "1"))
         return cls(
             repo=repo,
-            kafka_port=int(os.environ.get("KAFKA_PORT", "9092")),
+            kafka_port=kafka_port,
             postgres_port=int(os.environ.get("POSTGRES_PORT", "5432")),
             pg_user=os.environ.get("POSTGRES_USER", "iot"),
             stack_dir=Path(os.environ.get("STACK_DIR", repo / ".stack")),
+            kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "") if brokers > 1 else "",
+            brokers=brokers,
         )
+
+    @property
+    def replication_factor(self) -> int:
+        """What stack/stack.sh gives its topics: 3 on a cluster of three, 1 on one node."""
+        return min(self.brokers, 3)
 
     def secret(self, name: str) -> str:
         """One of the stack's development passwords: the environment's, else the one
@@ -100,7 +112,7 @@ class Stack:
 
     @property
     def bootstrap(self) -> str:
-        return f"localhost:{self.kafka_port}"
+        return self.kafka_bootstrap or f"localhost:{self.kafka_port}"
 
     def admin_connection(self) -> psycopg2.extensions.connection:
         """Superuser over the stack's unix socket (trust auth), for creating test databases."""
@@ -142,10 +154,10 @@ class Stack:
         subprocess.run([str(self.repo / "stack" / "stack.sh"), *args], check=True)
 
 
-def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+def create_topic(bootstrap: str, name: str, partitions: int, replication_factor: int = 1) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        admin.create_topics([NewTopic(name, partitions, 1)])
+        admin.create_topics([NewTopic(name, partitions, replication_factor)])
     except TopicAlreadyExistsError:
         pass
     finally:

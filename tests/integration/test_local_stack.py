@@ -7,6 +7,7 @@ a new STACK_DIR, the way a fresh clone meets it.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.helpers import REPO, free_port, read_env_file
+from tests.helpers import REPO, end_offsets, free_port, read_env_file, send_raw
 
 STACK_SH = REPO / "stack" / "stack.sh"
 
@@ -80,3 +81,59 @@ def test_a_fresh_stack_dir_comes_up_even_where_the_postgres_user_may_not_enter(
     assert down.returncode == 0, down.stderr
     status = stack_sh(env, "status")
     assert "postgres  stopped" in status.stdout
+
+
+def free_port_block(span: int = 30) -> int:
+    """A base port with base .. base+span all free (a three-node cluster's nine ports)."""
+    for base in range(29_000, 60_000, 100):
+        if all(not _listening(port) for port in range(base, base + span)):
+            return base
+    raise RuntimeError("no block of free ports for a three-node Kafka")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_brokers_3_runs_three_replicating_nodes_on_localhost_that_serve_with_one_down(tmp_path: Path) -> None:
+    """`make stack-up BROKERS=3` as a user runs it: three KRaft nodes on localhost (ports +10 per
+    node), the topic replicated 3 times with min.insync.replicas 2; with one node killed -9 an
+    acks=all producer is still acknowledged and every message is in the topic; `down` leaves no
+    node running and the one-node default is untouched."""
+    base = free_port_block()
+    env = {
+        **os.environ,
+        "STACK_DIR": str(tmp_path / ".stack"),
+        "KAFKA_BROKERS": "3",
+        "KAFKA_PORT": str(base),
+        "KAFKA_CONTROLLER_PORT": str(base + 1),
+        "KAFKA_SASL_PORT": str(base + 3),
+        "KAFKA_PARTITIONS": "3",
+    }
+    shared_jars = Path(os.environ.get("STACK_DIR", REPO / ".stack")) / "kafka" / "libs"
+    if shared_jars.is_dir():
+        env["KAFKA_LIBS"] = str(shared_jars)  # the main stack's (its stamp says they are current)
+    bootstrap = ",".join(f"localhost:{base + 10 * n}" for n in range(3))
+    try:
+        up = stack_sh(env, "up", "kafka")
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}" in up.stderr
+        status = stack_sh(env, "status")
+        assert status.stdout.count("kafka     running") == 3, status.stdout
+        assert "ReplicationFactor: 3" in status.stdout, status.stdout
+        assert "min.insync.replicas=2" in status.stdout, status.stdout
+
+        killed = stack_sh(env, "node", "kill", "2")
+        assert killed.returncode == 0, killed.stderr
+        send_raw(bootstrap, "iot_sensores", [(b"k%d" % i, b"v%d" % i) for i in range(300)])
+        assert sum(end_offsets(bootstrap, "iot_sensores").values()) == 300
+        restarted = stack_sh(env, "node", "up", "2")
+        assert restarted.returncode == 0, restarted.stderr
+    finally:
+        down = stack_sh(env, "down", "kafka")
+    assert down.returncode == 0, down.stderr
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / ".stack")], capture_output=True, text=True, check=False)
+    assert left.stdout == "", f"processes left behind: {left.stdout}"
+    assert not (tmp_path / ".stack" / "kafka" / "data").exists(), "the one-node layout must stay apart"
