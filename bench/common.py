@@ -131,6 +131,32 @@ def drop_topic(name: str) -> None:
     delete_topic(STACK.bootstrap, name)
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU seconds (user + system) the stack's PostgreSQL server has used so far: the postmaster,
+    its live processes, and the backends it reaped (its children's times). Differences of two
+    readings are what a run cost the server (backends of connections that came and went
+    included; autovacuum and the checkpointer too, alike for every run)."""
+    pid_file = (STACK.stack_dir / "postgres").resolve() / "data" / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid: int) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    fields = stat(postmaster)
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = stat(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile: counted in the postmaster's children's times
+        if int(child[1]) == postmaster:  # field 4: the parent
+            total += int(child[11]) + int(child[12])
+    return total / ticks
+
+
 def fresh_database(prefix: str) -> str:
     name = f"bench_{prefix}_{uuid.uuid4().hex[:8]}"
     admin = STACK.admin_connection()

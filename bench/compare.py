@@ -344,7 +344,7 @@ def main() -> None:
         )
         seed_rate, seed, seed_rows = run_seed(topic, n, args.baseline_seconds)
         kafka_rate, kafka_only = run_kafka_only(topic, n)
-        copy_rate = run_copy_only(n)
+        copy_rate, _ = run_copy_only(n)
     finally:
         drop_topic(topic)
 

@@ -1,13 +1,14 @@
 """Consumer throughput, end to end (Kafka → PostgreSQL), in one run on the same topic data:
 
 - iot-consumer with 1 process and with N processes in one group, with the native decoder
-  (iot_fastpath), the native decoder without the writer thread, and the Python path
-  (CONSUMER_DECODER=python), side by side;
+  (iot_fastpath; its rows in COPY BINARY, the default), the native decoder with COPY text, without
+  the writer thread, with --on-duplicate drop, and the Python path (CONSUMER_DECODER=python),
+  side by side, with what each cost PostgreSQL's server processes in CPU;
 - the seed-style baseline (kafka-python + one INSERT and COMMIT per message);
-- limits: kafka-python reading with no database; PostgreSQL COPY of the same rows alone.
+- limits: kafka-python reading with no database; PostgreSQL COPY of the same rows alone, text and binary.
 
 usage: python -m bench.consumer_bench [--readings 300000] [--processes 1,2]
-                                     [--configs native,native/no-overlap,native/drop-duplicates,python]
+                                     [--configs native,native/copy-text,native/no-overlap,native/drop-duplicates,python]
                                      [--baseline-seconds 30]
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import struct
 import sys
 import time
 import uuid
@@ -34,18 +36,25 @@ from bench.common import (
     fmt,
     fresh_database,
     fresh_topic,
+    postgres_cpu_seconds,
     prefill,
     save,
 )
 from iot_consumer.migrations import DailyPartitions, migrate
 
 IDLE_S = 3.0
-VARIANT_LABELS = {"": "", "no-overlap": ", no writer thread", "drop-duplicates": ", --on-duplicate drop"}
+VARIANT_LABELS = {
+    "": "",
+    "copy-text": ", COPY text",
+    "no-overlap": ", no writer thread",
+    "drop-duplicates": ", --on-duplicate drop",
+}
 
 
-def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[float, Measured, bool]:
-    """``config``: a CONSUMER_DECODER value, with "/no-overlap" for CONSUMER_WRITE_OVERLAP=false
-    or "/drop-duplicates" for CONSUMER_ON_DUPLICATE=drop."""
+def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[float, Measured, bool, float]:
+    """``config``: a CONSUMER_DECODER value, with "/no-overlap" for CONSUMER_WRITE_OVERLAP=false,
+    "/drop-duplicates" for CONSUMER_ON_DUPLICATE=drop or "/copy-text" for CONSUMER_COPY_FORMAT=text.
+    Returns rows/s, the processes' usage, exactly once, PostgreSQL's CPU seconds."""
     decoder, _, variant = config.partition("/")
     database = fresh_database("ours")
     env = STACK.service_env(
@@ -56,8 +65,10 @@ def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[fl
         CONSUMER_DECODER=decoder,
         CONSUMER_WRITE_OVERLAP="false" if variant == "no-overlap" else "true",
         CONSUMER_ON_DUPLICATE="drop" if variant == "drop-duplicates" else "keep",
+        CONSUMER_COPY_FORMAT="text" if variant == "copy-text" else "binary",
     )
     try:
+        server_cpu = postgres_cpu_seconds()
         procs = [
             Process(
                 cli("iot-consumer", "run", "--exit-when-idle", str(IDLE_S)),
@@ -68,6 +79,7 @@ def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[fl
         ]
         launched = min(p.started_at for p in procs)
         results = [p.wait() for p in procs]
+        server_cpu = postgres_cpu_seconds() - server_cpu
         conn = connect(database)
         with conn.cursor() as cur:
             cur.execute(
@@ -83,7 +95,7 @@ def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[fl
             max(r.peak_rss_mb for r in results),
             launched,
         )
-        return rows / total.wall_s, total, exact
+        return rows / total.wall_s, total, exact, server_cpu
     finally:
         drop_database(database)
 
@@ -126,8 +138,20 @@ def run_kafka_only(topic: str, readings: int) -> tuple[float, Measured]:
     return readings / measured.wall_s, measured
 
 
-def run_copy_only(readings: int) -> float:
-    """PostgreSQL alone: COPY the same number of rows, same table (partitioned, indexed), 10k per transaction."""
+def binary_rows(rows: list[tuple[uuid.UUID, datetime, float, float, int, int]]) -> bytes:
+    """The rows as one COPY BINARY stream (what the native decoder sends, written in Python)."""
+    epoch = datetime(2000, 1, 1, tzinfo=UTC)
+    out = [b"PGCOPY\n\xff\r\n\x00\x00\x00\x00\x00\x00\x00\x00\x00"]
+    for sensor, stamp, t, h, partition, offset in rows:
+        micros = (stamp - epoch) // timedelta(microseconds=1)
+        out.append(struct.pack(">hi16siqididiiiq", 6, 16, sensor.bytes, 8, micros, 8, t, 8, h, 4, partition, 8, offset))
+    out.append(b"\xff\xff")
+    return b"".join(out)
+
+
+def run_copy_only(readings: int, binary: bool = False) -> tuple[float, float]:
+    """PostgreSQL alone: COPY the same number of rows, same table (partitioned, indexed), 10k per
+    transaction, in COPY text or COPY BINARY; rows/s and the server's CPU seconds."""
     database = fresh_database("copy")
     try:
         conn = connect(database)
@@ -135,23 +159,41 @@ def run_copy_only(readings: int) -> float:
         conn.autocommit = False
         base = datetime.now(UTC) - timedelta(minutes=10)
         DailyPartitions().ensure_ahead(conn)
-        sensors = [str(uuid.uuid4()) for _ in range(1000)]
-        lines = [
-            f"{sensors[i % 1000]}\t{(base + timedelta(microseconds=i * 500)).isoformat()}\t{20 + (i % 1000) / 100!r}\t{50 + (i % 700) / 100!r}\t{i % 6}\t{i // 6}\n"
+        sensors = [uuid.uuid4() for _ in range(1000)]
+        rows = [
+            (
+                sensors[i % 1000],
+                base + timedelta(microseconds=i * 500),
+                20 + (i % 1000) / 100,
+                50 + (i % 700) / 100,
+                i % 6,
+                i // 6,
+            )
             for i in range(readings)
         ]
+        payloads = [
+            binary_rows(rows[start : start + 10_000])
+            if binary
+            else "".join(
+                f"{s}\t{st.isoformat()}\t{t!r}\t{h!r}\t{p}\t{o}\n" for s, st, t, h, p, o in rows[start : start + 10_000]
+            ).encode()
+            for start in range(0, readings, 10_000)
+        ]
+        copy_sql = (
+            'COPY sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset) FROM STDIN'
+        )
+        if binary:
+            copy_sql += " WITH (FORMAT binary)"
+        server_cpu = postgres_cpu_seconds()
         started = time.perf_counter()
         with conn.cursor() as cur:
-            for start in range(0, readings, 10_000):
-                payload = "".join(lines[start : start + 10_000]).encode()
-                cur.copy_expert(
-                    'COPY sensores (sensor_id, "timestamp", temperatura, umidade, kafka_partition, kafka_offset) FROM STDIN',
-                    io.BytesIO(payload),
-                )
+            for payload in payloads:
+                cur.copy_expert(copy_sql, io.BytesIO(payload))
                 conn.commit()
         elapsed = time.perf_counter() - started
+        server_cpu = postgres_cpu_seconds() - server_cpu
         conn.close()
-        return readings / elapsed
+        return readings / elapsed, server_cpu
     finally:
         drop_database(database)
 
@@ -162,9 +204,9 @@ def main() -> None:
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts for iot-consumer")
     parser.add_argument(
         "--configs",
-        default="native,native/no-overlap,native/drop-duplicates,python",
+        default="native,native/copy-text,native/no-overlap,native/drop-duplicates,python",
         help="comma-separated CONSUMER_DECODER values, /no-overlap = without the writer thread, "
-        "/drop-duplicates = CONSUMER_ON_DUPLICATE=drop",
+        "/drop-duplicates = CONSUMER_ON_DUPLICATE=drop, /copy-text = CONSUMER_COPY_FORMAT=text",
     )
     parser.add_argument("--baseline-seconds", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (the table shows medians)")
@@ -176,7 +218,7 @@ def main() -> None:
         fill_rate = prefill(topic, args.readings)
         rows: list[list[str]] = []
         seed_rate, seed, seed_rows = run_seed(topic, args.readings, args.baseline_seconds)
-        runs: dict[tuple[str, int], list[tuple[float, Measured, bool]]] = {}
+        runs: dict[tuple[str, int], list[tuple[float, Measured, bool, float]]] = {}
         for _round in range(args.repeat):  # rounds interleave the configurations: drift hits all alike
             for config in args.configs.split(","):
                 for processes in (int(p) for p in args.processes.split(",")):
@@ -186,12 +228,14 @@ def main() -> None:
             label = f"{decoder} decoder" + VARIANT_LABELS[variant]
             rate = statistics.median(r[0] for r in results)
             cpu_us = statistics.median(r[1].cpu_s for r in results) / args.readings * 1e6
+            server_us = statistics.median(r[3] for r in results) / args.readings * 1e6
             rows.append(
                 [
                     f"iot-consumer, {label}, {processes} process{'es' if processes > 1 else ''}",
                     fmt(rate),
                     f"{rate / seed_rate:.1f}×",
                     fmt(cpu_us, 1),
+                    fmt(server_us, 1),
                     fmt(max(r[1].peak_rss_mb for r in results)),
                     "yes" if all(r[2] for r in results) else "**NO**",
                 ]
@@ -202,6 +246,7 @@ def main() -> None:
                 fmt(seed_rate),
                 "1.0×",
                 fmt(seed.cpu_s / seed_rows * 1e6, 1),
+                "–",
                 fmt(seed.peak_rss_mb),
                 f"({seed_rows:,} rows in {args.baseline_seconds:.0f} s)",
             ]
@@ -213,33 +258,47 @@ def main() -> None:
                 fmt(kafka_rate),
                 f"{kafka_rate / seed_rate:.1f}×",
                 fmt(kafka.cpu_s / args.readings * 1e6, 1),
+                "–",
                 fmt(kafka.peak_rss_mb),
                 "–",
             ]
         )
-        copy_rate = run_copy_only(args.readings)
-        rows.append(
-            [
-                "limit: PostgreSQL COPY alone (same table, 10k rows/tx)",
-                fmt(copy_rate),
-                f"{copy_rate / seed_rate:.1f}×",
-                "–",
-                "–",
-                "–",
-            ]
-        )
+        for binary in (False, True):
+            copies = [run_copy_only(args.readings, binary) for _ in range(args.repeat)]
+            copy_rate = statistics.median(c[0] for c in copies)
+            rows.append(
+                [
+                    f"limit: PostgreSQL COPY {'BINARY' if binary else 'text'} alone (same table, 10k rows/tx)",
+                    fmt(copy_rate),
+                    f"{copy_rate / seed_rate:.1f}×",
+                    "–",
+                    fmt(statistics.median(c[1] for c in copies) / args.readings * 1e6, 1),
+                    "–",
+                    "–",
+                ]
+            )
     finally:
         drop_topic(topic)
 
     table = Table(
         f"Kafka → PostgreSQL, {args.readings:,} readings, 6 partitions",
-        ["pipeline", "rows/s", "vs seed", "CPU s per 1M rows (client processes)", "peak RSS MB", "exactly once"],
+        [
+            "pipeline",
+            "rows/s",
+            "vs seed",
+            "CPU s per 1M rows (client processes)",
+            "PostgreSQL CPU s per 1M rows",
+            "peak RSS MB",
+            "exactly once",
+        ],
         rows,
         [
             f"iot-consumer rows: median of {args.repeat} runs each (rounds interleaved), peak RSS the highest; "
             "rows/s = rows ÷ (last commit − process launch): start-up and group join included.",
             f"Topic prefilled by 2 iot-producer processes at {fmt(fill_rate)} readings/s (acks=all).",
-            "CPU excludes the PostgreSQL and Kafka server processes, which share the same 2 cores.",
+            "Client CPU excludes the PostgreSQL and Kafka server processes, which share the same 2 cores; "
+            "PostgreSQL CPU = every server process (backends, WAL writer, checkpointer, autovacuum) "
+            "during the run, median; the COPY limits: medians of the same number of runs.",
             "Reproduce: make bench-consumer (or python -m bench.consumer_bench --readings N).",
         ],
     )

@@ -17,6 +17,7 @@
  * Everything that does not touch Python objects is a plain C unit in lib/, each with its own
  * header: crc32c (CRC-32C), wire (big-endian integers, varints), record_batch (batch and record
  * framing), reading (the strict reading parser), copy_text and copy_row (COPY text writers),
+ * copy_binary (the same row in COPY BINARY, for Cursor.take(..., binary=True)),
  * summary (the batch summary's hash tables), calendar. A C test driver (tests/driver.c) runs
  * them under AddressSanitizer and UBSan; this file only binds them: arguments, the GIL, and
  * the Python objects going in and out. The Python side (iot_consumer.decoding / batch / rollups) is the
@@ -32,6 +33,7 @@
 #include <string.h>
 
 #include "calendar.h"
+#include "copy_binary.h"
 #include "copy_row.h"
 #include "copy_text.h"
 #include "crc32c.h"
@@ -49,7 +51,8 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *copy; /* bytes: the rows in COPY text format */
+    PyObject *copy; /* bytes: the rows in COPY text format, or COPY BINARY rows (no header) */
+    int binary;
     Row *rows;
     Py_ssize_t n;
     int64_t days[64];
@@ -64,6 +67,7 @@ static void rows_dealloc(RowsObject *self) {
 }
 
 static PyObject *rows_get_copy(RowsObject *self, void *closure) { return Py_NewRef(self->copy); }
+static PyObject *rows_get_binary(RowsObject *self, void *closure) { return PyBool_FromLong(self->binary); }
 static PyObject *rows_get_count(RowsObject *self, void *closure) { return PyLong_FromSsize_t(self->n); }
 static PyObject *rows_get_first_offset(RowsObject *self, void *closure) {
     return PyLong_FromLongLong(self->n ? self->rows[0].offset : -1);
@@ -95,7 +99,8 @@ static PyMethodDef rows_methods[] = {
 };
 
 static PyGetSetDef rows_getset[] = {
-    {"copy", (getter)rows_get_copy, NULL, "the rows of sensores in COPY text format", NULL},
+    {"copy", (getter)rows_get_copy, NULL, "the rows of sensores in COPY text format (or binary rows: see binary)", NULL},
+    {"binary", (getter)rows_get_binary, NULL, "True: copy holds COPY BINARY rows, without the stream's header", NULL},
     {"count", (getter)rows_get_count, NULL, "number of rows", NULL},
     {"first_offset", (getter)rows_get_first_offset, NULL, "Kafka offset of the first row", NULL},
     {"last_offset", (getter)rows_get_last_offset, NULL, "Kafka offset of the last row", NULL},
@@ -200,10 +205,11 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
     Limits lim;
     long long earliest, latest;
     Py_ssize_t max_payload;
+    int binary = 0;
     static char *kwlist[] = {"max_records", "partition", "t_min", "t_max", "h_min", "h_max",
-                             "max_payload", "earliest_us", "latest_us", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nlddddnLL", kwlist, &max_records, &partition, &lim.t_min, &lim.t_max,
-                                     &lim.h_min, &lim.h_max, &max_payload, &earliest, &latest))
+                             "max_payload", "earliest_us", "latest_us", "binary", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nlddddnLL|$p", kwlist, &max_records, &partition, &lim.t_min,
+                                     &lim.t_max, &lim.h_min, &lim.h_max, &max_payload, &earliest, &latest, &binary))
         return NULL;
     lim.max_payload = max_payload;
     lim.earliest_us = earliest;
@@ -311,7 +317,12 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
             row->stamp_us = r.stamp_us;
             row->t = r.t;
             row->h = r.h;
-            if (!put_reading_row(&out, &r, partition, offset)) { HOLD_GIL(); PyErr_NoMemory(); goto fail; }
+            if (!(binary ? put_reading_row_binary(&out, &r, partition, offset)
+                         : put_reading_row(&out, &r, partition, offset))) {
+                HOLD_GIL();
+                PyErr_NoMemory();
+                goto fail;
+            }
             int64_t day = floor_div(r.stamp_us, US_PER_DAY);
             int known = 0;
             for (int i = n_days - 1; i >= 0; i--) {
@@ -358,6 +369,7 @@ done:
         result = PyObject_New(RowsObject, &RowsType);
         if (!result) goto fail;
         result->copy = PyBytes_FromStringAndSize(out.data, (Py_ssize_t)out.len);
+        result->binary = binary;
         result->rows = rows;
         result->n = n_rows;
         memcpy(result->days, days, sizeof(int64_t) * (size_t)n_days);
@@ -406,7 +418,7 @@ static PyGetSetDef cursor_getset[] = {
 
 static PyMethodDef cursor_methods[] = {
     {"take", (PyCFunction)(void (*)(void))cursor_take, METH_VARARGS | METH_KEYWORDS,
-     "take(max_records, partition, t_min, t_max, h_min, h_max, max_payload, earliest_us, latest_us)"
+     "take(max_records, partition, t_min, t_max, h_min, h_max, max_payload, earliest_us, latest_us, *, binary=False)"
      " -> (Rows | None, fallback records, status, taken, last record was a row)"},
     {NULL},
 };

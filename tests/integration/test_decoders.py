@@ -7,13 +7,14 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg2.extensions
 import pytest
 from kafka import KafkaProducer
 
-from tests.helpers import BIN, Stack, end_offsets, scalar, wait_until
+from tests.helpers import BIN, Stack, end_offsets, scalar, send_raw, wait_until
 from tests.integration.test_consumer import assert_exactly_once, consume, produce
 from tests.integration.test_foreign_inputs import reading
 
@@ -132,3 +133,84 @@ def test_transactions_committed_are_read_and_aborted_ones_never(
     assert scalar(db, "SELECT count(*) FROM sensores") == 70
     assert scalar(db, "SELECT count(*) FROM sensores WHERE temperatura = 84.0") == 0
     assert scalar(db, "SELECT count(*) FROM dead_letters") == 0
+
+
+# The forms a device may send that the text row hands PostgreSQL as typed and the binary row
+# as the value the decoder computed: they must end up the same bits in sensores.
+EDGE_NUMBERS = ["-0", "-0.0", "0", "1e1", "2.5E+1", "25.000", "23.456789012345678", "29.999999999999996", "20"]
+
+
+def edge_readings(now: datetime) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs: strict readings in every number and timestamp form, upper-case ids,
+    and some only the Python path takes (extras, an offset timestamp) among them."""
+    out: list[tuple[bytes, bytes]] = []
+    for i in range(400):
+        stamp = now - timedelta(minutes=5, microseconds=i * 1_001_001)
+        form = i % 4
+        text = (
+            stamp.isoformat(),
+            stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            stamp.isoformat(timespec="seconds"),
+            stamp.astimezone(timezone(timedelta(hours=-3))).isoformat(),  # the Python path's
+        )[form]
+        sensor = str(uuid.UUID(int=i % 37 + 1))
+        t = EDGE_NUMBERS[i % len(EDGE_NUMBERS)]
+        h = EDGE_NUMBERS[(i * 7) % len(EDGE_NUMBERS)].replace("2", "4")
+        extras = ', "bateria": 87' if i % 11 == 0 else ""
+        body = f'{{"sensor_id": "{sensor.upper() if i % 2 else sensor}", "timestamp": "{text}", '
+        body += f'"temperatura": {t}, "umidade": {h}{extras}}}'
+        out.append((sensor.encode(), body.encode()))
+    return out
+
+
+def stored_bits(conn: psycopg2.extensions.connection) -> list[tuple[object, ...]]:
+    """Every row as the server stores it (doubles as their bits), and the minute rollups."""
+    with conn.cursor() as cur:
+        cur.execute(
+            'SELECT sensor_id, "timestamp", float8send(temperatura), float8send(umidade), kafka_partition,'
+            " kafka_offset, extras::text FROM sensores ORDER BY kafka_partition, kafka_offset"
+        )
+        rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in cur.fetchall()]
+        cur.execute("SELECT * FROM sensores_minuto ORDER BY 1, 2")
+        return rows + cur.fetchall()
+
+
+def test_copy_binary_stores_what_copy_text_stores_bit_for_bit(
+    stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """The same topic consumed twice, into two databases: CONSUMER_COPY_FORMAT=text (the
+    reference) and binary (the default). Every stored row is identical - UUIDs, instants, each
+    double to the bit (float8send: -0 as 0, -0.0 as -0.0, 1e1, 17 digits), partitions, offsets,
+    extras of the Python path's rows beside the native ones - and so are the rollups; each says
+    its format at start."""
+    send_raw(stack.bootstrap, topic, edge_readings(datetime.now(UTC)))
+    assert produce(env, tmp_path, 2000, 50).wait(120) == 0
+    other = f"{env['POSTGRES_DB']}_text"
+    admin = stack.admin_connection()
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{other}" OWNER "{stack.pg_user}"')
+    try:
+        binary = consume(env, tmp_path, 4.0)
+        text_env = {**env, "POSTGRES_DB": other, "CONSUMER_GROUP": env["CONSUMER_GROUP"] + "-text"}
+        text = consume({**text_env, "CONSUMER_COPY_FORMAT": "text"}, tmp_path, 4.0)
+        assert binary.wait(120) == 0, binary.log_path.read_text()[-2000:]
+        assert text.wait(120) == 0, text.log_path.read_text()[-2000:]
+        assert binary.event("consumer_started")["copy_format"] == "binary"
+        assert text.event("consumer_started")["copy_format"] == "text"
+        assert_exactly_once(db, stack, topic, 2400)
+        text_db = stack.connect(other)
+        try:
+            assert stored_bits(db) == stored_bits(text_db)
+            assert scalar(text_db, "SELECT count(*) FROM sensores WHERE extras IS NOT NULL") > 0
+            assert (
+                scalar(
+                    text_db, "SELECT count(*) FROM sensores WHERE float8send(temperatura) = float8send(-0.0::float8)"
+                )
+                > 0
+            )
+        finally:
+            text_db.close()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+        admin.close()

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "calendar.h"
+#include "copy_binary.h"
 #include "copy_row.h"
 #include "copy_text.h"
 #include "crc32c.h"
@@ -343,6 +344,38 @@ static void test_copy_row(void) {
     buffer_free(&out);
 }
 
+/* The same seed as one COPY BINARY row: every field's length and big-endian bytes, by hand. */
+static void test_copy_binary_row(void) {
+    Parsed r;
+    CHECK(parse_reading((const uint8_t *)SEEDS[0], (int64_t)strlen(SEEDS[0]), &LIMITS, &r), "seed 0 parses");
+    Buffer out = {0};
+    CHECK(put_reading_row_binary(&out, &r, 3, 1234567), "the binary row is written");
+    CHECK(out.len == BINARY_ROW_BYTES, "%zu bytes, not %d", out.len, BINARY_ROW_BYTES);
+    const uint8_t *b = (const uint8_t *)out.data;
+    const uint8_t head[] = {0, 7, 0, 0, 0, 16, 0x6f, 0x1c, 0x2d, 0x3e, 0x4a, 0x5b, 0x4c, 0x6d,
+                            0x8e, 0x7f, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0, 0, 0, 8};
+    CHECK(memcmp(b, head, sizeof head) == 0, "field count, then the uuid's 16 bytes");
+    int64_t pg_us = 0;
+    for (int i = 0; i < 8; i++) pg_us = pg_us << 8 | b[26 + i];
+    /* 2026-11-28T10:00:00.123456Z in µs since 2000-01-01 */
+    CHECK(pg_us == (days_from_civil(2026, 11, 28) - days_from_civil(2000, 1, 1)) * US_PER_DAY + 36000123456LL,
+          "timestamptz %lld", (long long)pg_us);
+    uint64_t bits = 0;
+    for (int i = 0; i < 8; i++) bits = bits << 8 | b[38 + i];
+    double t;
+    memcpy(&t, &bits, sizeof t);
+    CHECK(t == 24.17 && b[37] == 8, "temperatura %.17g", t);
+    const uint8_t tail[] = {0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0x12, 0xd6, 0x87, 0xff, 0xff, 0xff, 0xff};
+    CHECK(memcmp(b + out.len - sizeof tail, tail, sizeof tail) == 0, "partition 3, offset 1234567, extras NULL");
+    CHECK(parse_reading((const uint8_t *)SEEDS[1], (int64_t)strlen(SEEDS[1]), &LIMITS, &r), "seed 1 parses");
+    out.len = 0;
+    CHECK(put_reading_row_binary(&out, &r, 0, 0), "the binary row is written");
+    bits = 0;
+    for (int i = 0; i < 8; i++) bits = bits << 8 | (uint8_t)out.data[38 + i];
+    CHECK(bits == 0, "-0 is the integer 0: +0.0, bits %llx", (unsigned long long)bits);
+    buffer_free(&out);
+}
+
 static void test_summary(void) {
     summary_seed(0x0123456789abcdefULL, 0xfedcba9876543210ULL);
     Summary s = {0};
@@ -424,6 +457,7 @@ int main(void) {
     test_reading_parser();
     test_record_batch_framing();
     test_copy_row();
+    test_copy_binary_row();
     test_summary();
     printf("%ld checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;

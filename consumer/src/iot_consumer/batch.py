@@ -80,9 +80,10 @@ class Batch:
     with_extras: int = 0
     # Per partition: the timestamp of its last reading by offset (end-to-end latency sample).
     last_by_offset: dict[int, datetime] = field(default_factory=dict)
-    # Native path: the rows' COPY text per take.
+    # Native path: the rows' COPY text per take, or their COPY BINARY rows (native_binary).
     native_copy: list[bytes] = field(default_factory=list)
     native_rows: int = 0
+    native_binary: bool = False
     # Native path: the same batch built by the Python path (to find a row PostgreSQL refuses).
     rebuild: Callable[[], Batch] | None = None
     # Partition → offset of its first record left out (the day budget ran out): read again from there.
@@ -95,10 +96,21 @@ class Batch:
         return len(self.copy_lines) + self.native_rows
 
     def copy_payload(self) -> bytes:
-        python_rows = "".join(self.copy_lines).encode()
+        """Every row in COPY text (``sink.COPY_SQL``)."""
+        assert not self.native_binary, "binary native rows: binary_payload() and python_copy_payload()"
+        python_rows = self.python_copy_payload()
         if not self.native_copy:
             return python_rows
         return b"".join([*self.native_copy, python_rows])
+
+    def python_copy_payload(self) -> bytes:
+        """The Python path's rows in COPY text."""
+        return "".join(self.copy_lines).encode()
+
+    def binary_payload(self) -> bytes:
+        """The native rows as one COPY BINARY stream (``sink.COPY_BINARY_SQL``)."""
+        assert self.native_binary, "text native rows: copy_payload()"
+        return b"".join([COPY_BINARY_HEADER, *self.native_copy, COPY_BINARY_TRAILER])
 
     def add_reading(self, reading: ValidReading, partition: int, offset: int, record: Any = None) -> None:
         """One valid reading as a row of the batch: its COPY line, its summary entry, its day."""
@@ -126,6 +138,12 @@ class Batch:
                 _dead_letter(record.topic, record.partition, record, "rejected_by_database", detail)
             )
         self.summary = self.summary.without(refused)
+
+
+# PostgreSQL's COPY BINARY stream: signature, flags (none), header extension length (0); and
+# the end marker (a field count of -1). The rows between are iot_fastpath's (copy_binary.h).
+COPY_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+COPY_BINARY_TRAILER = b"\xff\xff"
 
 
 def copy_text(value: str) -> str:
@@ -283,6 +301,9 @@ def _judge(record: Any, topic: str, partition: int, limits: ReadingLimits, now: 
 def _add_native_rows(batch: Batch, native: NativeRows, partition: int) -> Any:
     rows = native.rows
     batch.summary.add(rows, partition)  # type: ignore[attr-defined]  # an iot_fastpath.Summary (build_batch)
+    if batch.native_copy and rows.binary != batch.native_binary:
+        raise AssertionError("one batch's native rows in two COPY formats")
+    batch.native_binary = rows.binary
     batch.native_copy.append(rows.copy)
     batch.native_rows += rows.count
     batch.consumed += rows.count

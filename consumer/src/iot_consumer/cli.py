@@ -42,7 +42,7 @@ from iot_consumer.housekeeping import (
 from iot_consumer.loop import ConsumerOptions, ConsumerService
 from iot_consumer.migrations import migrate, missing_service_roles, set_role_passwords, transaction
 from iot_consumer.positions import OffsetGapPolicy, reset_positions
-from iot_consumer.sink import PostgresSink
+from iot_consumer.sink import CopyFormat, PostgresSink
 from iot_consumer.verify import kafka_log, reconcile
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
@@ -294,6 +294,14 @@ def run(
             "rollups count it once (docs/RELIABILITY.md has the cost).",
         ),
     ] = DuplicatePolicy.KEEP,
+    copy_format: Annotated[
+        CopyFormat,
+        typer.Option(
+            envvar="CONSUMER_COPY_FORMAT",
+            help="How the native decoder's rows reach COPY: binary (PostgreSQL parses no text; "
+            "fastest) or text (the reference; always under --on-duplicate drop and on the Python path).",
+        ),
+    ] = CopyFormat.BINARY,
     housekeeping_interval: Annotated[
         float,
         typer.Option(
@@ -338,7 +346,7 @@ def run(
         log.info("alert_rules_loaded", source=rules.source, rules=[r.name for r in rules.all], topic=alerts_topic)
     service = ConsumerService(
         kafka,
-        PostgresSink(postgres, group, kafka.topic, alerts=stage, duplicates=on_duplicate),
+        PostgresSink(postgres, group, kafka.topic, alerts=stage, duplicates=on_duplicate, copy_format=copy_format),
         ConsumerOptions(
             group=group,
             max_batch=max_batch,

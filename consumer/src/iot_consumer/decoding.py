@@ -227,8 +227,10 @@ def expand(records_by_partition: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
 class NativeDecoding:
     """The validation limits in the form ``iot_fastpath.Cursor.take`` wants them (per take: "now" moves)."""
 
-    def __init__(self, limits: ReadingLimits) -> None:
+    def __init__(self, limits: ReadingLimits, binary: bool = False) -> None:
         self.limits = limits
+        # Rows in COPY BINARY rather than text (the sink's choice: PostgresSink.copy_format).
+        self.binary = binary
 
     def take_bounds(self, now: datetime | None = None) -> tuple[float, float, float, float, int, int, int]:
         lim = self.limits
@@ -297,7 +299,9 @@ class NativePartitionRecords(GuardedPartitionRecords):
         tp = self.topic_partition
         start = cursor.batch_start
         try:
-            rows, fallbacks, status, taken, last_is_row = cursor.take(limit, tp.partition, *self.decoding.take_bounds())
+            rows, fallbacks, status, taken, last_is_row = cursor.take(
+                limit, tp.partition, *self.decoding.take_bounds(), binary=self.decoding.binary
+            )
         except fastpath.CorruptBatch as exc:
             offset: int = cursor.next_fetch_offset
             self.drain()
@@ -333,9 +337,10 @@ class NativePartitionRecords(GuardedPartitionRecords):
         return result
 
 
-def install_native_decoder(consumer: KafkaConsumer, limits: ReadingLimits) -> None:
-    """Make ``consumer``'s fetcher decode natively (this consumer only); also guards like
-    :func:`install_decode_guard`."""
+def install_native_decoder(consumer: KafkaConsumer, limits: ReadingLimits, binary: bool = False) -> None:
+    """Make ``consumer``'s fetcher decode natively (this consumer only), its rows in COPY BINARY
+    when ``binary``; also guards like :func:`install_decode_guard`."""
     install_lenient_header_keys()
-    records_class = type("ConsumerPartitionRecords", (NativePartitionRecords,), {"decoding": NativeDecoding(limits)})
+    decoding = NativeDecoding(limits, binary)
+    records_class = type("ConsumerPartitionRecords", (NativePartitionRecords,), {"decoding": decoding})
     consumer._fetcher.PartitionRecords = records_class

@@ -37,7 +37,7 @@ from iot_consumer.metrics import Totals
 from iot_consumer.outages import DatabaseOutage, Troubles
 from iot_consumer.polling import Polling
 from iot_consumer.positions import OffsetGapPolicy, PartitionPositions, group_caught_up
-from iot_consumer.sink import PostgresSink
+from iot_consumer.sink import CopyFormat, PostgresSink
 from iot_consumer.timers import Timers
 from iot_consumer.watching import Watch
 from iot_consumer.writer import Writer, Written
@@ -92,6 +92,8 @@ class ConsumerService:
         self.stop = stop
         self.topic = kafka.topic
         self.native = options.native_decoder and decoder_available()
+        # The native rows' COPY format is the sink's to choose (binary only where it can take them).
+        self.binary_rows = self.native and sink.copy_format is CopyFormat.BINARY
         self._duplicates = sink.duplicates.value
         self.positions = PartitionPositions(kafka.topic, options.on_offset_gap)
         self.troubles = Troubles(options.stall_after_s, options.backoff_initial_s, options.backoff_max_s)
@@ -151,7 +153,7 @@ class ConsumerService:
             return
         options = self.options
         consumer = self.polling.make_consumer(
-            options.max_batch, options.session_timeout_ms, self.native, options.limits
+            options.max_batch, options.session_timeout_ms, self.native, options.limits, self.binary_rows
         )
         self._consumer = self.writing.kafka = consumer
         log.info(
@@ -162,6 +164,7 @@ class ConsumerService:
             exit_when_idle_s=options.exit_when_idle_s,
             on_offset_gap=options.on_offset_gap.value,
             decoder="native" if self.native else "python",
+            copy_format="binary" if self.binary_rows else "text",
             on_duplicate=self._duplicates,
         )
         m.NATIVE_DECODER.set(1 if self.native else 0)

@@ -52,7 +52,7 @@ class Polling:
         self.stop = stop
 
     def make_consumer(
-        self, max_batch: int, session_timeout_ms: int, native: bool, limits: ReadingLimits
+        self, max_batch: int, session_timeout_ms: int, native: bool, limits: ReadingLimits, binary_rows: bool = False
     ) -> KafkaConsumer:
         options = self.kafka.client_options()
         options["client_id"] = f"{self.kafka.client_id}-consumer"
@@ -76,7 +76,7 @@ class Polling:
             **options,
         )
         if native:
-            install_native_decoder(consumer, limits)
+            install_native_decoder(consumer, limits, binary_rows)
         else:
             install_decode_guard(consumer)
         consumer.subscribe([self.topic], listener=self.positions.tracker)
