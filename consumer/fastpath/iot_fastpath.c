@@ -140,13 +140,23 @@ typedef struct {
     int64_t last_batch_next_offset;
     int64_t records_read, bytes_read;
     PyObject *pending_error; /* found after rows were returned: raised by the next take */
+    /* decompress(codec, compressed bytes) -> bytes: kafka-python's own codecs (decoding.py);
+       None: compressed batches are left to kafka-python's decoder */
+    PyObject *decompress;
+    PyObject *inflated; /* the current compressed batch's records, decompressed */
 } CursorObject;
 
 static int cursor_init(CursorObject *self, PyObject *args, PyObject *kwds) {
-    PyObject *buffer;
+    PyObject *buffer, *decompress = Py_None;
     long long fetch_offset;
-    static char *kwlist[] = {"buffer", "fetch_offset", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OL", kwlist, &buffer, &fetch_offset)) return -1;
+    static char *kwlist[] = {"buffer", "fetch_offset", "decompress", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OL|$O", kwlist, &buffer, &fetch_offset, &decompress)) return -1;
+    if (decompress != Py_None && !PyCallable_Check(decompress)) {
+        PyErr_SetString(PyExc_TypeError, "decompress must be callable or None");
+        return -1;
+    }
+    Py_XSETREF(self->decompress, decompress == Py_None ? NULL : Py_NewRef(decompress));
+    Py_CLEAR(self->inflated);
     if (self->has_view) {
         PyBuffer_Release(&self->view);
         self->has_view = 0;
@@ -167,6 +177,8 @@ static int cursor_init(CursorObject *self, PyObject *args, PyObject *kwds) {
 static void cursor_dealloc(CursorObject *self) {
     if (self->has_view) PyBuffer_Release(&self->view);
     Py_XDECREF(self->pending_error);
+    Py_XDECREF(self->decompress);
+    Py_XDECREF(self->inflated);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -250,8 +262,8 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
             self->batch_start = self->pos;
             BatchStatus framed = batch_frame(buf + self->pos, (size_t)(buf_len - self->pos), &f);
             if (framed == BATCH_INCOMPLETE) goto finished; /* kafka-python ignores a partial trailing batch */
-            if (framed == BATCH_OTHER_FORMAT || framed == BATCH_COMPRESSED) { /* kafka-python decodes those */
-                status = "python";
+            if (framed == BATCH_OTHER_FORMAT || (framed == BATCH_COMPRESSED && !self->decompress)) {
+                status = "python"; /* kafka-python decodes those */
                 goto done;
             }
             if (framed == BATCH_CORRUPT) {
@@ -259,6 +271,32 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
                 error = PyUnicode_FromFormat("Record batch for partition %ld at offset %lld%s", partition,
                                              (long long)f.base_offset, f.error);
                 break;
+            }
+            if (framed == BATCH_COMPRESSED && !f.control) {
+                /* One Python call per batch (kafka-python's codecs); its records are parsed here. */
+                HOLD_GIL();
+                PyObject *inflated = PyObject_CallFunction(self->decompress, "iy#", f.codec, (const char *)f.records,
+                                                           (Py_ssize_t)(f.end - f.records));
+                if (inflated && !PyBytes_Check(inflated)) {
+                    Py_SETREF(inflated, NULL);
+                    PyErr_SetString(PyExc_TypeError, "decompress returned no bytes");
+                }
+                if (!inflated) {
+                    /* The codec refused the bytes, or is not installed: kafka-python fails on this
+                       batch alike. CorruptBatch carries the codec's own exception (decoding.py
+                       reports that, as the Python path does). */
+                    PyObject *type, *value, *traceback;
+                    PyErr_Fetch(&type, &value, &traceback);
+                    PyErr_NormalizeException(&type, &value, &traceback);
+                    error = value ? value : PyUnicode_FromString("decompression failed");
+                    Py_XDECREF(type);
+                    Py_XDECREF(traceback);
+                    break;
+                }
+                Py_XSETREF(self->inflated, inflated);
+                f.records = (const uint8_t *)PyBytes_AS_STRING(inflated);
+                f.end = f.records + PyBytes_GET_SIZE(inflated);
+                RELEASE_GIL();
             }
             self->base_offset = f.base_offset;
             self->leader_epoch = f.leader_epoch;

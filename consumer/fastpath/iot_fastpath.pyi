@@ -1,6 +1,6 @@
 """Type stubs of the C extension (consumer/fastpath/iot_fastpath.c)."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 CRC_IMPLEMENTATION: str
@@ -26,7 +26,13 @@ class Rows:
     def offsets(self) -> list[int]: ...
 
 class Cursor:
-    def __init__(self, buffer: bytes | memoryview, fetch_offset: int) -> None: ...
+    def __init__(
+        self,
+        buffer: bytes | memoryview,
+        fetch_offset: int,
+        *,
+        decompress: Callable[[int, bytes], bytes] | None = None,
+    ) -> None: ...
     def take(
         self,
         max_records: int,

@@ -533,13 +533,69 @@ def test_strict_readings_take_the_native_path_and_others_fall_back() -> None:
     assert records[-1].rows.offsets() == [10, 13]
 
 
-def test_compressed_batches_continue_on_kafka_pythons_decoder() -> None:
-    """A gzip batch after plain ones: the plain ones natively, the rest by kafka-python, all of them once."""
-    buffer = batches(VALID[:10], 5, 0) + batches(VALID[10:20], 5, 10, compression=1) + batches(VALID[20:], 5, 20)
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_batches_are_decompressed_and_decoded_natively(codec: int) -> None:
+    """Batches of each codec between plain ones: every strict reading decoded natively (the
+    records decompressed by kafka-python's own codec, one call per batch), the same batch as
+    the Python path's, every reading once."""
+    buffer = batches(VALID[:10], 5, 0) + batches(VALID[10:20], 5, 10, compression=codec) + batches(VALID[20:], 5, 20)
     python, native, _records = python_and_native(buffer, 0, 1000, 0)
     assert_same_batches(python, native)
     assert native.rows == 30
-    assert native.native_rows == 10  # after the first compressed batch, kafka-python reads the fetch
+    assert native.native_rows == 30
+
+
+def test_without_a_decompressor_compressed_batches_continue_on_kafka_pythons_decoder() -> None:
+    """A Cursor given no decompress function leaves a compressed batch, and the rest of that
+    fetch, to kafka-python - what the extension did before it decompressed."""
+    assert fastpath is not None
+    buffer = batches(VALID[:10], 5, 0) + batches(VALID[10:20], 5, 10, compression=3)
+    cursor = fastpath.Cursor(buffer, 0)
+    rows, _fallbacks, status, taken, _last = cursor.take(1000, 3, *NativeDecoding(DEFAULT_LIMITS).take_bounds(NOW))
+    assert (status, taken) == ("python", 10)
+    assert rows is not None
+    assert rows.count == 10
+
+
+COMPRESSED_BUFFERS = {codec: batches(VALID, 10, 1000, compression=codec) for codec in (1, 2, 3, 4)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    codec=st.sampled_from([1, 2, 3, 4]),
+    where=st.floats(0, 1, exclude_max=True),
+    byte=st.integers(0, 255),
+    cut=st.booleans(),
+    fix_crc=st.booleans(),
+)
+def test_a_corrupted_compressed_fetch_gives_the_same_outcome_on_both_paths(
+    codec: int, where: float, byte: int, cut: bool, fix_crc: bool
+) -> None:
+    """Compressed batches of each codec with a byte flipped anywhere or the fetch cut there - and,
+    so the decompressor itself meets the damage, with the CRC made right again: both paths fail
+    at the same offset or return the same records."""
+    data = bytearray(COMPRESSED_BUFFERS[codec])
+    position = int(where * len(data))
+    if cut:
+        data = data[:position]
+    else:
+        assume(data[position] != byte)
+        data[position] = byte
+        if fix_crc:
+            start = 0  # the batch holding the byte: its CRC covers attributes .. end
+            while start + 12 <= len(data):
+                size = struct.unpack_from(">i", data, start + 8)[0] + 12
+                if size <= 12 or start + size > len(data) or start + size > position:
+                    break
+                start += size
+            if start + 61 <= len(data):
+                size = struct.unpack_from(">i", data, start + 8)[0] + 12
+                if size >= 61 and start + size <= len(data):
+                    struct.pack_into(">I", data, start + 17, calc_crc32c(bytes(data[start + 21 : start + size])))
+    buffer = bytes(data)
+    Native.decoding = NativeDecoding(DEFAULT_LIMITS)
+    Native.decoding.take_bounds = native_bounds_at(NOW)  # type: ignore[method-assign]
+    assert outcome(Native, buffer) == outcome(GuardedPartitionRecords, buffer)
 
 
 def test_rebuild_gives_the_python_paths_batch() -> None:

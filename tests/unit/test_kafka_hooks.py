@@ -13,6 +13,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
 from kafka.consumer.subscription_state import SubscriptionState
+from kafka.errors import UnsupportedCodecError
 from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecords
 
@@ -21,6 +22,7 @@ from iot_consumer.decoding import (
     GuardedPartitionRecords,
     NativePartitionRecords,
     PartitionDecodeError,
+    decompress_records,
     install_decode_guard,
     install_lenient_header_keys,
     install_native_decoder,
@@ -95,6 +97,24 @@ def test_native_decoder_hook_points_are_where_it_expects_them() -> None:
     assert "part_records = part.take(max_records)" in append
     assert "return len(part_records)" in append
     assert "drained[tp].extend(part_records)" in append
+
+
+def test_native_decompression_uses_what_kafka_pythons_decoder_uses() -> None:
+    """decoding.decompress_records mirrors DefaultRecordBatch._maybe_uncompress: the same codec
+    check (_assert_has_codec, so a missing library fails both paths alike) and the same four
+    functions, by the names it calls them."""
+    source = inspect.getsource(DefaultRecordBatch._maybe_uncompress)
+    assert "self._assert_has_codec(compression_type)" in source
+    for call in (
+        "gzip_decode(data)",
+        "snappy_decode(data.tobytes())",
+        "lz4_decode(data.tobytes())",
+        "zstd_decode(data.tobytes())",
+    ):
+        assert call in source, call
+    assert list(inspect.signature(DefaultRecordBatch._assert_has_codec).parameters) == ["self", "compression_type"]
+    with pytest.raises(UnsupportedCodecError):
+        decompress_records(6, b"")
 
 
 def test_native_decoder_is_installed_on_a_real_consumer() -> None:

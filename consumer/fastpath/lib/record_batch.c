@@ -21,7 +21,7 @@ BatchStatus batch_frame(const uint8_t *b, size_t remaining, BatchFrame *f) {
         return BATCH_CORRUPT;
     }
     int16_t attributes = be16(b + 21);
-    if (attributes & 0x07) return BATCH_COMPRESSED;
+    f->codec = attributes & 0x07;
     if (crc32c(b + 21, f->size - 21) != (uint32_t)be32(b + 17)) {
         f->error = " failed crc check";
         return BATCH_CORRUPT;
@@ -38,7 +38,7 @@ BatchStatus batch_frame(const uint8_t *b, size_t remaining, BatchFrame *f) {
     f->record_count = be32(b + 57);
     f->records = b + BATCH_HEADER;
     f->end = b + f->size;
-    return BATCH_READY;
+    return f->codec ? BATCH_COMPRESSED : BATCH_READY;
 }
 
 int record_frame(const uint8_t **pp, const uint8_t *end, RecordFrame *r) {

@@ -12,7 +12,7 @@
 typedef enum {
     BATCH_INCOMPLETE,   /* fewer bytes than the batch: the end of a fetch (kafka-python ignores it too) */
     BATCH_OTHER_FORMAT, /* not message format v2 */
-    BATCH_COMPRESSED,   /* gzip, snappy, lz4 or zstd */
+    BATCH_COMPRESSED,   /* gzip, snappy, lz4 or zstd: header checked, ``records`` the compressed bytes */
     BATCH_READY,        /* header checked: records (or, for a control batch, nothing) to read */
     BATCH_CORRUPT,      /* ``error`` says what: kafka-python refuses such a batch too */
 } BatchStatus;
@@ -25,6 +25,7 @@ typedef struct {
     int log_append_time; /* timestamps are the broker's (max_ts), not the records' */
     int64_t base_ts, max_ts;
     int32_t record_count;
+    int codec; /* 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd (5-7: a codec Kafka does not have) */
     const uint8_t *records, *end;
     const char *error; /* BATCH_CORRUPT: what follows "Record batch for partition P at offset O" */
 } BatchFrame;

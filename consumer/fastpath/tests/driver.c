@@ -291,7 +291,8 @@ static void test_record_batch_framing(void) {
     other[16] = 1;
     CHECK(batch_frame(other, size, &f) == BATCH_OTHER_FORMAT, "magic 1: left to kafka-python");
     size_t zsize = build_batch(other, 7, values, 2, 4 /* zstd */);
-    CHECK(batch_frame(other, zsize, &f) == BATCH_COMPRESSED, "compressed: left to kafka-python");
+    CHECK(batch_frame(other, zsize, &f) == BATCH_COMPRESSED && f.codec == 4 && f.records == other + BATCH_HEADER,
+          "compressed: framed and CRC-checked, the codec named, its records to decompress");
     size_t csize = build_batch(other, 7, values, 1, 0x20 | 0x10);
     CHECK(batch_frame(other, csize, &f) == BATCH_READY && f.control, "a control batch is flagged");
     memcpy(other, batch, size);

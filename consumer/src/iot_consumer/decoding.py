@@ -6,9 +6,11 @@ for a partition (the raw record batches) is handed to ``iot_fastpath`` (a C exte
 consumer/fastpath), which checks CRCs, validates the strict common form of a reading and writes
 its COPY row in one pass. A take then returns a :class:`NativeRows` (all those rows at once)
 followed by ordinary ``ConsumerRecord`` objects for the records outside the strict form, which
-the Python validator - the reference - judges as before. Batches the extension does not read
-(compressed, older message formats) continue on kafka-python's own decoder, as do fetches with
-aborted transactions or a consumer with deserializers. Without the extension everything runs on
+the Python validator - the reference - judges as before. A compressed batch (gzip, snappy, lz4,
+zstd) is decompressed by kafka-python's own codec functions, one call per batch
+(:func:`decompress_records`), and its records parsed natively like any other. Batches in older
+message formats continue on kafka-python's own decoder, as do fetches with aborted
+transactions or a consumer with deserializers. Without the extension everything runs on
 the Python path (``decoder_available()``).
 
 kafka-python (3.0.12) decodes a fetched partition lazily in ``Fetcher.PartitionRecords``: a
@@ -39,6 +41,7 @@ from typing import Any, ClassVar
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
 from kafka.errors import CorruptRecordError, KafkaError
+from kafka.record import default_records
 from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecords
 
@@ -224,6 +227,22 @@ def expand(records_by_partition: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
     return expanded
 
 
+def decompress_records(codec: int, data: bytes) -> bytes:
+    """A compressed batch's records, decompressed as kafka-python's decoder does it
+    (``DefaultRecordBatch._maybe_uncompress``: the same codec check, the same functions, xerial
+    snappy framing included), for iot_fastpath to parse: one call per batch, not per record."""
+    DefaultRecordBatch._assert_has_codec(DefaultRecordBatch, codec)
+    if codec == DefaultRecordBatch.CODEC_GZIP:
+        out = default_records.gzip_decode(memoryview(data))
+    elif codec == DefaultRecordBatch.CODEC_SNAPPY:
+        out = default_records.snappy_decode(data)
+    elif codec == DefaultRecordBatch.CODEC_LZ4:
+        out = default_records.lz4_decode(data)
+    else:
+        out = default_records.zstd_decode(data)
+    return out if isinstance(out, bytes) else bytes(out)
+
+
 class NativeDecoding:
     """The validation limits in the form ``iot_fastpath.Cursor.take`` wants them (per take: "now" moves)."""
 
@@ -288,7 +307,7 @@ class NativePartitionRecords(GuardedPartitionRecords):
         if native:
             assert fastpath is not None
             self._buffer = records._buffer
-            self._cursor = fastpath.Cursor(self._buffer, fetch_offset)
+            self._cursor = fastpath.Cursor(self._buffer, fetch_offset, decompress=decompress_records)
 
     def take(self, n: int | None = None) -> list[Any]:
         cursor = self._cursor
@@ -305,7 +324,9 @@ class NativePartitionRecords(GuardedPartitionRecords):
         except fastpath.CorruptBatch as exc:
             offset: int = cursor.next_fetch_offset
             self.drain()
-            raise PartitionDecodeError(tp, offset, CorruptRecordError(str(exc))) from exc
+            # A batch its codec could not decompress carries the codec's own error (the Python path's).
+            codec_error = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+            raise PartitionDecodeError(tp, offset, codec_error or CorruptRecordError(str(exc))) from exc
         self.next_fetch_offset = cursor.next_fetch_offset
         self.leader_epoch = cursor.leader_epoch
         self.records_read = cursor.records_read
