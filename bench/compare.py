@@ -1,9 +1,15 @@
 """Kafka → PostgreSQL, side by side in one run on the same topic data and table shape:
 iot-consumer (1 and N processes), the seed-style baseline, Quix Streams' PostgreSQLSink and
-Kafka Connect 4.3.1 with the Debezium JDBC sink; the machine's limits (PostgreSQL COPY alone,
-kafka-python reading alone); and end-to-end latency at a fixed offered rate.
+Kafka Connect 4.3.1 with the Debezium JDBC sink (tasks.max 1 and N); the machine's limits
+(PostgreSQL COPY alone, kafka-python reading alone); and end-to-end latency at a fixed offered
+rate. Fair by construction: every pipeline's rows are timed by the commit of the transaction
+that wrote them (track_commit_timestamp), every pipeline runs in each of --rounds interleaved
+rounds (the tables show medians), every table is checked for readings stored twice, and every
+pipeline also reads a topic its producers compressed (--codec).
 
-usage: python -m bench.compare [--readings 1000000] [--latency-rate 10000] [--latency-seconds 30]
+usage: python -m bench.compare [--readings 300000] [--rounds 3] [--codec lz4] [--processes 2]
+                               [--latency-rate 10000] [--latency-seconds 30] [--skip-latency]
+       (--readings 10000000 for the full-size run)
 Installs its peers on first use: Quix Streams into .bench/venv-quix (PyPI), the Debezium
 plugin into .bench/connect/plugins (Maven Central).
 """
@@ -88,6 +94,7 @@ def install_connect_plugin() -> None:
 @dataclass
 class Outcome:
     rows: int
+    distinct: int
     launched: float
     first_row: float
     last_row: float
@@ -104,15 +111,38 @@ class Outcome:
         return self.rows / max(self.last_row - self.first_row, 1e-9)
 
 
-def row_times(database: str, column: str = "ingested_at") -> tuple[int, float, float]:
+# When a row became visible: the commit of the transaction that wrote it (not a column a
+# pipeline fills in itself, which would be its transaction's start for one and each row's own
+# clock for another).
+COMMITTED = "pg_xact_commit_timestamp(xmin)"
+
+
+def require_commit_timestamps() -> None:
+    conn = connect("postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW track_commit_timestamp")
+            on = cur.fetchone()[0] == "on"  # type: ignore[index]
+    finally:
+        conn.close()
+    if not on:
+        sys.exit(
+            "bench.compare times rows by their commit: PostgreSQL needs track_commit_timestamp = on "
+            "(stack/stack.sh sets it; restart the server: stack/stack.sh restart postgres)"
+        )
+
+
+def row_times(database: str) -> tuple[int, int, float, float]:
+    """Rows, distinct readings (sensor, timestamp), first and last commit (epoch seconds)."""
     conn = connect(database)
     try:
         with conn.cursor() as cur:
             cur.execute(
-                f"SELECT count(*), extract(epoch FROM min({column})), extract(epoch FROM max({column})) FROM sensores"
+                f"""SELECT count(*), count(DISTINCT (sensor_id, "timestamp")), extract(epoch FROM min({COMMITTED})),
+                           extract(epoch FROM max({COMMITTED})) FROM sensores"""
             )
-            rows, first, last = cur.fetchone()  # type: ignore[misc]
-        return int(rows), float(first or 0), float(last or 0)
+            rows, distinct, first, last = cur.fetchone()  # type: ignore[misc]
+        return int(rows), int(distinct), float(first or 0), float(last or 0)
     finally:
         conn.close()
 
@@ -171,7 +201,7 @@ def run_pipeline(
             if p.poll() is None:
                 p.proc.send_signal(signal.SIGTERM)
         results = [p.wait() for p in procs]
-        rows, first, last = row_times(database)
+        rows, distinct, first, last = row_times(database)
         measured = Measured(
             max(r.returncode for r in results),
             last - launched,
@@ -179,7 +209,7 @@ def run_pipeline(
             max(r.peak_rss_mb for r in results),
             launched,
         )
-        return Outcome(rows, launched, first, last, measured)
+        return Outcome(rows, distinct, launched, first, last, measured)
     finally:
         drop_database(database)
 
@@ -217,7 +247,7 @@ def quix(topic: str, readings: int) -> Callable[[str, str], list[Process]]:
             "30",
         ]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        proc = Process(args, env, RESULTS / "compare-quix.log")
+        proc = Process(args, env, RESULTS / "compare-quix.log")  # one log per run: the last kept
         return [proc]
 
     return start
@@ -259,7 +289,7 @@ def kafka_connect(topic: str, tasks: int) -> Callable[[str, str], list[Process]]
             "org.apache.kafka.connect.cli.ConnectStandalone",
             *files,
         ]
-        return [Process(args, dict(os.environ), RESULTS / "compare-connect.log")]
+        return [Process(args, dict(os.environ), RESULTS / f"compare-connect-{tasks}.log")]
 
     return start
 
@@ -298,7 +328,7 @@ def measure_latency(name: str, starter: Starter, peer_table: bool, rate: int, se
         with conn.cursor() as cur:
             # Leave out the first 5 s of readings (first fetches, caches, JIT).
             cur.execute(
-                """SELECT extract(epoch FROM ingested_at - "timestamp") * 1000 FROM sensores
+                f"""SELECT extract(epoch FROM {COMMITTED} - "timestamp") * 1000 FROM sensores
                    WHERE "timestamp" > (SELECT min("timestamp") FROM sensores) + interval '5 seconds'"""
             )
             values = sorted(float(v) for (v,) in cur.fetchall())
@@ -310,57 +340,105 @@ def measure_latency(name: str, starter: Starter, peer_table: bool, rate: int, se
 
 
 # ------------------------------------------------------------------------------ main
+Pipeline = tuple[str, str, Callable[[str], Callable[[str, str], list[Process]]], bool]
+
+
+def pipelines(processes: int, readings: int) -> list[Pipeline]:
+    """(label, name, topic → starter, writes the peers' table) of every pipeline compared."""
+    return [
+        ("iot-consumer, native decoder, 1 process", "ours-native-1", lambda t: ours(1, t, "native"), False),
+        (
+            f"iot-consumer, native decoder, {processes} processes",
+            f"ours-native-{processes}",
+            lambda t: ours(processes, t, "native"),
+            False,
+        ),
+        ("iot-consumer, Python path, 1 process", "ours-python-1", lambda t: ours(1, t, "python"), False),
+        (
+            f"iot-consumer, Python path, {processes} processes",
+            f"ours-python-{processes}",
+            lambda t: ours(processes, t, "python"),
+            False,
+        ),
+        (f"Quix Streams {QUIX_VERSION} PostgreSQLSink", "quix", lambda t: quix(t, readings), True),
+        (
+            "Kafka Connect 4.3.1 + Debezium JDBC sink 3.6.0, tasks.max=1",
+            "connect-1",
+            lambda t: kafka_connect(t, 1),
+            True,
+        ),
+        (
+            f"Kafka Connect 4.3.1 + Debezium JDBC sink 3.6.0, tasks.max={processes}",
+            f"connect-{processes}",
+            lambda t: kafka_connect(t, processes),
+            True,
+        ),
+    ]
+
+
+def outcome_row(label: str, runs: list[Outcome], readings: int, seed_rate: float) -> list[str]:
+    """Medians over the rounds; RSS the highest; every round exactly the readings, none twice."""
+    rate = statistics.median(o.rate for o in runs)
+    stored_once = all(o.rows == o.distinct == readings for o in runs)
+    twice = max(o.rows - o.distinct for o in runs)
+    return [
+        label,
+        fmt(rate),
+        fmt(statistics.median(o.steady_rate for o in runs)),
+        f"{rate / seed_rate:.0f}×",
+        fmt(statistics.median(o.measured.cpu_s / max(o.rows, 1) for o in runs) * 1e6, 1),
+        fmt(max(o.measured.peak_rss_mb for o in runs)),
+        "yes" if stored_once else f"**NO** (rows {min(o.rows for o in runs):,}, stored twice {twice:,})",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readings", type=int, default=1_000_000)
-    parser.add_argument("--processes", type=int, default=2, help="iot-consumer processes for the N-process run")
+    parser.add_argument("--readings", type=int, default=300_000, help="per topic (10000000: the full-size run)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every pipeline (medians)")
+    parser.add_argument(
+        "--codec", default="lz4", choices=["gzip", "snappy", "lz4", "zstd", "none"], help="the compressed topic's codec"
+    )
+    parser.add_argument(
+        "--processes", type=int, default=2, help="iot-consumer processes and Connect tasks for the N-way runs"
+    )
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--latency-rate", type=int, default=10_000)
     parser.add_argument("--latency-seconds", type=int, default=30)
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
+    if args.readings < 1 or args.rounds < 1 or args.processes < 1:
+        parser.error("--readings, --rounds and --processes must be at least 1")
+    require_commit_timestamps()
     RESULTS.mkdir(parents=True, exist_ok=True)
     install_quix()
     install_connect_plugin()
     n = args.readings
+    compared = pipelines(args.processes, n)
 
-    topic = fresh_topic("compare")
+    topics = {"uncompressed": fresh_topic("compare")}
+    if args.codec != "none":
+        topics[args.codec] = fresh_topic(f"compare_{args.codec}")
+    fill_rates: dict[str, float] = {}
+    outcomes: dict[tuple[str, str], list[Outcome]] = {}
     try:
-        fill_rate = prefill(topic, n)
-        outcomes: dict[str, Outcome] = {}
-        # the native decoder (iot_fastpath) and the Python path (CONSUMER_DECODER=python) side by side
-        for decoder, label in (("native", "native decoder"), ("python", "Python path")):
-            outcomes[f"iot-consumer, {label}, 1 process"] = run_pipeline(
-                f"ours-{decoder}-1", topic, n, ours(1, topic, decoder), peer_table=False
-            )
-            outcomes[f"iot-consumer, {label}, {args.processes} processes"] = run_pipeline(
-                f"ours-{decoder}-{args.processes}", topic, n, ours(args.processes, topic, decoder), peer_table=False
-            )
-        outcomes[f"Quix Streams {QUIX_VERSION} PostgreSQLSink"] = run_pipeline(
-            "quix", topic, n, quix(topic, n), peer_table=True
-        )
-        outcomes["Kafka Connect 4.3.1 + Debezium JDBC sink 3.6.0"] = run_pipeline(
-            "connect", topic, n, kafka_connect(topic, 1), peer_table=True
-        )
-        seed_rate, seed, seed_rows = run_seed(topic, n, args.baseline_seconds)
-        kafka_rate, kafka_only = run_kafka_only(topic, n)
+        for kind, topic in topics.items():
+            extra = () if kind == "uncompressed" else ("--compression", kind)
+            fill_rates[kind] = prefill(topic, n, extra=extra)
+        for _round in range(args.rounds):  # interleaved: drift and a warming machine hit every pipeline alike
+            for kind, topic in topics.items():
+                for label, name, starter, peer in compared:
+                    runs = outcomes.setdefault((kind, label), [])
+                    runs.append(run_pipeline(f"{name}-{kind}"[:20], topic, n, starter(topic), peer_table=peer))
+        seed_rate, seed, seed_rows = run_seed(topics["uncompressed"], n, args.baseline_seconds)
+        kafka_rate, kafka_only = run_kafka_only(topics["uncompressed"], n)
         copy_rate, _ = run_copy_only(n)
+        copy_binary_rate, _ = run_copy_only(n, binary=True)
     finally:
-        drop_topic(topic)
+        for topic in topics.values():
+            drop_topic(topic)
 
-    rows = []
-    for label, o in outcomes.items():
-        rows.append(
-            [
-                label,
-                fmt(o.rate),
-                fmt(o.steady_rate),
-                f"{o.rate / seed_rate:.0f}×",
-                fmt(o.measured.cpu_s / o.rows * 1e6, 1),
-                fmt(o.measured.peak_rss_mb),
-                f"{o.rows:,}",
-            ]
-        )
+    rows = [outcome_row(label, outcomes[("uncompressed", label)], n, seed_rate) for label, _, _, _ in compared]
     rows.append(
         [
             "seed-style: kafka-python + INSERT + COMMIT per message",
@@ -369,7 +447,7 @@ def main() -> None:
             "1×",
             fmt(seed.cpu_s / seed_rows * 1e6, 1),
             fmt(seed.peak_rss_mb),
-            f"{seed_rows:,} (in {args.baseline_seconds:.0f} s)",
+            f"{seed_rows:,} rows in {args.baseline_seconds:.0f} s",
         ]
     )
     rows.append(
@@ -383,37 +461,62 @@ def main() -> None:
             f"{n:,} read",
         ]
     )
-    rows.append(
-        [
-            "limit: PostgreSQL COPY alone (our table, 10k rows/tx)",
-            fmt(copy_rate),
-            "–",
-            f"{copy_rate / seed_rate:.0f}×",
-            "–",
-            "–",
-            f"{n:,}",
-        ]
-    )
+    for label, rate in (("text", copy_rate), ("BINARY", copy_binary_rate)):
+        rows.append(
+            [
+                f"limit: PostgreSQL COPY {label} alone (our table, 10k rows/tx)",
+                fmt(rate),
+                "–",
+                f"{rate / seed_rate:.0f}×",
+                "–",
+                "–",
+                "–",
+            ]
+        )
+    columns = [
+        "pipeline",
+        "rows/s (launch → last commit)",
+        "rows/s (first → last commit)",
+        "vs seed",
+        "CPU s per 1M rows",
+        "peak RSS MB",
+        "every reading once",
+    ]
     throughput = Table(
         f"Kafka → PostgreSQL, {n:,} readings (6 partitions), same topic data, same columns",
-        [
-            "pipeline",
-            "rows/s (launch → last row)",
-            "rows/s (first → last row)",
-            "vs seed",
-            "CPU s per 1M rows",
-            "peak RSS MB",
-            "rows",
-        ],
+        columns,
         rows,
         [
-            f"Topic prefilled once by 2 iot-producer processes (acks=all) at {fmt(fill_rate)} readings/s; every pipeline reads it from the beginning with a new group into a new database.",
-            "Peers write (sensor_id uuid, timestamp timestamptz, temperatura, umidade) with an index on (sensor_id, timestamp); ours also stores partition/offset, partitions by day, and stores positions in the same transaction.",
-            "Quix: commit_interval=1 s (its batch), include_metadata=False, schema_auto_update=False. Connect: standalone, tasks.max=1, batch.size=5000 with consumer.max.poll.records=5000, dialect.postgres.unnest.insert.enabled=true, JsonConverter with schema.content (no envelopes). Debezium 3.6.1.Final is not on Maven Central; 3.6.0.Final is the newest there.",
+            f"Medians of {args.rounds} interleaved rounds (every pipeline once per round); rows/s from the commit timestamps of the transactions that wrote the rows (track_commit_timestamp), the same clock for every pipeline.",
+            f"Topic prefilled once by 2 iot-producer processes (acks=all) at {fmt(fill_rates['uncompressed'])} readings/s; every pipeline reads it from the beginning with a new group into a new database.",
+            "Peers write (sensor_id uuid, timestamp timestamptz, temperatura, umidade) with an index on (sensor_id, timestamp); ours also stores partition/offset, partitions by day, rolls up per minute and hour, and stores positions in the same transaction.",
+            "Every reading once: each round stored exactly the topic's readings, no (sensor_id, timestamp) twice.",
+            f"Quix: commit_interval=1 s (its batch), include_metadata=False, schema_auto_update=False. Connect: standalone, tasks.max=1 and {args.processes} (one per iot-consumer process of the N-way run), batch.size=5000 with consumer.max.poll.records=5000, dialect.postgres.unnest.insert.enabled=true, JsonConverter with schema.content (no envelopes). Debezium 3.6.1.Final is not on Maven Central; 3.6.0.Final is the newest there.",
             "CPU and RSS: the pipeline's own processes (JVM for Connect), not PostgreSQL's or the broker's, which share the same 2 cores.",
         ],
     )
     tables = [throughput]
+    for kind in topics:
+        if kind == "uncompressed":
+            continue
+        plain = {
+            label: statistics.median(o.rate for o in outcomes[("uncompressed", label)]) for label, _, _, _ in compared
+        }
+        compressed_rows = []
+        for label, _, _, _ in compared:
+            row = outcome_row(label, outcomes[(kind, label)], n, seed_rate)
+            rate = statistics.median(o.rate for o in outcomes[(kind, label)])
+            compressed_rows.append([*row[:3], f"{rate / plain[label]:.0%}", *row[4:]])
+        tables.append(
+            Table(
+                f"The same {n:,} readings from a {kind}-compressed topic",
+                [*columns[:3], "of the uncompressed rate", *columns[4:]],
+                compressed_rows,
+                [
+                    f"Prefilled by the same producers with --compression {kind} at {fmt(fill_rates[kind])} readings/s; the same rounds as above (interleaved with them)."
+                ],
+            )
+        )
     if not args.skip_latency:
         total = args.latency_rate * args.latency_seconds
         starters: list[tuple[str, str, Starter, bool]] = [
@@ -433,21 +536,25 @@ def main() -> None:
             ("Kafka Connect + Debezium JDBC sink", "connect", lambda t, d, g: kafka_connect(t, 1)(d, g), True),
         ]
         lat_rows = []
-        for label, name, starter, peer in starters:
-            p50, p99 = measure_latency(name, starter, peer, args.latency_rate, args.latency_seconds)
-            lat_rows.append([label, fmt(p50), fmt(p99)])
+        for lat_label, lat_name, lat_starter, lat_peer in starters:
+            p50, p99 = measure_latency(lat_name, lat_starter, lat_peer, args.latency_rate, args.latency_seconds)
+            lat_rows.append([lat_label, fmt(p50), fmt(p99)])
         tables.append(
             Table(
                 f"End-to-end latency at {args.latency_rate:,} readings/s offered for {args.latency_seconds} s",
                 ["pipeline", "p50 ms", "p99 ms"],
                 lat_rows,
                 [
-                    "Latency = time the row was written (ours: its transaction's start; peers: clock_timestamp() per row) − the reading's timestamp; first 5 s left out.",
+                    "Latency = the commit of the transaction that wrote the row (every pipeline alike) − the reading's timestamp; first 5 s left out.",
                     "Ours runs with its defaults (poll timeout 500 ms, batches up to 10,000); Quix checkpoints every 1 s.",
                 ],
             )
         )
-    save("compare", tables, header=f"Reproduce: make bench (or python -m bench.compare --readings {n}).\n")
+    save(
+        "compare",
+        tables,
+        header=f"Reproduce: make bench (or python -m bench.compare --readings {n} --rounds {args.rounds} --codec {args.codec}).\n",
+    )
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def main() -> None:
                 rows,
                 [
                     f"{statistics.median(buckets):,.0f} minute buckets per batch (median); {args.rounds} batches",
-                    "the consumer's whole cost per row is ~20 µs (docs/BENCHMARKS.md): rollups add what is shown here",
+                    "the consumer's whole cost per row: bench/results/consumer_bench.md (CPU per 1M rows); rollups add what is shown here",
                     f"Reproduce: python -m bench.rollup_bench --batch {args.batch} --sensors {args.sensors}",
                 ],
             )

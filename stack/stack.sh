@@ -368,6 +368,10 @@ max_connections = 200
 EOF
   fi
   sed -i "s/^#\?port = .*/port = $POSTGRES_PORT/" "$data/postgresql.conf"
+  # bench.compare times every pipeline's rows by their transactions' commits (a cluster made
+  # before this line gets it too; a running server takes it at its next restart).
+  grep -q '^track_commit_timestamp' "$data/postgresql.conf" \
+    || echo "track_commit_timestamp = on  # iot-monitor: bench.compare's clock" >>"$data/postgresql.conf"
   if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     log "postgres already running on localhost:$POSTGRES_PORT"
   else
