@@ -425,6 +425,56 @@ def row_count(conn: psycopg2.extensions.connection) -> int:
     return int(scalar(conn, "SELECT count(*) FROM sensores"))
 
 
+@dataclass(frozen=True)
+class EndToEnd:
+    """What a pipeline run left behind, against the topic it read: the chaos tests' invariant."""
+
+    in_kafka: int
+    rows: int
+    dead_letters: int
+    duplicate_readings: int
+    duplicate_offsets: int
+    verify_returncode: int
+    verify: dict[str, Any]
+    rollups_off: list[tuple[Any, ...]]
+
+
+def end_to_end(stack: Stack, env: dict[str, str], topic: str) -> EndToEnd:
+    """Messages in Kafka (end offsets), rows, dead letters, readings and offsets stored twice,
+    `iot-consumer verify --expect-caught-up` and the rollups against a GROUP BY - read once
+    the consumers have stopped."""
+    conn = stack.connect(env["POSTGRES_DB"])
+    try:
+        rows = int(scalar(conn, "SELECT count(*) FROM sensores"))
+        duplicate_readings = int(
+            scalar(
+                conn,
+                'SELECT count(*) FROM (SELECT 1 FROM sensores GROUP BY sensor_id, "timestamp" HAVING count(*) > 1) d',
+            )
+        )
+        distinct_offsets = int(scalar(conn, "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM sensores"))
+        dead = int(scalar(conn, "SELECT count(*) FROM dead_letters"))
+        verify = subprocess.run(
+            [str(BIN / "iot-consumer"), "verify", "--json", "--expect-caught-up"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return EndToEnd(
+            in_kafka=sum(end_offsets(stack.bootstrap, topic).values()),
+            rows=rows,
+            dead_letters=dead,
+            duplicate_readings=duplicate_readings,
+            duplicate_offsets=rows - distinct_offsets,
+            verify_returncode=verify.returncode,
+            verify=json.loads(verify.stdout),
+            rollups_off=rollup_mismatches(conn),
+        )
+    finally:
+        conn.close()
+
+
 def rollup_mismatches(conn: psycopg2.extensions.connection, where: str = "") -> list[tuple[Any, ...]]:
     """Buckets where sensores_minuto / sensores_hora differ from a GROUP BY over ``sensores``
     (counts, minima and maxima exactly; sums to 1e-9 relative): [] when the rollups are exact.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,13 +29,10 @@ import pytest
 from iot_consumer.decoding import decoder_available
 from tests.helpers import (
     ARTIFACTS,
-    BIN,
     Service,
     Stack,
-    end_offsets,
-    rollup_mismatches,
+    end_to_end,
     row_count,
-    scalar,
     send_raw,
     wait_until,
 )
@@ -153,27 +149,7 @@ def run_chaos(
         assert proc.wait(600) == 0, proc.log_path.read_text()[-3000:]
     elapsed = time.monotonic() - started
 
-    db = stack.connect(env["POSTGRES_DB"])
-    ends = end_offsets(stack.bootstrap, topic)
-    in_kafka = sum(ends.values())
-    rows = int(scalar(db, "SELECT count(*) FROM sensores"))
-    dead = int(scalar(db, "SELECT count(*) FROM dead_letters"))
-    duplicate_readings = int(
-        scalar(
-            db, 'SELECT count(*) FROM (SELECT 1 FROM sensores GROUP BY sensor_id, "timestamp" HAVING count(*) > 1) d'
-        )
-    )
-    duplicate_offsets = rows - int(scalar(db, "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM sensores"))
-    verify = subprocess.run(
-        [str(BIN / "iot-consumer"), "verify", "--json", "--expect-caught-up"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    report = orjson.loads(verify.stdout)
-    rollups_off = rollup_mismatches(db)
-    db.close()
+    result = end_to_end(stack, env, topic)
     decoders = sorted(
         {
             orjson.loads(line).get("decoder", "?")
@@ -188,14 +164,14 @@ def run_chaos(
         "| figure | value |",
         "|---|---|",
         f"| readings the producers were acknowledged (their own count{', a killed one not known' if killed_producers else ''}) | {acknowledged:,} |",
-        f"| messages Kafka holds (end offsets; {POISON} poison included) | {in_kafka:,} |",
-        f"| rows in sensores | {rows:,} |",
-        f"| dead letters | {dead:,} |",
-        f"| rows + dead letters − messages | {rows + dead - in_kafka} |",
-        f"| duplicate readings (sensor_id, timestamp) | {duplicate_readings} |",
-        f"| duplicate Kafka offsets | {duplicate_offsets} |",
-        f"| `iot-consumer verify`: missing / duplicates / lag | {report['missing']} / {report['duplicates']} / {report['lag']} |",
-        f"| rollup buckets differing from a GROUP BY over sensores | {len(rollups_off)} |",
+        f"| messages Kafka holds (end offsets; {POISON} poison included) | {result.in_kafka:,} |",
+        f"| rows in sensores | {result.rows:,} |",
+        f"| dead letters | {result.dead_letters:,} |",
+        f"| rows + dead letters − messages | {result.rows + result.dead_letters - result.in_kafka} |",
+        f"| duplicate readings (sensor_id, timestamp) | {result.duplicate_readings} |",
+        f"| duplicate Kafka offsets | {result.duplicate_offsets} |",
+        f"| `iot-consumer verify`: missing / duplicates / lag | {result.verify['missing']} / {result.verify['duplicates']} / {result.verify['lag']} |",
+        f"| rollup buckets differing from a GROUP BY over sensores | {len(result.rollups_off)} |",
         f"| consumer SIGKILLs | {plan.kills} |",
         f"| consumer decoder(s) | {', '.join(decoders)} (writer thread on) |",
         f"| run time | {elapsed:.0f} s |",
@@ -205,17 +181,17 @@ def run_chaos(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{plan.name}.md").write_text("\n".join(summary) + "\n")
 
-    assert in_kafka >= 2 * count + POISON
+    assert result.in_kafka >= 2 * count + POISON
     # Every acknowledged send is in Kafka; with no producer killed, nothing else is either.
     if killed_producers:
-        assert acknowledged + POISON <= in_kafka
+        assert acknowledged + POISON <= result.in_kafka
     else:
-        assert acknowledged + POISON == in_kafka
-    assert dead == POISON
+        assert acknowledged + POISON == result.in_kafka
+    assert result.dead_letters == POISON
     assert decoders == (["native"] if decoder_available() else ["python"])
-    assert rows + dead == in_kafka
-    assert duplicate_readings == 0
-    assert duplicate_offsets == 0
-    assert verify.returncode == 0, verify.stdout
-    assert report["consistent"] is True
-    assert rollups_off == []
+    assert result.rows + result.dead_letters == result.in_kafka
+    assert result.duplicate_readings == 0
+    assert result.duplicate_offsets == 0
+    assert result.verify_returncode == 0, result.verify
+    assert result.verify["consistent"] is True
+    assert result.rollups_off == []

@@ -25,12 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg2.extensions
 import pytest
 from kafka import KafkaAdminClient
 
-from tests.helpers import ARTIFACTS, BIN, Service, Stack, end_offsets, rollup_mismatches, row_count, scalar, wait_until
+from tests.helpers import ARTIFACTS, Service, Stack, end_to_end, row_count, scalar, wait_until
 
 NODES = (1, 2, 3)
 LEADER_KILLS = 3
@@ -246,27 +245,8 @@ def test_three_brokers_lose_and_duplicate_nothing_through_failover(
         assert service.wait(600) == 0, service.log_path.read_text()[-3000:]
     elapsed = time.monotonic() - started
 
-    db = stack.connect(env["POSTGRES_DB"])
-    in_kafka = sum(end_offsets(stack.bootstrap, topic).values())
-    rows = row_count(db)
-    dead = int(scalar(db, "SELECT count(*) FROM dead_letters"))
+    result = end_to_end(stack, env, topic)
     gaps = int(scalar(db, "SELECT count(*) FROM offset_gaps"))
-    duplicate_readings = int(
-        scalar(
-            db, 'SELECT count(*) FROM (SELECT 1 FROM sensores GROUP BY sensor_id, "timestamp" HAVING count(*) > 1) d'
-        )
-    )
-    duplicate_offsets = rows - int(scalar(db, "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM sensores"))
-    verify = subprocess.run(
-        [str(BIN / "iot-consumer"), "verify", "--json", "--expect-caught-up"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    report = orjson.loads(verify.stdout)
-    rollups_off = rollup_mismatches(db)
-    db.close()
     gap_events = sum(1 for c in consumers for e in c.events() if e.get("event") == "offset_gap")
     producer_own, producer_client = warnings_by_kind(producers)
     consumer_own, consumer_client = warnings_by_kind(consumers)
@@ -283,14 +263,14 @@ def test_three_brokers_lose_and_duplicate_nothing_through_failover(
         "| brokers | 3 KRaft nodes (broker + controller), replication factor 3, min.insync.replicas 2 |",
         f"| readings the producers were acknowledged (2 producers, {RATE_PER_PRODUCER:,}/s each) | {acknowledged:,} |",
         f"| producer sends failed / unconfirmed at exit | {failed} / {unconfirmed} |",
-        f"| messages Kafka holds (end offsets) | {in_kafka:,} |",
-        f"| rows in sensores | {rows:,} |",
-        f"| rows − acknowledged | {rows - acknowledged} |",
-        f"| dead letters | {dead} |",
-        f"| duplicate readings (sensor_id, timestamp) / Kafka offsets | {duplicate_readings} / {duplicate_offsets} |",
-        f"| `iot-consumer verify`: missing / duplicates / lag | {report['missing']} / {report['duplicates']} / {report['lag']} |",
+        f"| messages Kafka holds (end offsets) | {result.in_kafka:,} |",
+        f"| rows in sensores | {result.rows:,} |",
+        f"| rows − acknowledged | {result.rows - acknowledged} |",
+        f"| dead letters | {result.dead_letters} |",
+        f"| duplicate readings (sensor_id, timestamp) / Kafka offsets | {result.duplicate_readings} / {result.duplicate_offsets} |",
+        f"| `iot-consumer verify`: missing / duplicates / lag | {result.verify['missing']} / {result.verify['duplicates']} / {result.verify['lag']} |",
         f"| offset gaps recorded / logged | {gaps} / {gap_events} |",
-        f"| rollup buckets differing from a GROUP BY over sensores | {len(rollups_off)} |",
+        f"| rollup buckets differing from a GROUP BY over sensores | {len(result.rollups_off)} |",
         f"| leader kills (-9) / broker stops / restarts / isolations | {LEADER_KILLS} / 1 / 3 / 1 |",
         "| seconds until a killed or isolated leader's partitions had new leaders (each) | "
         + ", ".join(cluster.after(m, 0) if m is not None else "not in time" for m in cluster.moved)
@@ -310,12 +290,12 @@ def test_three_brokers_lose_and_duplicate_nothing_through_failover(
 
     assert len(moved) == len(cluster.moved), "a dead or cut-off leader kept its partitions"
     assert (failed, unconfirmed) == (0, 0)
-    assert acknowledged == in_kafka
-    assert rows == in_kafka
-    assert dead == 0
-    assert duplicate_readings == 0
-    assert duplicate_offsets == 0
+    assert acknowledged == result.in_kafka
+    assert result.rows == result.in_kafka
+    assert result.dead_letters == 0
+    assert result.duplicate_readings == 0
+    assert result.duplicate_offsets == 0
     assert (gaps, gap_events) == (0, 0)
-    assert verify.returncode == 0, verify.stdout
-    assert report["consistent"] is True
-    assert rollups_off == []
+    assert result.verify_returncode == 0, result.verify
+    assert result.verify["consistent"] is True
+    assert result.rollups_off == []
