@@ -131,6 +131,27 @@ def drop_topic(name: str) -> None:
     delete_topic(STACK.bootstrap, name)
 
 
+# When a row became visible: the commit of the transaction that wrote it (not a column a
+# pipeline fills in itself, which would be its transaction's start for one and each row's own
+# clock for another).
+COMMITTED = "pg_xact_commit_timestamp(xmin)"
+
+
+def require_commit_timestamps() -> None:
+    conn = connect("postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW track_commit_timestamp")
+            on = cur.fetchone()[0] == "on"  # type: ignore[index]
+    finally:
+        conn.close()
+    if not on:
+        sys.exit(
+            "bench.compare times rows by their commit: PostgreSQL needs track_commit_timestamp = on "
+            "(stack/stack.sh sets it; restart the server: stack/stack.sh restart postgres)"
+        )
+
+
 def postgres_cpu_seconds() -> float:
     """CPU seconds (user + system) the stack's PostgreSQL server has used so far: the postmaster,
     its live processes, and the backends it reaped (its children's times). Differences of two
@@ -234,7 +255,9 @@ def consume_once(
     topic: str, readings: int, log: Path, *flags: str, inspect: Callable[[psycopg2.extensions.connection], T]
 ) -> tuple[ConsumerRun, T]:
     """Run one ``iot-consumer`` in bounded mode on a fresh database until ``topic`` is consumed,
-    check it wrote ``readings`` rows, look at the database with ``inspect``, drop it."""
+    check it wrote ``readings`` rows, look at the database with ``inspect``, drop it. Timed to
+    the last commit (track_commit_timestamp)."""
+    require_commit_timestamps()
     database = fresh_database("consume")
     env = STACK.service_env(
         topic=topic, database=database, METRICS_PORT="-1", CONSUMER_GROUP=f"bench-{uuid.uuid4().hex[:8]}"
@@ -247,7 +270,7 @@ def consume_once(
         conn = connect(database)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT count(*), extract(epoch FROM max(ingested_at)) FROM sensores")
+                cur.execute(f"SELECT count(*), extract(epoch FROM max({COMMITTED})) FROM sensores")
                 rows, last = cur.fetchone()  # type: ignore[misc]
             if rows != readings:
                 raise RuntimeError(f"expected {readings} rows, found {rows}")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
+    COMMITTED,
     REPO,
     RESULTS,
     STACK,
@@ -44,6 +45,7 @@ from bench.common import (
     fresh_database,
     fresh_topic,
     prefill,
+    require_commit_timestamps,
     save,
 )
 from bench.consumer_bench import run_copy_only, run_kafka_only, run_seed
@@ -109,27 +111,6 @@ class Outcome:
     def steady_rate(self) -> float:
         """Rows per second between the first and the last row."""
         return self.rows / max(self.last_row - self.first_row, 1e-9)
-
-
-# When a row became visible: the commit of the transaction that wrote it (not a column a
-# pipeline fills in itself, which would be its transaction's start for one and each row's own
-# clock for another).
-COMMITTED = "pg_xact_commit_timestamp(xmin)"
-
-
-def require_commit_timestamps() -> None:
-    conn = connect("postgres")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SHOW track_commit_timestamp")
-            on = cur.fetchone()[0] == "on"  # type: ignore[index]
-    finally:
-        conn.close()
-    if not on:
-        sys.exit(
-            "bench.compare times rows by their commit: PostgreSQL needs track_commit_timestamp = on "
-            "(stack/stack.sh sets it; restart the server: stack/stack.sh restart postgres)"
-        )
 
 
 def row_times(database: str) -> tuple[int, int, float, float]:

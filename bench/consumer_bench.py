@@ -24,6 +24,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from bench.common import (
+    COMMITTED,
     RESULTS,
     STACK,
     Measured,
@@ -38,8 +39,10 @@ from bench.common import (
     fresh_topic,
     postgres_cpu_seconds,
     prefill,
+    require_commit_timestamps,
     save,
 )
+from iot_consumer.batch import COPY_BINARY_HEADER, COPY_BINARY_TRAILER
 from iot_consumer.migrations import DailyPartitions, migrate
 
 IDLE_S = 3.0
@@ -83,7 +86,8 @@ def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[fl
         conn = connect(database)
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)), extract(epoch FROM max(ingested_at)) FROM sensores"
+                "SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)),"
+                f" extract(epoch FROM max({COMMITTED})) FROM sensores"
             )
             rows, distinct, last = cur.fetchone()  # type: ignore[misc]
         conn.close()
@@ -141,11 +145,11 @@ def run_kafka_only(topic: str, readings: int) -> tuple[float, Measured]:
 def binary_rows(rows: list[tuple[uuid.UUID, datetime, float, float, int, int]]) -> bytes:
     """The rows as one COPY BINARY stream (what the native decoder sends, written in Python)."""
     epoch = datetime(2000, 1, 1, tzinfo=UTC)
-    out = [b"PGCOPY\n\xff\r\n\x00\x00\x00\x00\x00\x00\x00\x00\x00"]
+    out = [COPY_BINARY_HEADER]
     for sensor, stamp, t, h, partition, offset in rows:
         micros = (stamp - epoch) // timedelta(microseconds=1)
         out.append(struct.pack(">hi16siqididiiiq", 6, 16, sensor.bytes, 8, micros, 8, t, 8, h, 4, partition, 8, offset))
-    out.append(b"\xff\xff")
+    out.append(COPY_BINARY_TRAILER)
     return b"".join(out)
 
 
@@ -211,6 +215,7 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (the table shows medians)")
     args = parser.parse_args()
+    require_commit_timestamps()
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     topic = fresh_topic("consumer")

@@ -7,12 +7,15 @@
 #   stack/stack.sh status                    what runs, where, and where its logs are
 #   stack/stack.sh restart [kafka|postgres]
 #   stack/stack.sh node   up|down|kill N     one Kafka node of a cluster: start, stop (SIGTERM), SIGKILL
+#   stack/stack.sh jars                      resolve the Kafka jars only (from Maven Central, once)
 #
 # KAFKA_BROKERS=3 (make stack-up BROKERS=3) runs three nodes, as production does: replication
 # factor 3 and min.insync.replicas 2 for the topics and the internal topics. Node N listens on
 # KAFKA_PORT + 10*(N-1) (9092, 9102, 9112; controllers 9093, ...; SASL_SSL 9095, ...) on its
 # entry of KAFKA_NODE_HOSTS (default localhost), and runs under KAFKA_NODE_EXEC with {node}
-# replaced by N (the three-broker chaos test puts each node in its own network namespace).
+# replaced by N (the three-broker chaos test puts each node in its own network namespace; the
+# prefix must exec the command in place, as `ip netns exec` does: the pid file holds its pid).
+# Unset, KAFKA_BROKERS is the number of nodes this stack's cluster already has (status, node).
 # The default stays one node with replication factor 1.
 #
 # Everything lives under $STACK_DIR (default: <repo>/.stack). Settings come from the
@@ -30,7 +33,11 @@ KAFKA_TOPIC=${KAFKA_TOPIC:-iot_sensores}
 KAFKA_PARTITIONS=${KAFKA_PARTITIONS:-6}
 KAFKA_ALERTS_TOPIC=${KAFKA_ALERTS_TOPIC:-iot_alertas}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
-KAFKA_BROKERS=${KAFKA_BROKERS:-1}
+# Unset: as many nodes as this stack's cluster has (node-N directories), else one.
+if [[ -z ${KAFKA_BROKERS:-} ]]; then
+  KAFKA_BROKERS=$(find "$STACK_DIR/kafka" -maxdepth 1 -name 'node-[1-9]' -type d 2>/dev/null | wc -l)
+  ((KAFKA_BROKERS > 0)) || KAFKA_BROKERS=1
+fi
 KAFKA_NODE_HOSTS=${KAFKA_NODE_HOSTS:-}
 KAFKA_NODE_EXEC=${KAFKA_NODE_EXEC:-}
 POSTGRES_PORT=${POSTGRES_PORT:-5432}
@@ -297,7 +304,10 @@ node_command() {  # node up|down|kill N
   case $action in
     up)   require_java; kafka_classpath; kafka_tls; node_start "$n"; node_wait "$n" ;;
     down) stop_pid "$(node_pidfile "$n")" "kafka node $n" ;;
-    kill) pid_alive "$(node_pidfile "$n")" && { log "SIGKILL kafka node $n (pid $(cat "$(node_pidfile "$n")"))"; kill -KILL "$(cat "$(node_pidfile "$n")")"; }
+    kill) if pid_alive "$(node_pidfile "$n")"; then
+            log "SIGKILL kafka node $n (pid $(cat "$(node_pidfile "$n")"))"
+            kill -KILL "$(cat "$(node_pidfile "$n")")" || true
+          fi
           rm -f "$(node_pidfile "$n")" ;;
     *)    die "usage: stack/stack.sh node up|down|kill N" ;;
   esac
@@ -481,5 +491,6 @@ case $cmd in
   restart) "$0" down "$@"; "$0" up "$@" ;;
   status)  resolve_pg_home; status ;;
   node)    node_command "$@" ;;
+  jars)    require_java; mkdir -p "$KAFKA_LOGS"; kafka_classpath ;;
   *)       die "usage: stack/stack.sh up|down|restart [kafka|postgres] | status | node up|down|kill N" ;;
 esac

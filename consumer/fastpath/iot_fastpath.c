@@ -142,8 +142,8 @@ typedef struct {
     PyObject *pending_error; /* found after rows were returned: raised by the next take */
     /* decompress(codec, compressed bytes) -> bytes: kafka-python's own codecs (decoding.py);
        None: compressed batches are left to kafka-python's decoder */
-    PyObject *decompress;
-    PyObject *inflated; /* the current compressed batch's records, decompressed */
+    PyObject *decompress; /* a plain function (the type is not GC-tracked: no cycles through it) */
+    PyObject *inflated; /* the last compressed batch's records, decompressed (kept until the next) */
 } CursorObject;
 
 static int cursor_init(CursorObject *self, PyObject *args, PyObject *kwds) {
@@ -281,6 +281,7 @@ static PyObject *cursor_take(CursorObject *self, PyObject *args, PyObject *kwds)
                     Py_SETREF(inflated, NULL);
                     PyErr_SetString(PyExc_TypeError, "decompress returned no bytes");
                 }
+                if (!inflated && !PyErr_ExceptionMatches(PyExc_Exception)) goto fail; /* KeyboardInterrupt, ... */
                 if (!inflated) {
                     /* The codec refused the bytes, or is not installed: kafka-python fails on this
                        batch alike. CorruptBatch carries the codec's own exception (decoding.py

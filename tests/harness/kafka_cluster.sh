@@ -32,11 +32,15 @@ cluster_env() {
   export STACK_DIR=${CLUSTER_STACK_DIR:-$REPO_DIR/.stack/cluster}
   export KAFKA_BROKERS=$NODES KAFKA_NODE_HOSTS=$hosts
   export KAFKA_NODE_EXEC="ip netns exec $NET-{node}"
+  # Fixed ports (the namespaces are private): whatever KAFKA_PORT the caller's shell exports.
+  export KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 KAFKA_SASL_PORT=9095 POSTGRES_PORT=5432
+  # The main stack's jars: the hub has no route out, so Maven could not resolve them in there.
+  export KAFKA_LIBS=${KAFKA_LIBS:-$REPO_DIR/.stack/kafka/libs}
   export KAFKA_BOOTSTRAP_SERVERS
-  # stack/stack.sh's ports: node N listens on 9092 + 10*(N-1).
-  KAFKA_BOOTSTRAP_SERVERS=$(for n in $(seq 1 $NODES); do printf '%s:%d,' "$(node_ip "$n")" $((9092 + 10 * (n - 1))); done)
+  # stack/stack.sh's ports: node N listens on KAFKA_PORT + 10*(N-1).
+  KAFKA_BOOTSTRAP_SERVERS=$(for n in $(seq 1 $NODES); do printf '%s:%d,' "$(node_ip "$n")" $((KAFKA_PORT + 10 * (n - 1))); done)
   KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS%,}
-  export IOT_CLUSTER_HARNESS=${BASH_SOURCE[0]} IOT_CLUSTER_NET=$NET
+  export IOT_CLUSTER_HARNESS=$REPO_DIR/tests/harness/kafka_cluster.sh IOT_CLUSTER_NET=$NET
 }
 
 net_up() {
@@ -94,10 +98,12 @@ heal() {
 run() {
   (($# > 0)) || die "usage: $0 run CMD..."
   cluster_env
-  net_up
+  "$REPO_DIR/stack/stack.sh" jars  # on the host, where Maven Central is reachable
   local rc=0
-  # The stack's own pids stop it (Kafka nodes, PostgreSQL), then the namespaces go.
-  trap 'in_hub "$REPO_DIR/stack/stack.sh" down >&2 || true; net_down' EXIT
+  # The stack's own pids stop it (Kafka nodes, PostgreSQL), then the namespaces go - also when
+  # setting them up fails half-way.
+  trap '[[ -e /run/netns/$HUB ]] && { in_hub "$REPO_DIR/stack/stack.sh" down >&2 || true; }; net_down' EXIT
+  net_up
   in_hub "$REPO_DIR/stack/stack.sh" up
   in_hub "$@" || rc=$?
   return $rc
