@@ -35,7 +35,8 @@ KAFKA_ALERTS_TOPIC=${KAFKA_ALERTS_TOPIC:-iot_alertas}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
 # Unset: as many nodes as this stack's cluster has (node-N directories), else one.
 if [[ -z ${KAFKA_BROKERS:-} ]]; then
-  KAFKA_BROKERS=$(find "$STACK_DIR/kafka" -maxdepth 1 -name 'node-[1-9]' -type d 2>/dev/null | wc -l)
+  KAFKA_BROKERS=0
+  [[ -d $STACK_DIR/kafka ]] && KAFKA_BROKERS=$(find "$STACK_DIR/kafka" -maxdepth 1 -name 'node-[1-9]' -type d | wc -l)
   ((KAFKA_BROKERS > 0)) || KAFKA_BROKERS=1
 fi
 KAFKA_NODE_HOSTS=${KAFKA_NODE_HOSTS:-}
