@@ -19,7 +19,7 @@ DASHBOARD_PORT ?= 8501
 PRODUCER_ANOMALY_RATE ?= 0.002
 PRODUCER_SEED ?= 1
 
-.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-skaffold test-k8s test-chaos test-chaos-cluster test-unit test-integration lint format typecheck bench bench-consumer bench-alerts bench-codecs bench-dashboard bench-dashboard-fleet bench-rollups bench-exporter bench-fleet clean
+.PHONY: help dev lock stack-up stack-down stack-status run dashboard test test-native test-compose test-skaffold test-k8s test-chaos test-chaos-cluster test-unit test-integration lint format typecheck bench bench-consumer bench-producer bench-alerts bench-codecs bench-dashboard bench-dashboard-fleet bench-rollups bench-exporter bench-fleet clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -39,7 +39,13 @@ $(FASTPATH): $(STAMP) consumer/fastpath/iot_fastpath.c $(wildcard consumer/fastp
 	$(BIN)/python -m pip install -q --no-deps -e ./consumer/fastpath
 	touch $@
 
-dev: $(STAMP) $(FASTPATH) ## Create .venv with every package installed editable (and the C decoder built), plus pytest, ruff, mypy
+# The producer's native record encoder (a C extension): rebuilt when its source changes.
+PRODUCER_FASTPATH := $(VENV)/.producer-fastpath
+$(PRODUCER_FASTPATH): $(STAMP) producer/fastpath/iot_producer_fastpath.c producer/fastpath/setup.py producer/fastpath/pyproject.toml
+	$(BIN)/python -m pip install -q --no-deps -e ./producer/fastpath
+	touch $@
+
+dev: $(STAMP) $(FASTPATH) $(PRODUCER_FASTPATH) ## Create .venv with every package installed editable (and the C decoder and encoder built), plus pytest, ruff, mypy
 
 lock: ## Regenerate the hashed dependency locks after changing a pyproject.toml (scripts/lock.sh)
 	test -x $(BIN)/uv || $(MAKE) dev
@@ -112,6 +118,9 @@ bench: dev stack-up ## All benchmarks side by side (~30 min): bench/results/ and
 
 bench-consumer: dev stack-up ## Consumer: native decoder, writer thread on/off, Python path; 1 vs 2 processes; medians
 	$(BIN)/python -m bench.consumer_bench
+
+bench-producer: dev stack-up ## Producer: native encoder 1 vs 2 processes, the send() reference, 100,000 sensors at 100,000/s for 60 s, profile
+	$(BIN)/python -m bench.producer_bench
 
 bench-codecs: dev stack-up ## What each compression codec costs end to end (bench/results/codec_bench.md)
 	$(BIN)/python -m bench.codec_bench

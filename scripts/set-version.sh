@@ -13,7 +13,7 @@ if [[ ! "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+([.-][0-9A-Za-z.]+)?$ ]]; then
 fi
 echo "$version" > VERSION
 for file in pyproject.toml common/pyproject.toml producer/pyproject.toml consumer/pyproject.toml \
-  consumer/fastpath/pyproject.toml exporter/pyproject.toml dashboard/pyproject.toml; do
+  producer/fastpath/pyproject.toml consumer/fastpath/pyproject.toml exporter/pyproject.toml dashboard/pyproject.toml; do
   # the first `version = ` line is [project]'s
   sed -i "0,/^version = \".*\"/s//version = \"$version\"/" "$file"
 done

@@ -93,6 +93,20 @@ def test_consumer_image_ships_the_native_decoder(images: dict[str, str]) -> None
     assert probe.stdout.split()[-1] == "True"
 
 
+def test_producer_image_ships_the_native_encoder(images: dict[str, str]) -> None:
+    """The C record encoder is compiled in the build stage and imports in the final image."""
+    probe = docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python3",
+        images["producer"],
+        "-c",
+        "import iot_producer_fastpath; from iot_producer.accumulator import native_available; print(native_available())",
+    )
+    assert probe.stdout.split()[-1] == "True"
+
+
 def test_servers_declare_a_healthcheck(images: dict[str, str]) -> None:
     """Each long-running image declares a HEALTHCHECK on its own health endpoint."""
     for service, path in (("producer", "/healthz"), ("consumer", "/readyz"), ("dashboard", "/_stcore/health")):

@@ -7,11 +7,12 @@ import signal
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from iot_common.schema import SensorReading
-from tests.helpers import Service, Stack, end_offsets, read_topic, wait_until
+from tests.helpers import Service, Stack, create_topic, delete_topic, end_offsets, read_topic, wait_until
 
 
 def test_ten_sensors_times_hundred_readings(stack: Stack, env: dict[str, str], topic: str, tmp_path: Path) -> None:
@@ -94,3 +95,82 @@ def test_bad_flags_fail_fast(env: dict[str, str], tmp_path: Path) -> None:
         producer = Service(["iot-producer", *args], env, tmp_path / f"p{args[0]}.log")
         assert producer.wait(60) == 2, args
         assert expected in producer.log_path.read_text()
+
+
+def _keys_by_partition(records: list[Any]) -> dict[int, list[bytes]]:
+    out: dict[int, list[bytes]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        out[record.partition].append(record.key)
+    return out
+
+
+def test_native_and_python_encoders_send_the_same_readings_to_the_same_partitions(
+    stack: Stack, env: dict[str, str], topic: str, tmp_path: Path
+) -> None:
+    """Same seed, one run per encoder (the native one in lz4 batches, with anomaly episodes
+    skipping readings): partition by partition the same keys in the same order (the values
+    follow the time of day, so two runs differ there); every native value is what
+    SensorReading.to_json() writes for it, and the record's timestamp is the reading's own (ms)."""
+    other = f"{topic}_python"
+    create_topic(stack.bootstrap, other, 6, stack.replication_factor)
+    try:
+        args = ["--sensors", "40", "--count", "3000", "--max-rate", "--seed", "5", "--anomaly-rate", "0.05"]
+        native = Service(
+            ["iot-producer", *args, "--encoder", "native", "--compression", "lz4"], env, tmp_path / "native.log"
+        )
+        assert native.wait(120) == 0
+        assert native.event("producer_started")["encoder"] == "native"
+        python = Service(
+            ["iot-producer", *args, "--encoder", "python"], {**env, "KAFKA_TOPIC": other}, tmp_path / "py.log"
+        )
+        assert python.wait(120) == 0
+        assert python.event("producer_started")["encoder"] == "python"
+        ours, reference = read_topic(stack.bootstrap, topic), read_topic(stack.bootstrap, other)
+    finally:
+        delete_topic(stack.bootstrap, other)
+    assert native.event("producer_stopped")["acknowledged"] == len(ours) == len(reference) < 3000  # some missing
+    assert _keys_by_partition(ours) == _keys_by_partition(reference)
+    for record in ours:
+        reading = SensorReading.from_json(record.value)
+        assert record.value == reading.to_json()
+        assert record.timestamp == int(reading.timestamp.timestamp() * 1_000_000) // 1000
+
+
+def test_in_flight_readings_are_bounded_and_the_bound_does_not_stall(
+    stack: Stack, env: dict[str, str], topic: str, tmp_path: Path
+) -> None:
+    """--max-in-flight 64: generation waits for acknowledgements (kafka-python's accumulator has
+    no bound of its own) and still ends with every reading acknowledged."""
+    producer = Service(
+        ["iot-producer", "--sensors", "100", "--count", "5000", "--max-rate", "--max-in-flight", "64"],
+        env,
+        tmp_path / "producer.log",
+    )
+    assert producer.wait(120) == 0
+    stopped = producer.event("producer_stopped")
+    assert (stopped["acknowledged"], stopped["unconfirmed"]) == (5000, 0)
+    assert sum(end_offsets(stack.bootstrap, topic).values()) == 5000
+
+
+def test_a_reading_the_native_encoder_cannot_write_exactly_goes_through_send(
+    stack: Stack, env: dict[str, str], topic: str, tmp_path: Path
+) -> None:
+    """Ranges so far out that the floats would print differently natively (>= 1e15): every
+    reading still arrives, written by kafka-python's send() exactly as to_json() does."""
+    producer = Service(
+        [
+            "iot-producer",
+            *("--sensors", "5", "--count", "200", "--max-rate", "--encoder", "native"),
+            *("--temperature-min", "1e15", "--temperature-max", "3e15"),
+        ],
+        env,
+        tmp_path / "producer.log",
+    )
+    assert producer.wait(120) == 0
+    assert producer.event("producer_stopped")["acknowledged"] == 200
+    records = read_topic(stack.bootstrap, topic)
+    assert len(records) == 200
+    for record in records:
+        value = orjson.loads(record.value)
+        assert value["temperatura"] >= 1e15
+        assert record.value == orjson.dumps(value)

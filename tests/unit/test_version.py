@@ -21,6 +21,7 @@ def test_the_version_is_written_from_one_place() -> None:
         "producer/pyproject.toml",
         "consumer/pyproject.toml",
         "consumer/fastpath/pyproject.toml",
+        "producer/fastpath/pyproject.toml",
         "exporter/pyproject.toml",
         "dashboard/pyproject.toml",
     ]

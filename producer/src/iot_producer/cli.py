@@ -13,7 +13,13 @@ from iot_common.http import start_observability_server
 from iot_common.lifecycle import StopFlag
 from iot_common.logging import get_logger
 from iot_common.settings import ConfigError, KafkaSettings, load_settings
-from iot_producer.publisher import COMPRESSION_CHOICES, PublisherError, ReadingPublisher
+from iot_producer.publisher import (
+    COMPRESSION_CHOICES,
+    DEFAULT_MAX_IN_FLIGHT,
+    Encoder,
+    PublisherError,
+    ReadingPublisher,
+)
 from iot_producer.runner import Pacing, run
 from iot_producer.simulation import Anomaly, Ranges, ScriptedSpike, SensorFleet
 
@@ -103,6 +109,24 @@ def produce(
     batch_size: Annotated[
         int, typer.Option(min=1024, envvar="PRODUCER_BATCH_SIZE", help="Kafka batch size in bytes per partition.")
     ] = 65536,
+    encoder: Annotated[
+        Encoder,
+        typer.Option(
+            envvar="PRODUCER_ENCODER",
+            case_sensitive=False,
+            help="How readings become Kafka records: native = the C encoder, many readings per call "
+            "(iot_producer_fastpath; fails at start if it is not installed), python = one "
+            "KafkaProducer.send() per reading, auto = native when installed.",
+        ),
+    ] = Encoder.AUTO,
+    max_in_flight: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="PRODUCER_MAX_IN_FLIGHT",
+            help="Readings sent but not yet acknowledged, at most; generation waits beyond that.",
+        ),
+    ] = DEFAULT_MAX_IN_FLIGHT,
     metrics_port: Annotated[
         int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")
     ] = None,
@@ -131,7 +155,14 @@ def produce(
         sensors, seed=seed, ranges=ranges, anomaly_rate=anomaly_rate, anomaly_kinds=kinds, spike=scripted
     )
     try:
-        publisher = ReadingPublisher(kafka, compression=compression, linger_ms=linger_ms, batch_size=batch_size)
+        publisher = ReadingPublisher(
+            kafka,
+            compression=compression,
+            linger_ms=linger_ms,
+            batch_size=batch_size,
+            encoder=encoder,
+            max_in_flight=max_in_flight,
+        )
     except PublisherError as exc:
         fail(str(exc))
     server = start_observability_server(obs.metrics_host, obs.metrics_port if metrics_port is None else metrics_port)
@@ -146,6 +177,7 @@ def produce(
         duration=duration,
         anomaly_rate=anomaly_rate,
         spike=None if scripted is None else {**asdict(scripted), "sensor_id": str(fleet.sensors[0].sensor_id)},
+        encoder=publisher.encoder.value,
         metrics_port=server.port if server else None,
     )
     try:

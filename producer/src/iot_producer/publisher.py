@@ -1,19 +1,32 @@
-"""Publishing readings to Kafka with acks=all and idempotence, counting what the broker acknowledged."""
+"""Publishing readings to Kafka with acks=all and idempotence, counting what the broker acknowledged.
+
+Two ways in, one client: with the native encoder (iot_producer_fastpath) readings are gathered per
+partition and appended to kafka-python's batches many at a time (iot_producer.accumulator);
+without it, or for a reading the encoder has no exact form for, each goes through
+``KafkaProducer.send()``. Both give the same records (tests/unit/test_producer_fastpath.py), and
+kafka-python's sender does the rest for both: idempotence, retries, delivery timeout.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.partitioner.default import DefaultPartitioner
+from kafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from iot_common.logging import get_logger
 from iot_common.schema import SensorReading
 from iot_common.settings import KafkaSettings
+from iot_producer.accumulator import PartitionReadings, RecordAppender, Unencodable, key_hash, native_available
+from iot_producer.simulation import utc_from_us
 
 log = get_logger(__name__)
 
@@ -29,13 +42,27 @@ IN_FLIGHT = Gauge("iot_producer_in_flight", "Readings sent but not yet acknowled
 
 COMPRESSION_CHOICES = ("none", "gzip", "snappy", "lz4", "zstd")
 
+# Readings handed to the client and not yet answered for, at most: kafka-python's accumulator
+# itself has no bound, so with the broker away it would grow until the delivery timeout. About
+# 40 MB of records; the generator waits (without CPU) until acknowledgements make room.
+DEFAULT_MAX_IN_FLIGHT = 200_000
+
+
+class Encoder(StrEnum):
+    """How readings become Kafka records (PRODUCER_ENCODER)."""
+
+    AUTO = "auto"  # native when installed, else python
+    NATIVE = "native"  # iot_producer_fastpath, many readings per call (fails at start without it)
+    PYTHON = "python"  # one KafkaProducer.send() per reading: the reference
+
 
 class CachingKeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
     """Kafka's default (murmur2) key → partition mapping, computed once per key.
 
     kafka-python hashes every key in pure Python (~18 µs, the largest per-message cost in
-    the profile); sensors reuse the same few thousand keys, so the answer is memoised per
-    (topic, key, partition count). Same partitions as the Java client and the default.
+    the profile); sensors reuse the same keys, so the answer is memoised per (topic, key,
+    partition count), and hashed natively where iot_producer_fastpath is installed. Same
+    partitions as the Java client and kafka-python's default.
     """
 
     def __init__(self) -> None:
@@ -44,13 +71,14 @@ class CachingKeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
     def partition(
         self, topic: str, key: Any, serialized_key: bytes | None, value: Any, serialized_value: Any, cluster: Any
     ) -> int:
-        if serialized_key is None:
+        partitions = cluster.partitions_for_topic(topic) if serialized_key is not None else None
+        if not partitions:  # no key, or no metadata yet: kafka-python's own answer (or error)
             return int(super().partition(topic, key, serialized_key, value, serialized_value, cluster))
-        count = len(cluster.partitions_for_topic(topic) or ())
-        cache_key = (topic, serialized_key, count)
+        assert serialized_key is not None
+        cache_key = (topic, serialized_key, len(partitions))
         found = self._cache.get(cache_key)
         if found is None:
-            found = int(super().partition(topic, key, serialized_key, value, serialized_value, cluster))
+            found = sorted(partitions)[(key_hash(serialized_key) & 0x7FFFFFFF) % len(partitions)]
             self._cache[cache_key] = found
         return found
 
@@ -84,12 +112,28 @@ class ReadingPublisher:
         compression: str = "none",
         linger_ms: int = 5,
         batch_size: int = 64 * 1024,
+        encoder: Encoder = Encoder.AUTO,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         if compression not in COMPRESSION_CHOICES:
             raise PublisherError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSION_CHOICES)}")
+        if encoder is Encoder.NATIVE and not native_available():
+            raise PublisherError(
+                "PRODUCER_ENCODER=native but the native encoder (iot_producer_fastpath) is not installed: "
+                "make dev builds it; PRODUCER_ENCODER=auto falls back to kafka-python's send()"
+            )
+        if max_in_flight < 1:
+            raise PublisherError("max_in_flight must be at least 1")
         self.topic = settings.topic
         self.counts = DeliveryCounts()
         self._first_error: str | None = None
+        self._max_in_flight = max_in_flight
+        self._room = threading.Condition()
+        self._waiting_for_room = False
+        self._pending: dict[int, PartitionReadings] = {}
+        self._partition_of: dict[bytes, int] = {}
+        self._partition_count = 0
+        self._partitioner = CachingKeyPartitioner()
         options: dict[str, Any] = settings.client_options()
         options["client_id"] = f"{settings.client_id}-producer"
         try:
@@ -100,7 +144,7 @@ class ReadingPublisher:
                 # until delivery_timeout_ms.
                 retries=2**31 - 1,
                 max_in_flight_requests_per_connection=5,
-                partitioner=CachingKeyPartitioner(),
+                partitioner=self._partitioner,
                 compression_type=None if compression == "none" else compression,
                 linger_ms=linger_ms,
                 batch_size=batch_size,
@@ -120,20 +164,55 @@ class ReadingPublisher:
         if not self._producer.partitions_for(self.topic):
             self._producer.close(timeout=1)
             raise PublisherError(f"topic {self.topic!r} does not exist (KAFKA_TOPIC)")
+        native = encoder is Encoder.NATIVE or (encoder is Encoder.AUTO and native_available())
+        self._appender = RecordAppender(self._producer) if native else None
+        self.encoder = Encoder.NATIVE if native else Encoder.PYTHON
 
     def _on_ack(self, started: float, _metadata: object) -> None:
         SEND_LATENCY.observe(time.monotonic() - started)
         self.counts.acknowledged += 1
         ACKNOWLEDGED.inc()
         IN_FLIGHT.dec()
+        if self._waiting_for_room:
+            self._make_room()
 
-    def _on_error(self, exc: BaseException) -> None:
-        self.counts.failed += 1
-        FAILED.labels(type(exc).__name__).inc()
-        IN_FLIGHT.dec()
+    def _on_error(self, exc: BaseException, count: int = 1) -> None:
+        self.counts.failed += count
+        FAILED.labels(type(exc).__name__).inc(count)
+        IN_FLIGHT.dec(count)
         if self._first_error is None:
             self._first_error = repr(exc)
             log.error("send_failed", error=repr(exc))
+        if self._waiting_for_room:
+            self._make_room()
+
+    def _on_append_done(self, count: int, latency_s: float, error: BaseException | None) -> None:
+        """One native append answered for (kafka-python's I/O thread)."""
+        if error is not None:
+            self._on_error(error, count)
+            return
+        SEND_LATENCY.observe(latency_s)
+        self.counts.acknowledged += count
+        ACKNOWLEDGED.inc(count)
+        IN_FLIGHT.dec(count)
+        if self._waiting_for_room:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        with self._room:
+            self._room.notify_all()
+
+    def wait_for_room(self, stop: threading.Event | Any) -> None:
+        """Block, without CPU, while ``max_in_flight`` readings are unanswered (or until stop)."""
+        if self.counts.in_flight < self._max_in_flight:
+            return
+        with self._room:
+            self._waiting_for_room = True
+            try:
+                while self.counts.in_flight >= self._max_in_flight and not stop.is_set():
+                    self._room.wait(0.5)
+            finally:
+                self._waiting_for_room = False
 
     def publish(self, reading: SensorReading, key: bytes) -> None:
         """Hand one reading to the client (blocks only when its buffer is full)."""
@@ -151,8 +230,70 @@ class ReadingPublisher:
         future.add_callback(self._on_ack, time.monotonic())
         future.add_errback(self._on_error)
 
+    def add(self, key: bytes, sensor_id: UUID, stamp_us: int, temperature: float, humidity: float) -> None:
+        """Queue one reading for :meth:`send_pending` (native), or send it now (python)."""
+        if self._appender is None:
+            self.publish(SensorReading(sensor_id, utc_from_us(stamp_us), temperature, humidity), key)
+            return
+        partition = self._partition_of.get(key)
+        if partition is None:
+            partition = self._partition_for(key)
+        pending = self._pending.get(partition)
+        if pending is None:
+            pending = self._pending[partition] = PartitionReadings()
+        pending.add(key, stamp_us, temperature, humidity)
+
+    def _partition_for(self, key: bytes) -> int:
+        """Kafka's default partition of ``key`` (murmur2, as send() would choose), remembered
+        until the topic's partition count changes."""
+        partitions = self._producer._metadata.partitions_for_topic(self.topic) or set()
+        if len(partitions) != self._partition_count:
+            self._partition_count = len(partitions)
+            self._partition_of.clear()
+        partition = self._partitioner.partition(self.topic, key, key, None, None, self._producer._metadata)
+        self._partition_of[key] = partition
+        return partition
+
+    def send_pending(self) -> None:
+        """Append every queued reading to its partition's batch (native encoder)."""
+        appender = self._appender
+        if appender is None:
+            return
+        partitions = self._producer._metadata.partitions_for_topic(self.topic)
+        if partitions is not None and len(partitions) != self._partition_count:
+            self._partition_of.clear()  # partitions were added: keys map anew from the next reading
+        for partition, readings in self._pending.items():
+            count = len(readings)
+            if not count:
+                continue
+            self.counts.produced += count  # before the append: its callback may run at once
+            IN_FLIGHT.inc(count)
+            try:
+                appender.append(TopicPartition(self.topic, partition), readings, self._on_append_done)
+                PRODUCED.inc(count)
+            except Unencodable as exc:
+                # A reading the encoder has no exact form for (a configured range far outside
+                # the usual): the rest of this partition's readings go through send().
+                self.counts.produced -= count - exc.appended
+                IN_FLIGHT.dec(count - exc.appended)
+                PRODUCED.inc(exc.appended)
+                self._send_one_by_one(readings, exc.appended)
+            except KafkaError as exc:
+                PRODUCED.inc(count)
+                self._on_error(exc, count)
+            readings.clear()
+
+    def _send_one_by_one(self, readings: PartitionReadings, start: int) -> None:
+        for index in range(start, len(readings)):
+            key, stamp_us = readings.keys[index], readings.stamps_us[index]
+            reading = SensorReading(
+                UUID(key.decode()), utc_from_us(stamp_us), readings.temperatures[index], readings.humidities[index]
+            )
+            self.publish(reading, key)
+
     def close(self, timeout_s: float = 30.0) -> DeliveryCounts:
         """Flush what is buffered (waiting for acknowledgements), then close."""
+        self.send_pending()
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaError as exc:

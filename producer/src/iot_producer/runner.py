@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge
 
@@ -22,6 +21,11 @@ TARGET_RATE = Gauge("iot_producer_target_rate", "Target readings per second (0 =
 # Sleeping for less than this costs more than it saves; run slightly early instead.
 _MIN_SLEEP_S = 0.002
 
+# Readings generated between two hand-offs to the client, at most: enough that the per-chunk
+# costs (a clock read, one append per partition) vanish beside the per-reading ones, few enough
+# that a chunk takes ~5 ms at 100,000 readings/s, the default linger.
+CHUNK = 512
+
 
 @dataclass(frozen=True)
 class Pacing:
@@ -36,34 +40,51 @@ def run(fleet: SensorFleet, publisher: ReadingPublisher, pacing: Pacing, stop: S
     """Emit readings round-robin over the fleet until count, duration or a stop signal.
 
     Reading k is due at ``start + k / rate``: lateness in one step is caught up in the next
-    instead of accumulating (no ``sleep(interval)`` after the work). Returns the number of
-    time slots used (emitted + skipped).
+    instead of accumulating (no ``sleep(interval)`` after the work). The readings due at one
+    moment (up to :data:`CHUNK`) are generated with one clock reading and handed to the
+    publisher together. Returns the number of time slots used (emitted + skipped).
     """
     sensors = fleet.sensors
     n = len(sensors)
     SENSORS.set(n)
     TARGET_RATE.set(pacing.rate or 0)
     interval = 1.0 / pacing.rate if pacing.rate else 0.0
+    next_values = fleet.next_values
+    add = publisher.add
     start = time.monotonic()
     deadline = start + pacing.duration_s if pacing.duration_s is not None else None
     k = 0
     while not stop.is_set():
-        if pacing.count is not None and k >= pacing.count:
+        chunk = CHUNK if pacing.count is None else min(CHUNK, pacing.count - k)
+        if chunk <= 0:
             break
         now_mono = time.monotonic()
         if deadline is not None and now_mono >= deadline:
             break
         if interval:
-            ahead = start + k * interval - now_mono
-            if ahead > _MIN_SLEEP_S and stop.wait(ahead):
-                break
-        sensor = sensors[k % n]
-        reading = fleet.next_reading(sensor, datetime.now(UTC))
-        if reading is None:
-            SKIPPED.inc()
-        else:
-            publisher.publish(reading, sensor.key)
-        k += 1
+            due = int((now_mono - start + _MIN_SLEEP_S) / interval) + 1 - k
+            if due <= 0:  # ahead of schedule: hand over what is queued, then sleep
+                publisher.send_pending()
+                if stop.wait(start + k * interval - now_mono):
+                    break
+                continue
+            chunk = min(chunk, due)
+        now_us = time.time_ns() // 1000
+        skipped = 0
+        for slot in range(k, k + chunk):
+            sensor = sensors[slot % n]
+            values = next_values(sensor, now_us)
+            if values is None:
+                skipped += 1
+            else:
+                stamp_us, temperature, humidity = values
+                add(sensor.key, sensor.sensor_id, stamp_us, temperature, humidity)
+        k += chunk
+        if skipped:
+            SKIPPED.inc(skipped)
+        publisher.send_pending()
+        publisher.wait_for_room(stop)
+    publisher.send_pending()
     elapsed = time.monotonic() - start
     log.info(
         "generation_finished",

@@ -12,7 +12,7 @@ import math
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from faker import Faker
@@ -20,6 +20,17 @@ from faker import Faker
 from iot_common.schema import SensorReading
 
 _MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_us(instant: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime (exact integer arithmetic)."""
+    return (instant - _EPOCH) // _MICROSECOND
+
+
+def utc_from_us(stamp_us: int) -> datetime:
+    """The UTC instant ``stamp_us`` microseconds after the epoch."""
+    return _EPOCH + timedelta(microseconds=stamp_us)
 
 
 class Anomaly(StrEnum):
@@ -83,7 +94,7 @@ class Sensor:
     temperature: float
     humidity: float
     phase: float  # offset of this sensor's daily cycle, in radians
-    last_timestamp: datetime | None = None
+    last_stamp_us: int | None = None  # the last reading's timestamp, microseconds since the epoch
     anomaly: Anomaly | None = None
     anomaly_left: int = 0
     anomaly_peak: float = 0.0
@@ -145,10 +156,10 @@ class SensorFleet:
             phase=self._rng.uniform(-0.5, 0.5),
         )
 
-    def _step_values(self, sensor: Sensor, now: datetime) -> None:
+    def _step_values(self, sensor: Sensor, stamp_us: int) -> None:
         r = self.ranges
-        # Daily cycle: warmest mid-afternoon, humidity moves the other way.
-        day_fraction = (now.hour * 3600 + now.minute * 60 + now.second) / 86400
+        # Daily cycle (UTC): warmest mid-afternoon, humidity moves the other way.
+        day_fraction = (stamp_us // 1_000_000 % 86400) / 86400
         cycle = math.sin(2 * math.pi * (day_fraction - 0.375) + sensor.phase)
         t_mid = (r.temperature_min + r.temperature_max) / 2
         t_amp = (r.temperature_max - r.temperature_min) / 4
@@ -176,6 +187,16 @@ class SensorFleet:
 
     def next_reading(self, sensor: Sensor, now: datetime) -> SensorReading | None:
         """The sensor's reading at ``now`` (UTC), or None when it is in a 'missing' episode."""
+        values = self.next_values(sensor, epoch_us(now))
+        if values is None:
+            return None
+        stamp_us, temperature, humidity = values
+        return SensorReading(sensor.sensor_id, utc_from_us(stamp_us), temperature, humidity)
+
+    def next_values(self, sensor: Sensor, now_us: int) -> tuple[int, float, float] | None:
+        """The sensor's reading at ``now_us`` (microseconds since the epoch) as (timestamp in
+        microseconds, temperature, humidity), or None in a 'missing' episode: what
+        :meth:`next_reading` returns, without building objects (the producer's hot loop)."""
         self._maybe_start_anomaly(sensor)
         anomaly = sensor.anomaly
         if anomaly is not None:
@@ -185,7 +206,7 @@ class SensorFleet:
         if anomaly is Anomaly.MISSING:
             return None
         if anomaly is not Anomaly.STUCK:
-            self._step_values(sensor, now)
+            self._step_values(sensor, now_us)
         temperature = sensor.temperature
         if anomaly is Anomaly.SPIKE:
             temperature = sensor.anomaly_peak + self._rng.gauss(0, 0.3)
@@ -193,8 +214,9 @@ class SensorFleet:
         if sensor is self._spiked and spike is not None and 0 <= sensor.readings - spike.start < spike.readings:
             temperature = spike.peak + self._rng.gauss(0, 0.3)
         # Per-sensor timestamps strictly increase, even when generating faster than 1/µs.
-        if sensor.last_timestamp is not None and now <= sensor.last_timestamp:
-            now = sensor.last_timestamp + _MICROSECOND
-        sensor.last_timestamp = now
+        last = sensor.last_stamp_us
+        if last is not None and now_us <= last:
+            now_us = last + 1
+        sensor.last_stamp_us = now_us
         sensor.readings += 1
-        return SensorReading(sensor.sensor_id, now, round(temperature, 2), round(sensor.humidity, 2))
+        return now_us, round(temperature, 2), round(sensor.humidity, 2)
