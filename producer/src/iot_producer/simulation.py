@@ -132,6 +132,19 @@ class SensorFleet:
         self.anomaly_rate = anomaly_rate
         self.anomaly_kinds = anomaly_kinds or tuple(Anomaly)
         self._rng = random.Random(seed)
+        r = ranges
+        self._bounds = (
+            r.temperature_min,
+            r.temperature_max,
+            (r.temperature_min + r.temperature_max) / 2,
+            (r.temperature_max - r.temperature_min) / 4,
+            r.humidity_min,
+            r.humidity_max,
+            (r.humidity_min + r.humidity_max) / 2,
+            (r.humidity_max - r.humidity_min) / 4,
+        )
+        self._angle_second: int | None = None
+        self._angle = 0.0
         faker = Faker("pt_BR")
         faker.seed_instance(seed)
         self.sensors = [self._make_sensor(faker, index) for index in range(count)]
@@ -157,27 +170,28 @@ class SensorFleet:
         )
 
     def _step_values(self, sensor: Sensor, stamp_us: int) -> None:
-        r = self.ranges
-        # Daily cycle (UTC): warmest mid-afternoon, humidity moves the other way.
-        day_fraction = (stamp_us // 1_000_000 % 86400) / 86400
-        cycle = math.sin(2 * math.pi * (day_fraction - 0.375) + sensor.phase)
-        t_mid = (r.temperature_min + r.temperature_max) / 2
-        t_amp = (r.temperature_max - r.temperature_min) / 4
-        h_mid = (r.humidity_min + r.humidity_max) / 2
-        h_amp = (r.humidity_max - r.humidity_min) / 4
+        # The hot loop of the producer (one call per reading): what depends only on the ranges or
+        # on the second is computed once (the same operations in the same order, so the same
+        # values), and a value inside its range skips the reflection call.
+        second = stamp_us // 1_000_000
+        if second != self._angle_second:
+            # Daily cycle (UTC): warmest mid-afternoon, humidity moves the other way.
+            day_fraction = (second % 86400) / 86400
+            self._angle = 2 * math.pi * (day_fraction - 0.375)
+            self._angle_second = second
+        cycle = math.sin(self._angle + sensor.phase)
+        t_low, t_high, t_mid, t_amp, h_low, h_high, h_mid, h_amp = self._bounds
         t_target = t_mid + t_amp * cycle
         h_target = h_mid - h_amp * cycle
-        rng = self._rng
-        sensor.temperature = _reflect(
-            sensor.temperature + 0.05 * (t_target - sensor.temperature) + rng.gauss(0, 0.08),
-            r.temperature_min,
-            r.temperature_max,
-        )
-        sensor.humidity = _reflect(
-            sensor.humidity + 0.05 * (h_target - sensor.humidity) + rng.gauss(0, 0.25),
-            r.humidity_min,
-            r.humidity_max,
-        )
+        gauss = self._rng.gauss
+        temperature = sensor.temperature + 0.05 * (t_target - sensor.temperature) + gauss(0, 0.08)
+        if not t_low <= temperature <= t_high:
+            temperature = _reflect(temperature, t_low, t_high)
+        sensor.temperature = temperature
+        humidity = sensor.humidity + 0.05 * (h_target - sensor.humidity) + gauss(0, 0.25)
+        if not h_low <= humidity <= h_high:
+            humidity = _reflect(humidity, h_low, h_high)
+        sensor.humidity = humidity
 
     def _maybe_start_anomaly(self, sensor: Sensor) -> None:
         if sensor.anomaly is None and self.anomaly_rate and self._rng.random() < self.anomaly_rate:
