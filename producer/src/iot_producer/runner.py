@@ -26,6 +26,12 @@ _MIN_SLEEP_S = 0.002
 # that a chunk takes ~5 ms at 100,000 readings/s, the default linger.
 CHUNK = 512
 
+# When paced, readings due within this long are generated together: a loop that keeps up would
+# otherwise hand over a few readings per turn and pay the per-chunk costs for each few (at
+# 100,000/s and 100,000 sensors that doubled the CPU per reading). 200 readings at 100,000/s;
+# one at a time below 500/s. Delays a reading by 2 ms at most, under the 5 ms linger.
+COALESCE_S = 0.002
+
 
 @dataclass(frozen=True)
 class Pacing:
@@ -41,14 +47,15 @@ def run(fleet: SensorFleet, publisher: ReadingPublisher, pacing: Pacing, stop: S
 
     Reading k is due at ``start + k / rate``: lateness in one step is caught up in the next
     instead of accumulating (no ``sleep(interval)`` after the work). The readings due at one
-    moment (up to :data:`CHUNK`) are generated with one clock reading and handed to the
-    publisher together. Returns the number of time slots used (emitted + skipped).
+    moment, or within :data:`COALESCE_S` of it (up to :data:`CHUNK`), are generated with one
+    clock reading and handed to the publisher together. Returns the number of time slots used (emitted + skipped).
     """
     sensors = fleet.sensors
     n = len(sensors)
     SENSORS.set(n)
     TARGET_RATE.set(pacing.rate or 0)
     interval = 1.0 / pacing.rate if pacing.rate else 0.0
+    together = max(1, min(CHUNK, int(pacing.rate * COALESCE_S))) if pacing.rate else CHUNK
     next_values = fleet.next_values
     add = publisher.add
     start = time.monotonic()
@@ -63,9 +70,9 @@ def run(fleet: SensorFleet, publisher: ReadingPublisher, pacing: Pacing, stop: S
             break
         if interval:
             due = int((now_mono - start + _MIN_SLEEP_S) / interval) + 1 - k
-            if due <= 0:  # ahead of schedule: hand over what is queued, then sleep
-                publisher.send_pending()
-                if stop.wait(start + k * interval - now_mono):
+            wanted = min(together, chunk)
+            if due < wanted:  # ahead of schedule: sleep until `wanted` readings are due
+                if stop.wait(start + (k + wanted - 1) * interval - now_mono):
                     break
                 continue
             chunk = min(chunk, due)
