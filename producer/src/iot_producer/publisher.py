@@ -237,7 +237,14 @@ class ReadingPublisher:
             return
         partition = self._partition_of.get(key)
         if partition is None:
-            partition = self._partition_for(key)
+            try:
+                partition = self._partition_for(key)
+            except KafkaError as exc:  # no metadata for the topic within max_block_ms
+                self.counts.produced += 1
+                PRODUCED.inc()
+                IN_FLIGHT.inc()
+                self._on_error(exc)
+                return
         pending = self._pending.get(partition)
         if pending is None:
             pending = self._pending[partition] = PartitionReadings()
@@ -246,7 +253,9 @@ class ReadingPublisher:
     def _partition_for(self, key: bytes) -> int:
         """Kafka's default partition of ``key`` (murmur2, as send() would choose), remembered
         until the topic's partition count changes."""
-        partitions = self._producer._metadata.partitions_for_topic(self.topic) or set()
+        partitions = self._producer._metadata.partitions_for_topic(self.topic)
+        if not partitions:  # as send() does: wait for the topic's metadata (KafkaTimeoutError)
+            partitions = self._producer.partitions_for(self.topic)
         if len(partitions) != self._partition_count:
             self._partition_count = len(partitions)
             self._partition_of.clear()
