@@ -79,32 +79,22 @@ def test_final_image_has_no_compiler_and_a_shared_library_package(images: dict[s
     assert not [line for line in lines[:-1] if line.endswith(("gcc", "/cc"))]
 
 
-def test_consumer_image_ships_the_native_decoder(images: dict[str, str]) -> None:
-    """The C decoder is compiled in the build stage and imports in the final image (no compiler there)."""
-    probe = docker(
-        "run",
-        "--rm",
-        "--entrypoint",
-        "python3",
-        images["consumer"],
-        "-c",
-        "import iot_fastpath; from iot_consumer.decoding import decoder_available; print(decoder_available())",
-    )
-    assert probe.stdout.split()[-1] == "True"
-
-
-def test_producer_image_ships_the_native_encoder(images: dict[str, str]) -> None:
-    """The C record encoder is compiled in the build stage and imports in the final image."""
-    probe = docker(
-        "run",
-        "--rm",
-        "--entrypoint",
-        "python3",
-        images["producer"],
-        "-c",
-        "import iot_producer_fastpath; from iot_producer.accumulator import native_available; print(native_available())",
-    )
-    assert probe.stdout.split()[-1] == "True"
+@pytest.mark.parametrize(
+    ("service", "probe"),
+    [
+        ("consumer", "import iot_fastpath; from iot_consumer.decoding import decoder_available as a; print(a())"),
+        (
+            "producer",
+            "import iot_producer_fastpath; from iot_producer.accumulator import native_available as a; print(a())",
+        ),
+    ],
+    ids=["consumer", "producer"],
+)
+def test_image_ships_its_native_part(images: dict[str, str], service: str, probe: str) -> None:
+    """The consumer's C decoder and the producer's C encoder are compiled in the build stage and
+    import in the final image (no compiler there), and the service says it will use them."""
+    result = docker("run", "--rm", "--entrypoint", "python3", images[service], "-c", probe)
+    assert result.stdout.split()[-1] == "True"
 
 
 def test_servers_declare_a_healthcheck(images: dict[str, str]) -> None:
