@@ -83,6 +83,8 @@ static void civil_from_days(int64_t z, int64_t *year, unsigned *month, unsigned 
 
 /* datetime.isoformat() of the UTC instant stamp_us: no fraction when it is zero. */
 static int put_timestamp(char *out, int64_t stamp_us, size_t *written) {
+    /* 0001-01-01T00:00:00 .. 9999-12-31T23:59:59.999999 (and no overflow negating below) */
+    if (stamp_us < -62135596800000000LL || stamp_us > 253402300799999999LL) return -1;
     int64_t seconds = stamp_us >= 0 ? stamp_us / 1000000 : -((-stamp_us + 999999) / 1000000);
     int64_t micros = stamp_us - seconds * 1000000;
     int64_t days = seconds >= 0 ? seconds / 86400 : -((-seconds + 86399) / 86400);
@@ -199,18 +201,25 @@ static PyObject *encode_records(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_IndexError, "start is outside the readings");
         return NULL;
     }
+    if (room < 0) room = 0; /* a batch_size below the header's size: one record per batch */
     Buffer out = {0};
     int64_t max_timestamp_ms = first_timestamp_ms;
     Py_ssize_t i;
     for (i = start; i < total; i++) {
         PyObject *key = PyList_GET_ITEM(keys, i), *stamp = PyList_GET_ITEM(stamps, i);
         PyObject *t = PyList_GET_ITEM(temperatures, i), *h = PyList_GET_ITEM(humidities, i);
-        if (!PyBytes_Check(key) || !PyLong_Check(stamp) || !PyFloat_Check(t) || !PyFloat_Check(h)) {
-            PyErr_Format(PyExc_TypeError, "reading %zd: expected bytes, int, float, float", i);
+        if (!PyBytes_Check(key) || !PyLong_Check(stamp)) {
+            PyErr_Format(PyExc_TypeError, "reading %zd: expected a bytes key and an int timestamp", i);
             goto fail;
         }
-        long long stamp_us = PyLong_AsLongLong(stamp);
+        /* An int value (orjson writes 30, not 30.0) or a timestamp past 64 bits: Python's job. */
+        int overflow = 0;
+        long long stamp_us = PyLong_AsLongLongAndOverflow(stamp, &overflow);
         if (stamp_us == -1 && PyErr_Occurred()) goto fail;
+        if (overflow || !PyFloat_CheckExact(t) || !PyFloat_CheckExact(h)) {
+            PyErr_Format(PyExc_ValueError, "reading %zd has no exact native JSON form", i);
+            goto fail;
+        }
         char value[VALUE_MAX];
         size_t value_len;
         const char *key_data = PyBytes_AS_STRING(key);

@@ -6,6 +6,7 @@ import itertools
 import signal
 import time
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,38 +140,47 @@ def test_native_and_python_encoders_send_the_same_readings_to_the_same_partition
 def test_in_flight_readings_are_bounded_and_the_bound_does_not_stall(
     stack: Stack, env: dict[str, str], topic: str, tmp_path: Path
 ) -> None:
-    """--max-in-flight 64: generation waits for acknowledgements (kafka-python's accumulator has
-    no bound of its own) and still ends with every reading acknowledged."""
-    producer = Service(
-        ["iot-producer", "--sensors", "100", "--count", "5000", "--max-rate", "--max-in-flight", "64"],
-        env,
-        tmp_path / "producer.log",
-    )
-    assert producer.wait(120) == 0
-    stopped = producer.event("producer_stopped")
+    """--max-in-flight 64: generation pauses for acknowledgements (kafka-python's accumulator
+    has no bound of its own), says how often, and still ends with every reading acknowledged;
+    with the default bound the same run never pauses."""
+    args = ["iot-producer", "--sensors", "100", "--count", "5000", "--max-rate"]
+    bounded = Service([*args, "--max-in-flight", "64"], env, tmp_path / "bounded.log")
+    assert bounded.wait(120) == 0
+    stopped = bounded.event("producer_stopped")
     assert (stopped["acknowledged"], stopped["unconfirmed"]) == (5000, 0)
-    assert sum(end_offsets(stack.bootstrap, topic).values()) == 5000
+    assert stopped["waits_for_acknowledgements"] > 10
+    free = Service(args, env, tmp_path / "free.log")
+    assert free.wait(120) == 0
+    assert free.event("producer_stopped")["waits_for_acknowledgements"] == 0
+    assert sum(end_offsets(stack.bootstrap, topic).values()) == 10_000
 
 
-def test_a_reading_the_native_encoder_cannot_write_exactly_goes_through_send(
+def test_readings_the_native_encoder_cannot_write_exactly_go_through_send_in_order(
     stack: Stack, env: dict[str, str], topic: str, tmp_path: Path
 ) -> None:
-    """Ranges so far out that the floats would print differently natively (>= 1e15): every
-    reading still arrives, written by kafka-python's send() exactly as to_json() does."""
+    """A scripted spike so far out that its floats print differently natively (1e15): those
+    readings, and the rest of their chunk's partition, go through send() in batches of their
+    own, the others natively; every reading arrives once, each sensor's in order, each value
+    exactly as orjson writes it."""
     producer = Service(
         [
             "iot-producer",
-            *("--sensors", "5", "--count", "200", "--max-rate", "--encoder", "native"),
-            *("--temperature-min", "1e15", "--temperature-max", "3e15"),
+            *("--sensors", "8", "--count", "800", "--max-rate", "--encoder", "native"),
+            *("--spike", "20:30:1e15"),
         ],
         env,
         tmp_path / "producer.log",
     )
     assert producer.wait(120) == 0
-    assert producer.event("producer_stopped")["acknowledged"] == 200
-    records = read_topic(stack.bootstrap, topic)
-    assert len(records) == 200
+    assert producer.event("producer_stopped")["acknowledged"] == 800
+    records = sorted(read_topic(stack.bootstrap, topic), key=lambda r: (r.partition, r.offset))
+    assert len(records) == 800
+    by_sensor: dict[bytes, list[datetime]] = defaultdict(list)
+    spiked = 0
     for record in records:
         value = orjson.loads(record.value)
-        assert value["temperatura"] >= 1e15
         assert record.value == orjson.dumps(value)
+        spiked += value["temperatura"] >= 1e15
+        by_sensor[record.key].append(datetime.fromisoformat(value["timestamp"]))
+    assert spiked == 30
+    assert all(stamps == sorted(stamps) and len(set(stamps)) == 100 for stamps in by_sensor.values())

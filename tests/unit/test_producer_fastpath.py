@@ -13,20 +13,24 @@ from __future__ import annotations
 import math
 import os
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2 as python_murmur2
+from kafka.producer.producer_batch import ProducerBatch
 from kafka.producer.record_accumulator import RecordAccumulator
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
+from kafka.structs import TopicPartition
 
 from iot_common.schema import SensorReading
 from iot_producer import accumulator
-from iot_producer.accumulator import PartitionReadings, encode_into, native_available
+from iot_producer.accumulator import PartitionReadings, RecordAppender, Unencodable, encode_into, native_available
 from iot_producer.simulation import SensorFleet, epoch_us, utc_from_us
 
 if not native_available() and os.environ.get("IOT_REQUIRE_FASTPATH") == "1":
@@ -97,12 +101,15 @@ def test_floats_of_any_precision_take_their_shortest_form_or_are_refused(tempera
         (b"ok", 0, math.inf),
         (b"ok", 0, 1e16),
         (b"ok", epoch_us(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) + 1, 20.0),
+        (b"ok", -(2**63), 20.0),
+        (b"ok", 2**70, 20.0),
+        (b"ok", 0, 20),  # an int: orjson writes 20, not 20.0
     ],
 )
 def test_what_has_no_exact_native_form_is_refused_not_written(key: bytes, stamp_us: int, temperature: float) -> None:
     """A key that would need a JSON escape (or is not a sensor id's length), a float orjson
-    would write otherwise, a year past 9999: ValueError, and the publisher sends those through
-    send() (tests/integration/test_producer.py)."""
+    would write otherwise, an int value, a year outside 1..9999 or past 64 bits: ValueError,
+    and the publisher sends those through send() (tests/integration/test_producer.py)."""
     readings = PartitionReadings()
     readings.add(key, stamp_us, temperature, 50.0)
     with pytest.raises(ValueError, match="no exact native JSON form"):
@@ -217,3 +224,135 @@ def test_kafka_python_internals_the_appender_writes_to_are_there() -> None:
         assert acc.config["message_version"] == 2
     finally:
         producer.close(timeout=1)
+
+
+# ---------------------------------------------------------------- RecordAppender on a real accumulator
+# A KafkaProducer with no broker: its accumulator and sender are real, nothing is ever drained, so
+# the test drains, closes and completes batches itself, as the sender would.
+
+
+@pytest.fixture
+def producer() -> Iterator[KafkaProducer]:
+    producer = KafkaProducer(
+        bootstrap_servers="127.0.0.1:1",
+        api_version=(2, 8),
+        batch_size=2048,
+        linger_ms=60_000,
+        delivery_timeout_ms=600_000,
+    )
+    yield producer
+    producer.close(timeout=0)
+
+
+TP = TopicPartition("readings", 0)
+
+
+def _simulated(count: int) -> list[tuple[uuid.UUID, datetime, float, float]]:
+    fleet = SensorFleet(20, seed=3)
+    base = datetime(2026, 12, 3, 18, 0, tzinfo=UTC)
+    values = []
+    for k in range(count):
+        reading = fleet.next_reading(fleet.sensors[k % 20], base + timedelta(milliseconds=k))
+        assert reading is not None
+        values.append((reading.sensor_id, reading.timestamp, reading.temperatura, reading.umidade))
+    return values
+
+
+def _drain(producer: KafkaProducer) -> list[ProducerBatch]:
+    """Take every queued batch of TP and close it as the sender does on drain."""
+    accumulator = producer._accumulator
+    with accumulator._tp_lock(TP):
+        batches = list(accumulator._batches[TP])
+        accumulator._batches[TP].clear()
+    for sequence, batch in enumerate(batches):
+        batch.records.set_producer_state(4242, 7, sequence * 1000, False)
+        batch.records.close()
+    return batches
+
+
+def _complete(producer: KafkaProducer, batch: ProducerBatch, error: KafkaError | None = None) -> None:
+    """The broker's answer for a batch, handled as the sender handles it."""
+    if error is None:
+        batch.complete(0, -1)
+    else:
+        batch.complete_exceptionally(error, lambda _index: error)
+    producer._accumulator.deallocate(batch)
+
+
+class Outcomes:
+    """What on_done was told, call by call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, BaseException | None]] = []
+
+    def __call__(self, count: int, _latency_s: float, error: BaseException | None) -> None:
+        self.calls.append((count, error))
+
+
+@pytest.mark.parametrize("chunks", [[1] * 40, [7, 85, 1, 300, 207], [600]])
+def test_chunks_fill_the_open_batch_and_roll_over_where_kafka_pythons_append_would(
+    producer: KafkaProducer, chunks: list[int]
+) -> None:
+    """600 readings appended in chunks of any size (later chunks into the open batch): the
+    batches are the bytes kafka-python's own append() builds from the same records, split at
+    the same points, and each batch reports exactly the readings it holds once completed."""
+    values = _simulated(sum(chunks))
+    appender, outcomes, start = RecordAppender(producer), Outcomes(), 0
+    for size in chunks:
+        appender.append(TP, _readings(values[start : start + size]), outcomes)
+        start += size
+    batches = _drain(producer)
+    reference = _kafka_python_batches(values, 0, 2048)
+    ours = [bytes(b.records.buffer()) for b in batches]
+    assert len(ours) == len(reference) > 1
+    for sequence, (native, theirs) in enumerate(zip(ours, reference, strict=True)):
+        theirs_batch = next(iter(MemoryRecords(theirs)))
+        native_batch = next(iter(MemoryRecords(native)))
+        assert native_batch.base_sequence == sequence * 1000
+        assert [(r.offset, r.timestamp, r.key, r.value) for r in native_batch] == [
+            (r.offset, r.timestamp, r.key, r.value) for r in theirs_batch
+        ]
+        assert native[61:] == theirs[61:]  # the records, byte for byte
+    for index, batch in enumerate(batches):
+        _complete(producer, batch, KafkaError("refused") if index % 2 else None)
+    told = [count for count, error in outcomes.calls if error is None]
+    failed = [count for count, error in outcomes.calls if error is not None]
+    assert sum(told) + sum(failed) == len(values)
+    assert sum(told) == sum(b.record_count for i, b in enumerate(batches) if i % 2 == 0)
+
+
+def test_a_batch_the_broker_finds_too_large_is_split_and_each_part_reports_its_readings(
+    producer: KafkaProducer,
+) -> None:
+    """MESSAGE_TOO_LARGE: kafka-python splits the batch into parts that carry only send()'s
+    per-record futures; the appender's wrapper gives each part a callback for its readings, so
+    every reading is still counted once (before, none of them ever was)."""
+    appender, outcomes = RecordAppender(producer), Outcomes()
+    appender.append(TP, _readings(_simulated(10)), outcomes)
+    (batch,) = _drain(producer)
+    assert producer._accumulator.split_and_reenqueue(batch) == 2
+    producer._accumulator.deallocate(batch)  # as the sender does after a split
+    parts = _drain(producer)
+    assert [p.record_count for p in parts] == [5, 5]
+    for part in parts:
+        _complete(producer, part)
+    assert outcomes.calls == [(5, None), (5, None)]
+
+
+def test_after_an_unencodable_reading_the_open_batch_takes_no_send_records(producer: KafkaProducer) -> None:
+    """A chunk with a NaN: Unencodable names how many readings went in before its failing call;
+    close_open_batch then keeps send()'s records out of the native batch (a batch is of one kind:
+    kafka-python's split matches futures to records by position)."""
+    appender, outcomes = RecordAppender(producer), Outcomes()
+    appender.append(TP, _readings(_simulated(3)), outcomes)
+    bad = _readings(_simulated(2))
+    bad.temperatures[1] = math.nan
+    with pytest.raises(Unencodable) as raised:
+        appender.append(TP, bad, outcomes)
+    assert raised.value.appended == 0
+    appender.close_open_batch(TP)
+    producer._accumulator.append(TP, 0, b"k", b"{}", [])  # what send() does once it has metadata
+    batches = _drain(producer)
+    assert [b.record_count for b in batches] == [3, 1]
+    for batch in batches:
+        _complete(producer, batch)

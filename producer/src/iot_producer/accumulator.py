@@ -9,11 +9,11 @@ a new batch. From there everything is kafka-python's own: the sender drains the 
 is full or ``linger_ms`` has passed, sets the producer id, epoch and sequence (idempotence),
 compresses, writes the CRC, retries, and expires it after ``delivery_timeout_ms``.
 
-The outcome is reported per append (one callback per partition and chunk), not per record. One
-shape is not followed: a batch the broker refuses as too large (a topic whose
-``max.message.bytes`` is below ``batch_size``) is split by kafka-python into new batches that no
-longer carry the callback; those readings are still sent, but never counted as acknowledged, so
-the run ends reporting them unconfirmed instead of passing silently.
+The outcome is reported per append (one callback per partition and chunk), not per record, and
+a batch holds either natively appended readings or ``send()`` records, never both. A batch the
+broker refuses as too large (a topic whose ``max.message.bytes`` is below ``batch_size``) is
+split by kafka-python into smaller ones that only carry ``send()``'s per-record futures over:
+the appender wraps that split so each part reports the readings it holds.
 
 This reaches into kafka-python's private attributes, pinned with kafka-python 3.0.12 in
 common/pyproject.toml; tests/unit/test_kafka_hooks.py fails loudly if one moves.
@@ -22,6 +22,7 @@ common/pyproject.toml; tests/unit/test_kafka_hooks.py fails loudly if one moves.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -103,13 +104,19 @@ class RecordAppender:
         self._message_version: int = config["message_version"]
         self._compression: int = config["compression_attrs"]
         self._batch_size: int = config["batch_size"]
+        # The batches this appender made (and so holds readings of), with whom to tell and since
+        # when; kafka-python drops a batch once it is done, and the entry goes with it.
+        self._native: weakref.WeakKeyDictionary[ProducerBatch, tuple[AppendDone, float]] = weakref.WeakKeyDictionary()
+        self._split = self._accumulator.split_and_reenqueue
+        self._accumulator.split_and_reenqueue = self._split_and_reenqueue
 
     def append(self, tp: TopicPartition, readings: PartitionReadings, on_done: AppendDone) -> None:
         """Append all of ``readings`` to ``tp``'s batches; ``on_done`` runs on kafka-python's I/O
         thread once per batch they went into, when the broker answered for it (or it expired).
 
         Raises :class:`Unencodable` when a reading has no exact native form: the readings from
-        its chunk on were not appended (the caller sends those through ``send()``)."""
+        its chunk on were not appended (the caller sends those through ``send()``, after
+        :meth:`close_open_batch`)."""
         accumulator = self._accumulator
         if accumulator._closed:
             raise IllegalStateError("RecordAccumulator is closed")
@@ -122,7 +129,8 @@ class RecordAppender:
             with accumulator._tp_lock(tp):
                 queue = accumulator._batches[tp]
                 while start < total:
-                    batch = queue[-1] if queue and not queue[-1].records.is_full() else None
+                    last = queue[-1] if queue else None
+                    batch = last if last is not None and last in self._native and not last.records.is_full() else None
                     fresh = batch is None
                     if batch is None:
                         batch = self._new_batch(tp, now)
@@ -133,9 +141,10 @@ class RecordAppender:
                     if fresh:  # only now: an empty batch never reaches the queue
                         queue.append(batch)
                         accumulator._incomplete.add(batch)
+                        self._native[batch] = (on_done, now)
                         wake = True
                     elif count == 0:  # the next reading does not fit: this batch is done
-                        batch.records._batch_size = 0
+                        _close_off(batch)
                         continue
                     batch.last_append = now
                     batch.produce_future.add_callback(_report, on_done, count, now)
@@ -143,12 +152,43 @@ class RecordAppender:
                 wake = wake or len(queue) > 1 or queue[-1].records.is_full()
         finally:
             accumulator._appends_in_progress.decrement()
-        if wake:
-            self._sender.wakeup()
+            if wake:
+                self._sender.wakeup()
+
+    def close_open_batch(self, tp: TopicPartition) -> None:
+        """Let nothing more into ``tp``'s open native batch (before readings of it go through
+        ``send()``, which would otherwise append to it: a batch stays of one kind)."""
+        with self._accumulator._tp_lock(tp):
+            queue = self._accumulator._batches[tp]
+            if queue and queue[-1] in self._native:
+                _close_off(queue[-1])
 
     def _new_batch(self, tp: TopicPartition, now: float) -> ProducerBatch:
         records = MemoryRecordsBuilder(self._message_version, self._compression, self._batch_size)
         return ProducerBatch(tp, records, now=now)
+
+    def _split_and_reenqueue(self, batch: ProducerBatch, now: float | None = None) -> int:
+        """kafka-python's split of a batch the broker found too large (its I/O thread), then, for
+        a native batch, one callback on each part for the readings the part holds: the parts
+        carry only send()'s per-record futures over, and the batch itself never completes."""
+        native = self._native.pop(batch, None)
+        parts: int = self._split(batch, now=now)
+        if native is not None:
+            on_done, appended = native
+            tp = batch.topic_partition
+            with self._accumulator._tp_lock(tp):
+                for part in list(self._accumulator._batches[tp])[:parts]:  # they went in at the front
+                    _close_off(part)  # its count is final: nothing more goes in
+                    part.produce_future.add_callback(_report, on_done, part.record_count, appended)
+        return parts
+
+
+def _close_off(batch: ProducerBatch) -> None:
+    """Mark an open batch full, for our appends (``is_full``) and for kafka-python's ``append``."""
+    records: Any = batch.records
+    records._batch_size = 0
+    if records._builder is not None:
+        records._builder._batch_size = 0
 
 
 def encode_into(records: MemoryRecordsBuilder, readings: PartitionReadings, start: int, *, at_least_one: bool) -> int:

@@ -190,6 +190,7 @@ def produce(
             acknowledged=counts.acknowledged,
             failed=counts.failed,
             unconfirmed=counts.in_flight,
+            waits_for_acknowledgements=publisher.room_waits,
             first_error=publisher.first_error,
         )
         if server:

@@ -26,7 +26,7 @@ from iot_common.logging import get_logger
 from iot_common.schema import SensorReading
 from iot_common.settings import KafkaSettings
 from iot_producer.accumulator import PartitionReadings, RecordAppender, Unencodable, key_hash, native_available
-from iot_producer.simulation import utc_from_us
+from iot_producer.simulation import epoch_us, utc_from_us
 
 log = get_logger(__name__)
 
@@ -35,10 +35,14 @@ ACKNOWLEDGED = Counter("iot_producer_readings_acknowledged_total", "Readings ack
 FAILED = Counter("iot_producer_readings_failed_total", "Readings that failed for good after retries", ["error"])
 SEND_LATENCY = Histogram(
     "iot_producer_send_latency_seconds",
-    "Time from send() to the broker's acknowledgement",
+    "Time from hand-off to the broker's acknowledgement: per reading on the python encoder, per "
+    "append of one partition's readings on the native one",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 IN_FLIGHT = Gauge("iot_producer_in_flight", "Readings sent but not yet acknowledged or failed")
+ROOM_WAITS = Counter(
+    "iot_producer_in_flight_waits_total", "Times generation paused because max_in_flight readings were unanswered"
+)
 
 COMPRESSION_CHOICES = ("none", "gzip", "snappy", "lz4", "zstd")
 
@@ -101,8 +105,9 @@ class DeliveryCounts:
 class ReadingPublisher:
     """Sends readings keyed by sensor id; callbacks count acknowledgements and failures.
 
-    Callbacks run on kafka-python's I/O thread, the only writer of ``acknowledged`` and
-    ``failed``; the main thread only writes ``produced``.
+    Callbacks mostly run on kafka-python's I/O thread, but also on the caller's (a send() that
+    fails at once, a future already done): ``acknowledged`` and ``failed`` change under a lock;
+    only the main thread writes ``produced``.
     """
 
     def __init__(
@@ -129,6 +134,8 @@ class ReadingPublisher:
         self._first_error: str | None = None
         self._max_in_flight = max_in_flight
         self._room = threading.Condition()
+        self._counting = threading.Lock()
+        self.room_waits = 0  # times generation paused for acknowledgements (logged at the end)
         self._waiting_for_room = False
         self._pending: dict[int, PartitionReadings] = {}
         self._partition_of: dict[bytes, int] = {}
@@ -170,14 +177,16 @@ class ReadingPublisher:
 
     def _on_ack(self, started: float, _metadata: object) -> None:
         SEND_LATENCY.observe(time.monotonic() - started)
-        self.counts.acknowledged += 1
+        with self._counting:
+            self.counts.acknowledged += 1
         ACKNOWLEDGED.inc()
         IN_FLIGHT.dec()
         if self._waiting_for_room:
             self._make_room()
 
     def _on_error(self, exc: BaseException, count: int = 1) -> None:
-        self.counts.failed += count
+        with self._counting:
+            self.counts.failed += count
         FAILED.labels(type(exc).__name__).inc(count)
         IN_FLIGHT.dec(count)
         if self._first_error is None:
@@ -192,7 +201,8 @@ class ReadingPublisher:
             self._on_error(error, count)
             return
         SEND_LATENCY.observe(latency_s)
-        self.counts.acknowledged += count
+        with self._counting:
+            self.counts.acknowledged += count
         ACKNOWLEDGED.inc(count)
         IN_FLIGHT.dec(count)
         if self._waiting_for_room:
@@ -202,22 +212,31 @@ class ReadingPublisher:
         with self._room:
             self._room.notify_all()
 
-    def wait_for_room(self, stop: threading.Event | Any) -> None:
-        """Block, without CPU, while ``max_in_flight`` readings are unanswered (or until stop)."""
+    def wait_for_room(self, stop: threading.Event | Any, until: float | None = None) -> None:
+        """Block, without CPU, while ``max_in_flight`` readings are unanswered, until stop or the
+        monotonic deadline ``until`` (the generator checks before each chunk, so a chunk may
+        take it up to a chunk's size past the bound)."""
         if self.counts.in_flight < self._max_in_flight:
             return
+        self.room_waits += 1
+        ROOM_WAITS.inc()
         with self._room:
             self._waiting_for_room = True
             try:
                 while self.counts.in_flight >= self._max_in_flight and not stop.is_set():
-                    self._room.wait(0.5)
+                    timeout = 0.5 if until is None else min(0.5, until - time.monotonic())
+                    if timeout <= 0:
+                        break
+                    self._room.wait(timeout)
             finally:
                 self._waiting_for_room = False
 
     def publish(self, reading: SensorReading, key: bytes) -> None:
         """Hand one reading to the client (blocks only when its buffer is full)."""
         try:
-            future = self._producer.send(self.topic, value=reading.to_json(), key=key)
+            # The reading's own time as the record's (CreateTime), as the native encoder writes it.
+            timestamp_ms = epoch_us(reading.timestamp) // 1000
+            future = self._producer.send(self.topic, value=reading.to_json(), key=key, timestamp_ms=timestamp_ms)
         except KafkaError as exc:
             self.counts.produced += 1
             PRODUCED.inc()
@@ -277,20 +296,24 @@ class ReadingPublisher:
                 continue
             self.counts.produced += count  # before the append: its callback may run at once
             IN_FLIGHT.inc(count)
+            tp = TopicPartition(self.topic, partition)
             try:
-                appender.append(TopicPartition(self.topic, partition), readings, self._on_append_done)
+                appender.append(tp, readings, self._on_append_done)
                 PRODUCED.inc(count)
             except Unencodable as exc:
                 # A reading the encoder has no exact form for (a configured range far outside
-                # the usual): the rest of this partition's readings go through send().
+                # the usual): the rest of this partition's readings go through send(), into a
+                # batch of their own.
                 self.counts.produced -= count - exc.appended
                 IN_FLIGHT.dec(count - exc.appended)
                 PRODUCED.inc(exc.appended)
+                appender.close_open_batch(tp)
                 self._send_one_by_one(readings, exc.appended)
             except KafkaError as exc:
                 PRODUCED.inc(count)
                 self._on_error(exc, count)
-            readings.clear()
+            finally:
+                readings.clear()
 
     def _send_one_by_one(self, readings: PartitionReadings, start: int) -> None:
         for index in range(start, len(readings)):
@@ -302,7 +325,10 @@ class ReadingPublisher:
 
     def close(self, timeout_s: float = 30.0) -> DeliveryCounts:
         """Flush what is buffered (waiting for acknowledgements), then close."""
-        self.send_pending()
+        try:
+            self.send_pending()
+        except Exception as exc:  # noqa: BLE001 - whatever it was, what is buffered still goes out
+            log.error("send_pending_failed", error=repr(exc))
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaError as exc:

@@ -90,7 +90,7 @@ def run(fleet: SensorFleet, publisher: ReadingPublisher, pacing: Pacing, stop: S
         if skipped:
             SKIPPED.inc(skipped)
         publisher.send_pending()
-        publisher.wait_for_room(stop)
+        publisher.wait_for_room(stop, deadline)
     publisher.send_pending()
     elapsed = time.monotonic() - start
     log.info(
