@@ -24,7 +24,7 @@ from enum import StrEnum
 import psycopg2.extensions
 
 from iot_consumer.rollups import COLUMNS as ROLLUP_COLUMNS
-from iot_consumer.rollups import ON_CONFLICT, STAGE_SQL, upsert_fleet_from_stage, upsert_from_stage
+from iot_consumer.rollups import STAGE_SQL, add_stage_to_rollups
 
 
 class DuplicatePolicy(StrEnum):
@@ -59,15 +59,6 @@ _INSERT_NEW = f"""
     )
     SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM minutes)
 """
-_HOURS_FROM_MINUTES = (
-    f"""
-    INSERT INTO sensores_hora AS r ({ROLLUP_COLUMNS})
-    SELECT sensor_id, date_trunc('hour', bucket, 'UTC'), sum(leituras), sum(temperatura_soma), min(temperatura_min),
-           max(temperatura_max), sum(umidade_soma), min(umidade_min), max(umidade_max)
-    FROM rollup_stage GROUP BY 1, 2 ORDER BY 1, 2
-"""
-    + ON_CONFLICT
-)
 
 
 def insert_new_readings(cur: psycopg2.extensions.cursor, copy_payload: bytes, offered: int, slot: int) -> int:
@@ -81,10 +72,6 @@ def insert_new_readings(cur: psycopg2.extensions.cursor, copy_payload: bytes, of
     row = cur.fetchone()
     inserted = int(row[0]) if row else 0
     if inserted:
-        upsert_from_stage(cur, "sensores_minuto")
-        cur.execute(_HOURS_FROM_MINUTES)
-        for table in ("sensores_minuto", "sensores_hora"):  # the hours' fleet rows from the minutes staged
-            upsert_fleet_from_stage(cur, table, slot)
-    cur.execute("DELETE FROM rollup_stage")
+        add_stage_to_rollups(cur, slot)  # empties rollup_stage (it holds nothing when none was new)
     cur.execute("DELETE FROM reading_stage")
     return offered - inserted

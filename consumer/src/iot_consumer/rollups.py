@@ -59,7 +59,6 @@ def on_conflict(key: str, alias: str) -> str:
 
 
 ON_CONFLICT = on_conflict("sensor_id, bucket", "r")
-_UPSERT = "INSERT INTO {table} AS r ({columns}) SELECT * FROM rollup_stage ORDER BY sensor_id, bucket" + ON_CONFLICT
 
 # Both rollups computed from the readings in sensores (into empty tables): migration 5 fills
 # them for the data stored before rollups existed; tests use it as the reference.
@@ -162,19 +161,35 @@ def upsert(cur: psycopg2.extensions.cursor, summary: BatchSummary, slot: int) ->
     if not minute_rows:
         return 0
     cur.execute(STAGE_SQL)
-    for table, rows in zip(TABLES, (minute_rows, summary.rollup_copy(3600)), strict=True):
-        cur.copy_expert("COPY rollup_stage FROM STDIN", io.BytesIO(rows), size=1 << 20)
-        upsert_from_stage(cur, table)
-        upsert_fleet_from_stage(cur, table, slot)
-        cur.execute("DELETE FROM rollup_stage")
+    cur.copy_expert("COPY rollup_stage FROM STDIN", io.BytesIO(minute_rows), size=1 << 20)
+    add_stage_to_rollups(cur, slot)
     return minute_rows.count(b"\n")
 
 
-def upsert_fleet_from_stage(cur: psycopg2.extensions.cursor, table: str, slot: int) -> None:
-    """Add what rollup_stage holds (buckets of ``table``'s unit or finer) to ``table``'s fleet rollup."""
-    cur.execute(_FLEET_UPSERT[table], {"slot": slot})
+def add_stage_to_rollups(cur: psycopg2.extensions.cursor, slot: int) -> None:
+    """Add the minute buckets rollup_stage holds to both rollups and both fleet rollups (fleet
+    rows under ``slot``), then empty the stage for the transaction's next batch (a replay's)."""
+    cur.execute(_STAGE_TO_ROLLUPS, {"slot": slot})
 
 
-def upsert_from_stage(cur: psycopg2.extensions.cursor, table: str) -> None:
-    """Add what rollup_stage holds to ``table`` (in (sensor, bucket) order: no deadlock)."""
-    cur.execute(_UPSERT.format(table=table, columns=COLUMNS))
+_UPSERT = "INSERT INTO {table} AS r ({columns}) SELECT * FROM rollup_stage ORDER BY sensor_id, bucket" + ON_CONFLICT
+# The hours are the staged minutes' sums, so a batch's buckets cross the wire once; all four
+# upserts and the stage's DELETE go in one round trip. Measured at 10,000 readings/s, ~330 readings
+# a batch: the second COPY, its DELETE and the round trips were ~30 % of a batch's rollup time.
+# Upserts in (sensor, bucket) order: two replicas touching the same buckets cannot deadlock.
+_HOURS_FROM_STAGE = (
+    f"""INSERT INTO sensores_hora AS r ({COLUMNS})
+    SELECT sensor_id, date_trunc('hour', bucket, 'UTC'), sum(leituras), sum(temperatura_soma), min(temperatura_min),
+           max(temperatura_max), sum(umidade_soma), min(umidade_min), max(umidade_max)
+    FROM rollup_stage GROUP BY 1, 2 ORDER BY 1, 2"""
+    + ON_CONFLICT
+)
+_STAGE_TO_ROLLUPS = ";\n".join(
+    [
+        _UPSERT.format(table="sensores_minuto", columns=COLUMNS),
+        _HOURS_FROM_STAGE,
+        # fleet rows of either unit from the minutes staged (fleet_sql truncates to its unit)
+        *(_FLEET_UPSERT[table] for table in TABLES),
+        "DELETE FROM rollup_stage",
+    ]
+)
