@@ -271,7 +271,8 @@ def test_sigterm_during_consumption_exits_zero_and_resumes_exactly(
 def test_a_fenced_zombie_cannot_write(
     stack: Stack, env: dict[str, str], topic: str, db: psycopg2.extensions.connection
 ) -> None:
-    """A writer whose expected position is stale (another replica moved it) rolls back."""
+    """A writer whose expected position is stale (another replica moved it) rolls back, also
+    when its batch moves several partitions and only one of them is stale."""
 
     settings = PostgresSettings(db=env["POSTGRES_DB"], password=env["POSTGRES_PASSWORD"])
     conn = stack.connect(env["POSTGRES_DB"])
@@ -280,13 +281,18 @@ def test_a_fenced_zombie_cannot_write(
     owner, zombie = PostgresSink(settings, "g", topic), PostgresSink(settings, "g", topic)
     sid = str(uuid.uuid4())
 
-    def batch(expected: int | None, nxt: int, offset: int) -> Batch:
+    def batch(expected: int | None, nxt: int, offset: int, partition: int = 0, *more: PositionUpdate) -> Batch:
         b = Batch()
         stamp = datetime(2026, 11, 27, 10, 0, offset, tzinfo=UTC)
-        b.copy_lines.append(copy_line(ValidReading(sid, stamp, 20.0, 50.0), 0, offset))
-        b.positions.append(PositionUpdate(0, expected, nxt))
+        b.copy_lines.append(copy_line(ValidReading(sid, stamp, 20.0, 50.0), partition, offset))
+        b.positions.extend([PositionUpdate(partition, expected, nxt), *more])
         b.days.add(date(2026, 11, 27))
         return b
+
+    def stored_positions() -> dict[int, int]:
+        with db.cursor() as cur:
+            cur.execute("SELECT kafka_partition, next_offset FROM consumer_positions WHERE topic = %s", (topic,))
+            return {int(p): int(o) for p, o in cur.fetchall()}
 
     owner.write(batch(None, 1, 0))
     with pytest.raises(FencedError):
@@ -295,7 +301,14 @@ def test_a_fenced_zombie_cannot_write(
     with pytest.raises(FencedError):
         zombie.write(batch(1, 2, 1))  # believes the position is still 1
     assert scalar(db, "SELECT count(*) FROM sensores") == 2
-    assert scalar(db, "SELECT next_offset FROM consumer_positions WHERE topic = %s", (topic,)) == 2
+    assert stored_positions() == {0: 2}
+    # Positions of several partitions move in one statement: either one stale fences the whole batch.
+    owner.write(batch(2, 3, 2, 0, PositionUpdate(1, None, 1)))
+    owner.write(batch(3, 4, 3, 0, PositionUpdate(1, 1, 2)))
+    with pytest.raises(FencedError):
+        zombie.write(batch(4, 5, 4, 0, PositionUpdate(1, 1, 2)))  # partition 1 is at 2, not 1
+    assert stored_positions() == {0: 4, 1: 2}
+    assert scalar(db, "SELECT count(*) FROM sensores") == 4
     owner.close()
     zombie.close()
 

@@ -65,8 +65,34 @@ class PositionStore:
             raise FencedError(f"stored positions {found} are no longer {fence}")
 
     def advance(self, cur: psycopg2.extensions.cursor, updates: Iterable[PositionUpdate]) -> None:
-        for update in updates:
-            self.move(cur, update.partition, update.expected, update.next_offset)
+        """Move every partition of ``updates`` (one each), or raise FencedError. The stored rows
+        move in one statement: a batch moves a position per owned partition, and one UPDATE each
+        was ~5 % of a small batch's time (10,000 readings/s, 6 partitions)."""
+        moves = sorted(updates, key=lambda u: u.partition)
+        for first in (u for u in moves if u.expected is None):  # a partition's very first batch
+            self.move(cur, first.partition, None, first.next_offset)
+        stored = [u for u in moves if u.expected is not None]
+        if len(stored) == 1:
+            self.move(cur, stored[0].partition, stored[0].expected, stored[0].next_offset)
+        elif stored:
+            cur.execute(
+                """UPDATE consumer_positions AS p
+                   SET next_offset = m.next_offset, topic_id = coalesce(%s::uuid, p.topic_id), updated_at = now()
+                   FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]) AS m(kafka_partition, expected, next_offset)
+                   WHERE p.consumer_group = %s AND p.topic = %s
+                     AND p.kafka_partition = m.kafka_partition AND p.next_offset = m.expected""",
+                (
+                    str(self.topic_id) if self.topic_id is not None else None,
+                    [u.partition for u in stored],
+                    [u.expected for u in stored],
+                    [u.next_offset for u in stored],
+                    self.group,
+                    self.topic,
+                ),
+            )
+            if cur.rowcount != len(stored):
+                expected = {u.partition: u.expected for u in stored}
+                raise FencedError(f"partitions {sorted(expected)}: a stored position is no longer {expected}")
 
     def move(self, cur: psycopg2.extensions.cursor, partition: int, expected: int | None, new: int) -> None:
         """Move ``partition`` from ``expected`` (None: no row yet) to ``new``, or raise FencedError."""
