@@ -122,6 +122,9 @@ bench-consumer: dev stack-up ## Consumer: native decoder, writer thread on/off, 
 bench-producer: dev stack-up ## Producer: native encoder 1 vs 2 processes, the send() reference, 100,000 sensors at 100,000/s for 60 s, profile
 	$(BIN)/python -m bench.producer_bench
 
+bench-latency: dev stack-up ## Where end-to-end latency goes at 10,000 readings/s: Kafka alone beside iot-consumer 1 and 2 processes, each batch's stages (bench/results/latency_profile.md)
+	$(BIN)/python -m bench.latency_profile
+
 bench-codecs: dev stack-up ## What each compression codec costs end to end (bench/results/codec_bench.md)
 	$(BIN)/python -m bench.codec_bench
 
