@@ -178,6 +178,20 @@ def postgres_cpu_seconds() -> float:
     return total / ticks
 
 
+def kafka_cpu_seconds() -> float:
+    """CPU seconds (user + system) the stack's Kafka broker(s) have used so far (every node whose
+    pid file the stack wrote, its threads included); differences are what a run cost the broker."""
+    kafka = (STACK.stack_dir / "kafka").resolve()
+    total = 0
+    for pid_file in [kafka / "kafka.pid", *sorted(kafka.glob("node-*/kafka.pid"))]:
+        try:
+            fields = Path(f"/proc/{int(pid_file.read_text().split()[0])}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            continue  # no such node, or not running
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def fresh_database(prefix: str) -> str:
     name = f"bench_{prefix}_{uuid.uuid4().hex[:8]}"
     admin = STACK.admin_connection()

@@ -3,9 +3,11 @@
 - iot-consumer with 1 process and with N processes in one group, with the native decoder
   (iot_fastpath; its rows in COPY BINARY, the default), the native decoder with COPY text, without
   the writer thread, with --on-duplicate drop, and the Python path (CONSUMER_DECODER=python),
-  side by side, with what each cost PostgreSQL's server processes in CPU;
+  side by side, with what each cost PostgreSQL's server processes and the Kafka broker in CPU;
 - the seed-style baseline (kafka-python + one INSERT and COMMIT per message);
-- limits: kafka-python reading with no database; PostgreSQL COPY of the same rows alone, text and binary.
+- limits: kafka-python reading with no database; PostgreSQL COPY of the same rows alone, text and binary;
+- what caps the native consumer here: its CPU per row (its own, PostgreSQL's, the broker's) against
+  the machine's cores, and one PostgreSQL backend per process against one core.
 
 usage: python -m bench.consumer_bench [--readings 300000] [--processes 1,2]
                                      [--configs native,native/copy-text,native/no-overlap,native/drop-duplicates,python]
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import struct
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bench.common import (
@@ -37,6 +41,7 @@ from bench.common import (
     fmt,
     fresh_database,
     fresh_topic,
+    kafka_cpu_seconds,
     postgres_cpu_seconds,
     prefill,
     require_commit_timestamps,
@@ -54,10 +59,21 @@ VARIANT_LABELS = {
 }
 
 
-def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[float, Measured, bool, float]:
+@dataclass
+class OursRun:
+    """One iot-consumer run: rows/s, the processes' usage, every reading once, and the CPU seconds
+    PostgreSQL's server processes and the Kafka broker spent meanwhile."""
+
+    rate: float
+    measured: Measured
+    exact: bool
+    postgres_cpu_s: float
+    kafka_cpu_s: float
+
+
+def run_ours(topic: str, readings: int, processes: int, config: str) -> OursRun:
     """``config``: a CONSUMER_DECODER value, with "/no-overlap" for CONSUMER_WRITE_OVERLAP=false,
-    "/drop-duplicates" for CONSUMER_ON_DUPLICATE=drop or "/copy-text" for CONSUMER_COPY_FORMAT=text.
-    Returns rows/s, the processes' usage, exactly once, PostgreSQL's CPU seconds."""
+    "/drop-duplicates" for CONSUMER_ON_DUPLICATE=drop or "/copy-text" for CONSUMER_COPY_FORMAT=text."""
     decoder, _, variant = config.partition("/")
     database = fresh_database("ours")
     env = STACK.service_env(
@@ -71,7 +87,7 @@ def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[fl
         CONSUMER_COPY_FORMAT="text" if variant == "copy-text" else "binary",
     )
     try:
-        server_cpu = postgres_cpu_seconds()
+        server_cpu, broker_cpu = postgres_cpu_seconds(), kafka_cpu_seconds()
         procs = [
             Process(
                 cli("iot-consumer", "run", "--exit-when-idle", str(IDLE_S)),
@@ -82,7 +98,7 @@ def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[fl
         ]
         launched = min(p.started_at for p in procs)
         results = [p.wait() for p in procs]
-        server_cpu = postgres_cpu_seconds() - server_cpu
+        server_cpu, broker_cpu = postgres_cpu_seconds() - server_cpu, kafka_cpu_seconds() - broker_cpu
         conn = connect(database)
         with conn.cursor() as cur:
             cur.execute(
@@ -99,7 +115,7 @@ def run_ours(topic: str, readings: int, processes: int, config: str) -> tuple[fl
             max(r.peak_rss_mb for r in results),
             launched,
         )
-        return rows / total.wall_s, total, exact, server_cpu
+        return OursRun(rows / total.wall_s, total, exact, server_cpu, broker_cpu)
     finally:
         drop_database(database)
 
@@ -223,7 +239,7 @@ def main() -> None:
         fill_rate = prefill(topic, args.readings)
         rows: list[list[str]] = []
         seed_rate, seed, seed_rows = run_seed(topic, args.readings, args.baseline_seconds)
-        runs: dict[tuple[str, int], list[tuple[float, Measured, bool, float]]] = {}
+        runs: dict[tuple[str, int], list[OursRun]] = {}
         for _round in range(args.repeat):  # rounds interleave the configurations: drift hits all alike
             for config in args.configs.split(","):
                 for processes in (int(p) for p in args.processes.split(",")):
@@ -231,9 +247,9 @@ def main() -> None:
         for (config, processes), results in runs.items():
             decoder, _, variant = config.partition("/")
             label = f"{decoder} decoder" + VARIANT_LABELS[variant]
-            rate = statistics.median(r[0] for r in results)
-            cpu_us = statistics.median(r[1].cpu_s for r in results) / args.readings * 1e6
-            server_us = statistics.median(r[3] for r in results) / args.readings * 1e6
+            rate = statistics.median(r.rate for r in results)
+            cpu_us = statistics.median(r.measured.cpu_s for r in results) / args.readings * 1e6
+            server_us = statistics.median(r.postgres_cpu_s for r in results) / args.readings * 1e6
             rows.append(
                 [
                     f"iot-consumer, {label}, {processes} process{'es' if processes > 1 else ''}",
@@ -241,8 +257,8 @@ def main() -> None:
                     f"{rate / seed_rate:.1f}×",
                     fmt(cpu_us, 1),
                     fmt(server_us, 1),
-                    fmt(max(r[1].peak_rss_mb for r in results)),
-                    "yes" if all(r[2] for r in results) else "**NO**",
+                    fmt(max(r.measured.peak_rss_mb for r in results)),
+                    "yes" if all(r.exact for r in results) else "**NO**",
                 ]
             )
         rows.append(
@@ -268,9 +284,10 @@ def main() -> None:
                 "–",
             ]
         )
+        copy_rates: dict[bool, float] = {}
         for binary in (False, True):
             copies = [run_copy_only(args.readings, binary) for _ in range(args.repeat)]
-            copy_rate = statistics.median(c[0] for c in copies)
+            copy_rate = copy_rates[binary] = statistics.median(c[0] for c in copies)
             rows.append(
                 [
                     f"limit: PostgreSQL COPY {'BINARY' if binary else 'text'} alone (same table, 10k rows/tx)",
@@ -307,7 +324,75 @@ def main() -> None:
             "Reproduce: make bench-consumer (or python -m bench.consumer_bench --readings N).",
         ],
     )
-    save("consumer_bench", [table])
+    save("consumer_bench", [table, what_caps(runs, args.readings, copy_rates[False])])
+
+
+# Issue 27's throughput goals, against "PostgreSQL COPY text alone": 1 process ≥ 90 % of it,
+# 2 processes ≥ 1.4×.
+TARGETS = {1: 0.9, 2: 1.4}
+
+
+def what_caps(runs: dict[tuple[str, int], list[OursRun]], readings: int, copy_text_rate: float) -> Table:
+    """The native consumer's ceilings on this machine, from the same runs' medians: all cores
+    divided by the CPU one row costs everywhere (client, PostgreSQL, broker), and one PostgreSQL
+    backend per process (each process writes through one connection: its server work is serial)."""
+    cores = os.cpu_count() or 1
+    rows = []
+    for (config, processes), results in runs.items():
+        if config != "native":
+            continue
+
+        def per_row_us(cpu_s: list[float]) -> float:
+            return statistics.median(cpu_s) / readings * 1e6
+
+        client = per_row_us([r.measured.cpu_s for r in results])
+        server = per_row_us([r.postgres_cpu_s for r in results])
+        broker = per_row_us([r.kafka_cpu_s for r in results])
+        total = client + server + broker
+        cores_cap = cores * 1e6 / total
+        backend_cap = processes * 1e6 / server
+        rate = statistics.median(r.rate for r in results)
+        target = (
+            f"{fmt(TARGETS[processes] * copy_text_rate)} ({TARGETS[processes]:g}×)" if processes in TARGETS else "–"
+        )
+        rows.append(
+            [
+                f"iot-consumer, native decoder, {processes} process{'es' if processes > 1 else ''}",
+                fmt(client, 1),
+                fmt(server, 1),
+                fmt(broker, 1),
+                fmt(total, 1),
+                fmt(cores_cap),
+                fmt(backend_cap),
+                fmt(rate),
+                f"{rate / min(cores_cap, backend_cap):.0%}",
+                target,
+            ]
+        )
+    return Table(
+        f"What caps the native consumer on this machine ({cores} cores), CPU µs per row",
+        [
+            "pipeline",
+            "client",
+            "PostgreSQL",
+            "Kafka broker",
+            "all",
+            f"ceiling: {cores} cores ÷ all",
+            "ceiling: PostgreSQL's CPU on 1 core per process",
+            "rows/s",
+            "of the lower ceiling",
+            "target: × COPY text alone",
+        ],
+        rows,
+        [
+            "CPU per row: medians of the runs above (client = the iot-consumer processes; PostgreSQL = every"
+            " server process; Kafka broker = its JVM), start-up and the idle exit included.",
+            "Ceilings: rows/s if that were the only limit - every core busy with this pipeline's work, or"
+            " PostgreSQL's work for each process (one connection, whose backend runs on one core) filling a core.",
+            f"Target: issue 27's goals, × the COPY text limit above ({fmt(copy_text_rate)} rows/s);"
+            " a target above a ceiling cannot be met on this machine without less CPU per row.",
+        ],
+    )
 
 
 if __name__ == "__main__":
