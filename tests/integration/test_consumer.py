@@ -309,6 +309,8 @@ def test_a_fenced_zombie_cannot_write(
         zombie.write(batch(4, 5, 4, 0, PositionUpdate(1, 1, 2)))  # partition 1 is at 2, not 1
     assert stored_positions() == {0: 4, 1: 2}
     assert scalar(db, "SELECT count(*) FROM sensores") == 4
+    owner.write(batch(4, 5, 4, 0, PositionUpdate(0, 5, 6)))  # two moves of one partition chain, in order
+    assert stored_positions() == {0: 6, 1: 2}
     owner.close()
     zombie.close()
 
