@@ -182,13 +182,16 @@ def kafka_cpu_seconds() -> float:
     """CPU seconds (user + system) the stack's Kafka broker(s) have used so far (every node whose
     pid file the stack wrote, its threads included); differences are what a run cost the broker."""
     kafka = (STACK.stack_dir / "kafka").resolve()
-    total = 0
+    total, nodes = 0, 0
     for pid_file in [kafka / "kafka.pid", *sorted(kafka.glob("node-*/kafka.pid"))]:
         try:
             fields = Path(f"/proc/{int(pid_file.read_text().split()[0])}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, ValueError, IndexError):
             continue  # no such node, or not running
         total += int(fields[11]) + int(fields[12])
+        nodes += 1
+    if not nodes:
+        raise RuntimeError(f"no running Kafka node has a pid file under {kafka} (make stack-up)")
     return total / os.sysconf("SC_CLK_TCK")
 
 

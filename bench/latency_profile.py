@@ -15,6 +15,7 @@ usage: python -m bench.latency_profile [--rate 10000] [--seconds 30] [--rounds 3
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import socket
 import statistics
@@ -66,11 +67,16 @@ class Run:
     counts: dict[str, float] = field(default_factory=dict)
 
     def quantile(self, q: float) -> float:
+        """Nearest rank."""
         values = self.latencies_ms
-        return values[max(int(len(values) * q) - 1, 0)]
+        if not values:
+            raise RuntimeError("no latencies measured")
+        return values[max(math.ceil(len(values) * q) - 1, 0)]
 
     def per_batch_ms(self, name: str) -> float:
-        return self.sums.get(name, 0.0) / max(self.counts.get(BATCH, 0.0), 1.0) * 1000
+        """Mean ms of one observation of histogram ``name`` (each counts its own: COPY and rollups
+        only batches with rows, alert evaluation also retried writes)."""
+        return self.sums.get(name, 0.0) / max(self.counts.get(name, 0.0), 1.0) * 1000
 
 
 def free_port() -> int:
@@ -88,8 +94,23 @@ def start_producer(topic: str, rate: int, seconds: int, name: str) -> Process:
     )
 
 
+def stop(procs: list[Process], timeout_s: float = 60) -> None:
+    """SIGTERM, then SIGKILL whatever has not exited within ``timeout_s``; reaped either way."""
+    for p in procs:
+        if p.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.proc.kill()
+        p.wait()
+
+
 def kafka_alone(rate: int, seconds: int) -> Run:
     topic = fresh_topic("latency_kafka")
+    producer: Process | None = None
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=STACK.bootstrap,
@@ -118,6 +139,8 @@ def kafka_alone(rate: int, seconds: int) -> Run:
             raise RuntimeError(f"Kafka alone: read {seen:,} of {total:,}; see {producer.log}")
         return Run(sorted(latencies[rate * WARM_S :]))
     finally:
+        if producer is not None:
+            stop([producer])
         consumer.close()
         drop_topic(topic)
 
@@ -137,18 +160,20 @@ def scrape(port: int, sums: dict[str, float], counts: dict[str, float]) -> None:
 
 def ours(processes: int, rate: int, seconds: int) -> Run:
     topic = fresh_topic("latency_ours")
-    database = fresh_database("latency_ours")
-    group = f"latency-{uuid.uuid4().hex[:8]}"
-    ports = [free_port() for _ in range(processes)]
-    procs = [
-        Process(
-            cli("iot-consumer", "run"),
-            STACK.service_env(topic=topic, database=database, METRICS_PORT=str(port), CONSUMER_GROUP=group),
-            RESULTS / f"latency-profile-ours-{processes}-{i}.log",
-        )
-        for i, port in enumerate(ports)
-    ]
+    database: str | None = None
+    procs: list[Process] = []
     try:
+        database = fresh_database("latency_ours")
+        group = f"latency-{uuid.uuid4().hex[:8]}"
+        ports = [free_port() for _ in range(processes)]
+        procs = [
+            Process(
+                cli("iot-consumer", "run"),
+                STACK.service_env(topic=topic, database=database, METRICS_PORT=str(port), CONSUMER_GROUP=group),
+                RESULTS / f"latency-profile-ours-{processes}-{i}.log",
+            )
+            for i, port in enumerate(ports)
+        ]
         time.sleep(JOIN_S)
         producer = start_producer(topic, rate, seconds, f"ours-{processes}")
         if producer.wait().returncode != 0:
@@ -163,8 +188,9 @@ def ours(processes: int, rate: int, seconds: int) -> Run:
                 (rows,) = cur.fetchone()  # type: ignore[misc]
             if rows >= total:
                 break
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"iot-consumer stored {rows:,} of {total:,}; see {procs[0].log}")
+            exited = [p for p in procs if p.poll() is not None]
+            if exited or time.monotonic() > deadline:
+                raise RuntimeError(f"iot-consumer stored {rows:,} of {total:,}; see {(exited or procs)[0].log}")
             time.sleep(0.5)
         sums: dict[str, float] = {}
         counts: dict[str, float] = {}
@@ -179,12 +205,9 @@ def ours(processes: int, rate: int, seconds: int) -> Run:
         conn.close()
         return Run(latencies, sums, counts)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.proc.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
-        drop_database(database)
+        stop(procs)
+        if database is not None:
+            drop_database(database)
         drop_topic(topic)
 
 
@@ -236,7 +259,7 @@ def main() -> None:
         [
             "pipeline",
             "batches/s (all processes)",
-            "readings per batch",
+            "messages per batch",
             *STAGES.values(),
             "poll result → COMMIT",
         ],
@@ -251,8 +274,9 @@ def main() -> None:
             for name in ours_names
         ],
         [
-            "From iot_consumer_*_duration_seconds (sum ÷ batches) and iot_consumer_batch_size, summed over"
-            " the processes; the run includes the warm-up and the drain.",
+            "From iot_consumer_*_duration_seconds (each histogram's sum ÷ its count) and"
+            " iot_consumer_batch_size (messages, dead letters included), summed over the processes; the run"
+            " includes the warm-up and the drain.",
             "Poll result → COMMIT also holds building the batch, waiting for the previous batch's write"
             " (the writer thread overlaps them), the positions and the COMMIT.",
             f"Reproduce: python -m bench.latency_profile --rate {args.rate} --seconds {args.seconds}",

@@ -1,7 +1,7 @@
 """What one batch derives from its valid readings, for everything written beside the rows.
 
-A batch's summary holds the sensor-minute rollup buckets (as ``rollup_stage`` COPY text, by
-minute or merged into hours), each sensor's range and newest reading, each partition's newest
+A batch's summary holds the sensor-minute rollup buckets (as ``rollup_stage`` COPY text; the
+sink stages the minutes and sums the hours from them in SQL, rollups.py), each sensor's range and newest reading, each partition's newest
 timestamp (its alert clock), the UTC days touched, and the readings themselves for the alert
 rules of the few sensors that can change state. The sink's rollups and the alert engine use
 only this interface (:class:`BatchSummary`), whichever decoder produced the batch.
@@ -43,7 +43,8 @@ class BatchSummary(Protocol):
         """Add one valid reading (``sensor`` in canonical lower-case form)."""
 
     def rollup_copy(self, seconds: int) -> bytes:
-        """``rollup_stage`` rows in COPY text: per minute (60) or per hour (3600)."""
+        """``rollup_stage`` rows in COPY text: per minute (60, what the sink stages) or per hour
+        (3600: the minutes merged, which the unit tests hold to a GROUP BY by hour)."""
 
     def sensors(self) -> list[SensorRange]:
         """Every sensor of the batch, in first-seen order: its ranges and newest reading by
