@@ -67,7 +67,8 @@ class PositionStore:
     def advance(self, cur: psycopg2.extensions.cursor, updates: Iterable[PositionUpdate]) -> None:
         """Move every partition of ``updates`` (one each), or raise FencedError. The stored rows
         move in one statement: a batch moves a position per owned partition, and one UPDATE each
-        was ~5 % of a small batch's time (10,000 readings/s, 6 partitions)."""
+        was ~0.9 ms of server time per batch (PostgreSQL's statement log, 10,000 readings/s, 6
+        partitions)."""
         moves = sorted(updates, key=lambda u: u.partition)
         if len({u.partition for u in moves}) != len(moves):  # chained moves of one partition: in order
             for update in moves:

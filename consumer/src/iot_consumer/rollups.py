@@ -174,8 +174,8 @@ def add_stage_to_rollups(cur: psycopg2.extensions.cursor, slot: int) -> None:
 
 _UPSERT = "INSERT INTO {table} AS r ({columns}) SELECT * FROM rollup_stage ORDER BY sensor_id, bucket" + ON_CONFLICT
 # The hours are the staged minutes' sums, so a batch's buckets cross the wire once; all four
-# upserts and the stage's DELETE go in one round trip. Measured at 10,000 readings/s, ~330 readings
-# a batch: the second COPY, its DELETE and the round trips were ~30 % of a batch's rollup time.
+# upserts and the stage's DELETE go in one round trip. Measured with PostgreSQL's statement log, 1
+# process at 10,000 readings/s (~300 readings a batch): rollup server time 17.5 -> 14.5 ms a batch.
 # Upserts in (sensor, bucket) order: two replicas touching the same buckets cannot deadlock.
 _HOURS_FROM_STAGE = (
     f"""INSERT INTO sensores_hora AS r ({COLUMNS})

@@ -1,9 +1,9 @@
 """What one batch derives from its valid readings, for everything written beside the rows.
 
 A batch's summary holds the sensor-minute rollup buckets (as ``rollup_stage`` COPY text; the
-sink stages the minutes and sums the hours from them in SQL, rollups.py), each sensor's range and newest reading, each partition's newest
-timestamp (its alert clock), the UTC days touched, and the readings themselves for the alert
-rules of the few sensors that can change state. The sink's rollups and the alert engine use
+sink stages the minutes and sums the hours from them in SQL, rollups.py), each sensor's range
+and newest reading, each partition's newest timestamp (its alert clock), the UTC days touched,
+and the readings themselves for the alert rules of the few sensors that can change state. The sink's rollups and the alert engine use
 only this interface (:class:`BatchSummary`), whichever decoder produced the batch.
 
 Two implementations: ``iot_fastpath.Summary`` (C, filled by the native decoder in the same pass
