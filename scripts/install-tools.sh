@@ -20,6 +20,10 @@ mkdir -p .tools/bin
 # The big ones are cached per machine, outside the clone, and rebuilt only for a new version.
 TOOLS=${IOT_TOOLS_CACHE:-$HOME/.cache/iot-monitor/bin}
 mkdir -p "$TOOLS"
+# One build of a tool at a time: scripts/prebuild-tools.sh may be building it in the background,
+# and then this waits for that build and finds the tool in place instead of compiling it again.
+exec 9>"$TOOLS/.build-${1:-helm}.lock"
+flock 9
 
 # build_in_module NAME MODULE VERSION PACKAGE LDFLAGS DIRECTIVES: go build PACKAGE inside a module
 # that requires MODULE@VERSION and repeats its go.mod DIRECTIVES.

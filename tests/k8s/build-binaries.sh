@@ -29,6 +29,11 @@ declare -A PACKAGES=(
   [etcd]=go.etcd.io/etcd/server/v3
   [coredns]=github.com/coredns/coredns
 )
+# One build at a time (scripts/prebuild-tools.sh may be running this in the background): a second
+# caller waits here, then finds the binaries built.
+mkdir -p "$OUT"
+exec 9>"$OUT/../.build.lock"
+flock 9
 missing=()
 for name in "${!PACKAGES[@]}"; do [[ -x $OUT/$name ]] || missing+=("$name"); done
 kube_router=$OUT/kube-router-$KUBE_ROUTER_VERSION
