@@ -352,14 +352,17 @@ def kcat_produce(
     keys: Sequence[bytes | None] | None = None,
     headers: Sequence[str | bytes] = (),
     partition: int | None = None,
+    config: Sequence[str] = (),
 ) -> None:
     """Publish with librdkafka's kcat (Debian's package), the non-Python client users have:
     its own batching and codec implementations, optional keys and headers (``key=value``, of
-    any bytes)."""
+    any bytes), and librdkafka properties (``config``: ``name=value``)."""
     if shutil.which("kcat") is None:
         raise AssertionError("kcat is required for this test: apt-get install kcat (.ci/run installs it)")
     args: list[str | bytes] = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-z", codec, "-X", "linger.ms=50"]
     args += ["-D", "\\x1e"]
+    for setting in config:
+        args += ["-X", setting]
     for header in headers:
         args += ["-H", header]
     if partition is not None:

@@ -24,10 +24,13 @@ from tests.helpers import (
     REPO,
     Service,
     Stack,
+    codecs_in_log,
     create_topic,
     delete_topic,
+    end_offsets,
     kcat_produce,
     rollup_mismatches,
+    run_cli,
     scalar,
     send_raw,
     wait_until,
@@ -133,6 +136,56 @@ def test_nul_characters_and_megabyte_keys_become_bounded_dead_letters(
     with db.cursor() as cur:
         cur.execute("SELECT length(message_key), key_size, key_truncated FROM dead_letters WHERE reason = 'not_json'")
         assert cur.fetchall() == [(1024, 512 * 1024, True)]
+
+
+@pytest.mark.partitions(1)
+@pytest.mark.parametrize(("decoder", "codec"), [("native", "zstd"), ("native", "lz4"), ("python", "gzip")])
+def test_a_decompression_bomb_is_dead_lettered_whole_and_the_partition_goes_on(
+    stack: Stack,
+    env: dict[str, str],
+    topic: str,
+    db: psycopg2.extensions.connection,
+    tmp_path: Path,
+    decoder: str,
+    codec: str,
+) -> None:
+    """kcat sends two 8 MiB values of zeros in one compressed batch (a few KiB on the wire: the
+    broker takes it) between ordinary readings. With CONSUMER_MAX_BATCH_BYTES=4 MiB the batch is
+    one `batch_too_large` dead letter for both offsets, with its raw bytes and the limit named;
+    every reading around it is stored once, the consumer's memory stays bounded, the bounded run
+    exits 0 and `iot-consumer verify` accounts for every offset. Before: the batch was
+    decompressed whole, and one that expands to gigabytes took the consumer down at the same
+    offset on every restart."""
+    now = datetime.now(UTC)
+    send_raw(stack.bootstrap, topic, [(b"k", stamped(1, now - timedelta(seconds=i))) for i in range(50)])
+    kcat_produce(
+        stack.bootstrap,
+        topic,
+        [bytes(8 << 20), bytes(8 << 20)],
+        codec=codec,
+        partition=0,
+        config=["linger.ms=500", "message.max.bytes=100000000", "batch.size=100000000"],
+    )
+    send_raw(stack.bootstrap, topic, [(b"k", stamped(2, now - timedelta(seconds=i))) for i in range(50)])
+    assert codec in codecs_in_log(stack, topic)
+    consumer = consume(
+        {**env, "CONSUMER_DECODER": decoder, "CONSUMER_MAX_BATCH_BYTES": str(4 << 20)}, tmp_path, 4.0, "--no-alerts"
+    )
+    assert consumer.wait(120) == 0
+    assert scalar(db, "SELECT count(*) FROM sensores") == 100
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT kafka_offset, kafka_last_offset, payload_size, reason, detail FROM dead_letters ORDER BY kafka_offset"
+        )
+        ((first, last, size, reason, detail),) = cur.fetchall()
+    assert (first, last, reason) == (50, 51, "batch_too_large")
+    assert size < 1 << 20  # the batch as fetched, compressed
+    assert "offsets 50..51" in detail
+    assert f"more than {4 << 20:,}" in detail
+    assert consumer.logged("batch_dead_lettered")
+    verify = run_cli(["iot-consumer", "verify", "--expect-caught-up"], env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert end_offsets(stack.bootstrap, topic) == {0: 102}
 
 
 def _quiet_for(consumers: list[Service], seconds: float) -> list[tuple[float, int]]:

@@ -15,15 +15,20 @@ import json
 import math
 import os
 import struct
+import subprocess
+import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import cramjam
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from kafka import TopicPartition
+from kafka import codec as kafka_codec
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from kafka.record.util import calc_crc32c
@@ -31,7 +36,7 @@ from kafka.record.util import calc_crc32c
 from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
 from iot_consumer.alerts.engine import AlertEngine, AlertState, Evaluation
 from iot_consumer.alerts.rules import RuleSet, SilenceRule, ThresholdRule
-from iot_consumer.batch import MAX_OLD_DAYS_PER_BATCH, Batch, build_batch
+from iot_consumer.batch import MAX_OLD_DAYS_PER_BATCH, Batch, PositionUpdate, build_batch
 from iot_consumer.decoding import (
     GuardedPartitionRecords,
     NativeDecoding,
@@ -42,6 +47,7 @@ from iot_consumer.decoding import (
     fastpath,
     install_lenient_header_keys,
 )
+from iot_consumer.decompression import BatchTooLarge, decompress_records, install_bounded_decompression
 from iot_consumer.readings import Reading
 from iot_consumer.summary import BatchSummary, PythonSummary, from_micros, to_micros
 
@@ -555,6 +561,180 @@ def test_without_a_decompressor_compressed_batches_continue_on_kafka_pythons_dec
     assert (status, taken) == ("python", 10)
     assert rows is not None
     assert rows.count == 10
+
+
+# ---------------------------------------------------------------------- batches that expand too far
+BOMB_LIMIT = 1 << 20
+CODECS = pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+
+
+def bomb(codec: int, expands_to: int) -> bytes:
+    """``expands_to`` zero bytes in ``codec``'s framing, as kafka-python's producer writes it."""
+    encode = {1: kafka_codec.gzip_encode, 2: kafka_codec.snappy_encode, 3: kafka_codec.lz4_encode}
+    return bytes(encode.get(codec, kafka_codec.zstd_encode)(bytes(expands_to)))
+
+
+# Run in a process of its own, so that its peak resident memory (the libraries' own allocations
+# included, which tracemalloc does not see) is the decompression's alone.
+_BOMB_RSS = """
+import resource, sys
+from iot_consumer.decompression import BatchTooLarge, decompress_records
+data = open(sys.argv[2], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decompress_records(int(sys.argv[1]), data, int(sys.argv[3]))
+    outcome = "decompressed"
+except BatchTooLarge:
+    outcome = "too_large"
+print(outcome, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@CODECS
+def test_a_decompression_bomb_costs_a_small_multiple_of_the_limit(codec: int, tmp_path: Path) -> None:
+    """A batch that expands 64x past the limit (gzip, lz4 and zstd: ~1,000x its own size) raises
+    BatchTooLarge, the process's peak memory growing by a few times the limit at most (the output
+    so far, one step, the codec's window) - where kafka-python's own decoder holds all 64 - and
+    one at the limit decompresses whole."""
+    path = tmp_path / "bomb"
+    path.write_bytes(bomb(codec, 64 * BOMB_LIMIT))
+    run = subprocess.run(
+        [sys.executable, "-c", _BOMB_RSS, str(codec), str(path), str(BOMB_LIMIT)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    outcome, grew = run.stdout.split()
+    assert outcome == "too_large"
+    assert int(grew) < 8 * BOMB_LIMIT, f"peak RSS grew by {int(grew):,} bytes"
+    with pytest.raises(BatchTooLarge) as raised:
+        decompress_records(codec, path.read_bytes(), BOMB_LIMIT)
+    assert raised.value.limit == BOMB_LIMIT
+    assert f"{path.stat().st_size:,} bytes" in str(raised.value)
+    assert decompress_records(codec, bomb(codec, BOMB_LIMIT), BOMB_LIMIT) == bytes(BOMB_LIMIT)
+
+
+KAFKA_DECODERS = {
+    1: kafka_codec.gzip_decode,
+    2: kafka_codec.snappy_decode,
+    3: kafka_codec.lz4_decode,
+    4: kafka_codec.zstd_decode,
+}
+PAYLOADS = {codec: batches(VALID, 30)[61:] for codec in KAFKA_DECODERS}  # records as a batch holds them
+
+
+def codec_outcome(decode: Any, data: bytes) -> tuple[str, bytes]:
+    try:
+        return "ok", bytes(decode(data))
+    except Exception:  # noqa: BLE001 - any failure: both sides' batches become corrupt alike
+        return "error", b""
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    codec=st.sampled_from([1, 2, 3, 4]),
+    where=st.floats(0, 1, exclude_max=True),
+    byte=st.integers(0, 255),
+    how=st.sampled_from(["flip", "cut", "append", "repeat"]),
+)
+def test_bounded_decompression_agrees_with_kafka_pythons_codecs(codec: int, where: float, byte: int, how: str) -> None:
+    """Under the limit, decompress_records gives what kafka-python's codec function gives - the
+    same bytes, or a failure on both - for a payload with a byte changed, cut, something
+    appended, or a second copy after it (xerial snappy's block sizes and every frame header
+    included), and it ends: a negative or zero block size fails at once."""
+    encode = {1: kafka_codec.gzip_encode, 2: kafka_codec.snappy_encode, 3: kafka_codec.lz4_encode}
+    data = bytearray(encode.get(codec, kafka_codec.zstd_encode)(PAYLOADS[codec]))
+    position = int(where * len(data))
+    if how == "flip":
+        data[position] ^= byte or 1
+    elif how == "cut":
+        del data[position:]
+    elif how == "append":
+        data += bytes([byte]) * (position % 9 + 1)
+    else:
+        data += bytes(data)
+    mutated = bytes(data)
+    ours = codec_outcome(lambda d: decompress_records(codec, d, 1 << 24), mutated)
+    assert ours == codec_outcome(KAFKA_DECODERS[codec], mutated)
+
+
+@pytest.mark.parametrize("block_size", [-4, -(2**31), 0, 1 << 30])
+def test_crafted_xerial_snappy_block_sizes_fail_at_once_as_in_kafka_python(block_size: int) -> None:
+    """A xerial snappy block size that is negative or zero fails on both sides (kafka-python
+    decompresses an empty block) - it does not walk back and forth for ever - and one past the
+    end reads what is left, on both sides alike."""
+    good = kafka_codec.snappy_encode(PAYLOADS[2])
+    crafted = good[:16] + struct.pack("!i", block_size) + good[20:]
+    ours = codec_outcome(lambda d: decompress_records(2, d, 1 << 24), crafted)
+    assert ours == codec_outcome(KAFKA_DECODERS[2], crafted)
+    if block_size <= 0:
+        assert ours[0] == "error"
+
+
+def test_a_snappy_length_written_with_padded_varint_bytes_is_still_held_to_the_limit() -> None:
+    """snappy's preamble declares the block's length as a varint; written with redundant bytes
+    (0x80 continuations, which the library accepts) it still counts against the limit."""
+    raw = bytes(cramjam.snappy.compress_raw(bytes(8 * BOMB_LIMIT)))
+    length = 8 * BOMB_LIMIT
+    groups = []
+    while True:
+        groups.append(length & 0x7F)
+        length >>= 7
+        if not length:
+            break
+    padded = bytes([g | 0x80 for g in groups] + [0x80] * (6 - len(groups)) + [0x00])
+    crafted = padded + raw[len(groups) :]
+    assert len(kafka_codec.snappy_decode(crafted)) == 8 * BOMB_LIMIT  # what the library accepts
+    with pytest.raises(BatchTooLarge):
+        decompress_records(2, crafted, BOMB_LIMIT)
+
+
+def oversized_fetch(codec: int) -> bytes:
+    """Offsets 0-4 plain, 5-7 one ``codec`` batch whose values expand past BOMB_LIMIT, 8-12 plain."""
+    huge = [Message(bytes(BOMB_LIMIT // 2)), Message(bytes(BOMB_LIMIT // 2)), Message(b"{}")]
+    return batches(VALID[:5], 5, 0) + batches(huge, 3, 5, compression=codec) + batches(VALID[5:10], 5, 8)
+
+
+@CODECS
+def test_a_batch_past_the_limit_is_dead_lettered_whole_and_the_partition_goes_on(codec: int) -> None:
+    """Both decoders: the readings before it are stored, the batch becomes one batch_too_large
+    dead letter for offsets 5..7 (its raw bytes, its newest timestamp), the partition's position
+    moves past it, and the fetch goes on from offset 8 - nothing held, nothing skipped silently."""
+    buffer = oversized_fetch(codec)
+    limits = replace(DEFAULT_LIMITS, max_batch_bytes=BOMB_LIMIT)
+    install_bounded_decompression(BOMB_LIMIT)  # kafka-python's decoder (the Python path)
+    try:
+        tp, python_records, _, python_next = take_all(GuardedPartitionRecords, buffer, 0, 1000)
+        Native.decoding = NativeDecoding(limits)
+        Native.decoding.take_bounds = native_bounds_at(NOW)  # type: ignore[method-assign]
+        _, native_records, _, native_next = take_all(Native, buffer, 0, 1000)
+    finally:
+        install_bounded_decompression(DEFAULT_LIMITS.max_batch_bytes)
+        Native.decoding = NativeDecoding(DEFAULT_LIMITS)
+    assert python_next == native_next == 8
+    python = build_batch({tp: python_records}, {3: None}, {3: 0}, limits, now=NOW)
+    native = build_batch({tp: native_records}, {3: None}, {3: 0}, limits, now=NOW)
+    assert_same_batches(python, native)
+    assert python.rows == 5
+    assert native.positions == [PositionUpdate(3, None, 8)]
+    (letter,) = native.dead_letters
+    assert (letter.offset, letter.last_offset, letter.reason) == (5, 7, "batch_too_large")
+    assert "offsets 5..7" in letter.detail
+    assert f"more than {BOMB_LIMIT:,}" in letter.detail
+    assert letter.kafka_timestamp_ms == VALID[0].timestamp_ms
+    assert letter.payload is not None
+    assert letter.payload in buffer
+    assert struct.unpack_from(">q", letter.payload)[0] == 5  # the whole batch, header first
+    assert [d.last_offset for d in python.dead_letters] == [7]
+    # a position inside the batch (its first records stored before the limit was lowered): the
+    # dead letter claims only the offsets from there
+    inside = build_batch({tp: native_records}, {3: 6}, {3: 6}, limits, now=NOW)
+    assert [(d.offset, d.last_offset) for d in inside.dead_letters] == [(6, 7)]
+    assert inside.positions == [PositionUpdate(3, 6, 8)]
+    # the fetch from offset 8 (kafka-python fetches again from the new position) reads the rest
+    rest = batches(VALID[5:10], 5, 8)
+    _, records, _, _ = take_all(Native, rest, 8, 1000)
+    after = build_batch({tp: records}, {3: 8}, {3: 8}, limits, now=NOW)
+    assert after.rows == 5
+    assert after.positions == [PositionUpdate(3, 8, 13)]
 
 
 COMPRESSED_BUFFERS = {codec: batches(VALID, 10, 1000, compression=codec) for codec in (1, 2, 3, 4)}

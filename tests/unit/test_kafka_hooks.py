@@ -11,6 +11,7 @@ from importlib.metadata import version
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from kafka import codec as kafka_codec
 from kafka.consumer.fetcher import Fetcher
 from kafka.consumer.subscription_state import SubscriptionState
 from kafka.errors import UnsupportedCodecError
@@ -22,11 +23,11 @@ from iot_consumer.decoding import (
     GuardedPartitionRecords,
     NativePartitionRecords,
     PartitionDecodeError,
-    decompress_records,
     install_decode_guard,
     install_lenient_header_keys,
     install_native_decoder,
 )
+from iot_consumer.decompression import decompress_records
 
 
 def test_kafka_python_is_the_pinned_version() -> None:
@@ -100,10 +101,13 @@ def test_native_decoder_hook_points_are_where_it_expects_them() -> None:
 
 
 def test_native_decompression_uses_what_kafka_pythons_decoder_uses() -> None:
-    """decoding.decompress_records mirrors DefaultRecordBatch._maybe_uncompress: the same codec
-    check (_assert_has_codec, so a missing library fails both paths alike) and the same four
-    functions, by the names it calls them."""
-    source = inspect.getsource(DefaultRecordBatch._maybe_uncompress)
+    """decoding.decompress_records mirrors DefaultRecordBatch._maybe_uncompress (kafka-python's,
+    which install_bounded_decompression replaces and keeps): the same codec check
+    (_assert_has_codec, so a missing library fails both paths alike), the same four functions,
+    and inside them the readers decompress_records bounds (GzipFile, lz4.frame, xerial snappy
+    blocks, zstandard's stream_reader across frames)."""
+    method = DefaultRecordBatch._maybe_uncompress
+    source = inspect.getsource(getattr(method, "original", method))
     assert "self._assert_has_codec(compression_type)" in source
     for call in (
         "gzip_decode(data)",
@@ -112,6 +116,13 @@ def test_native_decompression_uses_what_kafka_pythons_decoder_uses() -> None:
         "zstd_decode(data.tobytes())",
     ):
         assert call in source, call
+    assert "gzip.GzipFile(fileobj=buf, mode='r')" in inspect.getsource(kafka_codec.gzip_decode)
+    assert kafka_codec.lz4_decode is kafka_codec.lz4.decompress
+    assert kafka_codec.lz4.__name__ == "lz4.frame"
+    snappy = inspect.getsource(kafka_codec.snappy_decode)
+    assert "_detect_xerial_stream(payload)" in snappy
+    assert "struct.unpack_from('!i'" in snappy
+    assert "stream_reader(io.BytesIO(payload), read_across_frames=True)" in inspect.getsource(kafka_codec.zstd_decode)
     assert list(inspect.signature(DefaultRecordBatch._assert_has_codec).parameters) == ["self", "compression_type"]
     with pytest.raises(UnsupportedCodecError):
         decompress_records(6, b"")

@@ -53,6 +53,10 @@ class RejectReason(StrEnum):
     FUTURE = "future"
     # A NUL character (``\u0000``) in a field kept as jsonb: PostgreSQL cannot store it.
     NUL_CHARACTER = "nul_character"
+    # A compressed record batch that decompresses to more than the consumer's limit (a crafted
+    # "decompression bomb", or a producer batching far past the norm): dead-lettered whole, one
+    # dead letter for all its offsets, so that it cannot exhaust the consumer's memory.
+    BATCH_TOO_LARGE = "batch_too_large"
 
 
 class InvalidReading(ValueError):
@@ -82,6 +86,9 @@ class ReadingLimits:
     earliest: datetime = field(default_factory=lambda: datetime(2000, 1, 1, tzinfo=UTC))
     max_clock_skew: timedelta = timedelta(days=1)
     max_age: timedelta | None = None
+    # The most one compressed record batch may decompress to (its compressed size is the fetch's
+    # to bound, not what it expands to): 32x the 1 MiB a broker accepts per batch by default.
+    max_batch_bytes: int = 32 * 1024 * 1024
 
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         """The oldest and newest timestamps accepted at ``now``."""

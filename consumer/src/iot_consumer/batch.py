@@ -20,7 +20,7 @@ import orjson
 
 from iot_common.logging import get_logger
 from iot_common.schema import InvalidReading, ReadingLimits, ValidReading, validate_reading
-from iot_consumer.decoding import NativeRows, expand, fastpath
+from iot_consumer.decoding import BatchDeadLetter, NativeRows, expand, fastpath
 from iot_consumer.summary import BatchSummary, PythonSummary, from_micros, to_micros
 
 EPOCH_DAY = date(1970, 1, 1)
@@ -50,6 +50,9 @@ class DeadLetter:
     payload: bytes | None
     reason: str
     detail: str
+    # A dead letter that stands for a whole record batch (decoding.BatchDeadLetter): the batch's
+    # last offset; None for one message.
+    last_offset: int | None = None
 
     @property
     def payload_size(self) -> int:
@@ -173,6 +176,17 @@ def _dead_letter(topic: str, partition: int, record: Any, reason: str, detail: s
     return DeadLetter(topic, partition, record.offset, kafka_ms, record.key, record.value, reason, detail)
 
 
+def _batch_dead_letter(letter: BatchDeadLetter, start: int) -> DeadLetter:
+    """A whole batch's dead letter, for its offsets from ``start`` on: a fetch that began inside
+    the batch (its first records written before the limit was lowered) must not claim those again."""
+    stamp = letter.timestamp
+    kafka_ms = stamp if stamp is not None and 0 <= stamp <= MAX_KAFKA_TIMESTAMP_MS else None
+    return DeadLetter(
+        letter.topic, letter.partition, max(letter.first_offset, start), kafka_ms, None, letter.value,
+        letter.reason, letter.detail, last_offset=letter.offset,
+    )  # fmt: skip
+
+
 def _has_native_rows(records_by_partition: Mapping[Any, Iterable[Any]]) -> bool:
     return any(type(record) is NativeRows for records in records_by_partition.values() for record in records)
 
@@ -262,6 +276,11 @@ def _add_partition(
             continue
         offset = record.offset
         if offset < start:
+            continue
+        if type(record) is BatchDeadLetter:  # a whole batch too large to decompress
+            last_offset = offset
+            batch.consumed += 1
+            batch.dead_letters.append(_batch_dead_letter(record, start))
             continue
         reading = _judge(record, tp.topic, partition, limits, now)
         if type(reading) is DeadLetter:

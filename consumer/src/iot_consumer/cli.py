@@ -22,7 +22,7 @@ from iot_common.lifecycle import StopFlag
 from iot_common.logging import get_logger
 from iot_common.postgres import CONNECTION_ERRORS, connect
 from iot_common.retry import Backoff
-from iot_common.schema import ReadingLimits
+from iot_common.schema import DEFAULT_LIMITS, ReadingLimits
 from iot_common.settings import TOPIC_NAME_PATTERN, ConfigError, KafkaSettings, PostgresSettings, load_settings
 from iot_consumer.alerts.outbox import OutboxPublisher
 from iot_consumer.alerts.rules import RuleSet, ThresholdRule, load_rules
@@ -151,11 +151,15 @@ def _limits(
     max_payload: int,
     earliest: datetime = DEFAULT_EARLIEST,
     max_age_days: int = 0,
+    max_batch_bytes: int = DEFAULT_LIMITS.max_batch_bytes,
 ) -> ReadingLimits:
     if t_min >= t_max or h_min >= h_max:
         fail("reading limits: each minimum must be below its maximum")
     max_age = timedelta(days=max_age_days) if max_age_days else None
-    return ReadingLimits(t_min, t_max, h_min, h_max, max_payload, earliest.replace(tzinfo=UTC), max_age=max_age)
+    return ReadingLimits(
+        t_min, t_max, h_min, h_max, max_payload, earliest.replace(tzinfo=UTC), max_age=max_age,
+        max_batch_bytes=max_batch_bytes,
+    )  # fmt: skip
 
 
 def _connect(postgres: PostgresSettings, purpose: str) -> psycopg2.extensions.connection:
@@ -238,6 +242,16 @@ def run(
     max_payload_bytes: MaxPayloadOption = 4096,
     earliest: EarliestOption = DEFAULT_EARLIEST,
     max_reading_age_days: MaxAgeOption = DEFAULT_MAX_AGE_DAYS,
+    max_batch_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1 << 20,
+            max=1 << 30,
+            envvar="CONSUMER_MAX_BATCH_BYTES",
+            help="The most one compressed record batch may decompress to; a larger one is dead-lettered "
+            "whole (batch_too_large) and the partition goes on. Bounds the memory a crafted batch can take.",
+        ),
+    ] = DEFAULT_LIMITS.max_batch_bytes,
     metrics_port: Annotated[
         int | None, typer.Option(min=-1, max=65535, help="Overrides METRICS_PORT (0 = any free port, -1 = off).")
     ] = None,
@@ -322,8 +336,9 @@ def run(
     if retention_days and (not max_reading_age_days or retention_days < max_reading_age_days):
         max_reading_age_days = retention_days  # stored only to be dropped: refused at once instead
     limits = _limits(
-        temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes, earliest, max_reading_age_days
-    )
+        temperature_min, temperature_max, humidity_min, humidity_max, max_payload_bytes, earliest, max_reading_age_days,
+        max_batch_bytes,
+    )  # fmt: skip
     if not re.match(TOPIC_NAME_PATTERN, alerts_topic):
         fail(f"ALERTS_TOPIC={alerts_topic!r}: not a valid Kafka topic name")
     rules = _rules(alert_rules) if alerts else None

@@ -7,8 +7,9 @@ consumer/fastpath), which checks CRCs, validates the strict common form of a rea
 its COPY row in one pass. A take then returns a :class:`NativeRows` (all those rows at once)
 followed by ordinary ``ConsumerRecord`` objects for the records outside the strict form, which
 the Python validator - the reference - judges as before. A compressed batch (gzip, snappy, lz4,
-zstd) is decompressed by kafka-python's own codec functions, one call per batch
-(:func:`decompress_records`), and its records parsed natively like any other. Batches in older
+zstd) is decompressed with kafka-python's own codecs, bounded, one call per batch
+(decompression.py), and its records parsed natively like any other; one that expands past the
+limit becomes a single :class:`BatchDeadLetter` for all its offsets, on both decoders. Batches in older
 message formats continue on kafka-python's own decoder, as do fetches with aborted
 transactions or a consumer with deserializers. Without the extension everything runs on
 the Python path (``decoder_available()``).
@@ -31,6 +32,7 @@ and tests/unit/test_kafka_hooks.py fails loudly if the hook point moves.
 from __future__ import annotations
 
 import itertools
+import struct
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,11 +43,17 @@ from typing import Any, ClassVar
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
 from kafka.errors import CorruptRecordError, KafkaError
-from kafka.record import default_records
 from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecords
 
-from iot_common.schema import ReadingLimits
+from iot_common.logging import get_logger
+from iot_common.schema import DEFAULT_LIMITS, ReadingLimits, RejectReason
+from iot_consumer.decompression import (
+    BatchTooLarge,
+    OversizedBatch,
+    decompress_records,
+    install_bounded_decompression,
+)
 from iot_consumer.summary import to_micros
 
 try:
@@ -53,6 +61,8 @@ try:
 except ImportError:  # not built (a platform without a C compiler): the Python path does everything
     iot_fastpath = None  # type: ignore[assignment]
 fastpath: ModuleType | None = iot_fastpath
+
+log = get_logger(__name__)
 
 
 class Decoder(StrEnum):
@@ -91,6 +101,13 @@ class GuardedPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
     def take(self, n: int | None = None) -> list[Any]:
         try:
             records: list[Any] = super().take(n)
+        except OversizedBatch as exc:
+            # Dead-lettered whole, and the partition goes on after it (the rest of this fetch is
+            # fetched again from there): one crafted batch must not hold the partition.
+            letter = oversized_batch(self.topic_partition.topic, self.topic_partition.partition, exc.raw, exc.cause)
+            self.next_fetch_offset = letter.offset + 1
+            self.drain()
+            return [letter]
         except Exception as exc:
             offset = int(self.next_fetch_offset)
             self.drain()  # an exhausted generator must not stay "pending" (kafka-python would loop)
@@ -136,9 +153,11 @@ def install_lenient_header_keys() -> None:
     DefaultRecordBatch._read_msg = read_msg
 
 
-def install_decode_guard(consumer: KafkaConsumer) -> None:
-    """Make ``consumer``'s fetcher build :class:`GuardedPartitionRecords` (this consumer only)."""
+def install_decode_guard(consumer: KafkaConsumer, limits: ReadingLimits = DEFAULT_LIMITS) -> None:
+    """Make ``consumer``'s fetcher build :class:`GuardedPartitionRecords` (this consumer only),
+    compressed batches bounded by ``limits.max_batch_bytes`` (:func:`install_bounded_decompression`)."""
     install_lenient_header_keys()
+    install_bounded_decompression(limits.max_batch_bytes)
     fetcher = consumer._fetcher
     fetcher.PartitionRecords = GuardedPartitionRecords
 
@@ -227,20 +246,47 @@ def expand(records_by_partition: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
     return expanded
 
 
-def decompress_records(codec: int, data: bytes) -> bytes:
-    """A compressed batch's records, decompressed as kafka-python's decoder does it
-    (``DefaultRecordBatch._maybe_uncompress``: the same codec check, the same functions, xerial
-    snappy framing included), for iot_fastpath to parse: one call per batch, not per record."""
-    DefaultRecordBatch._assert_has_codec(DefaultRecordBatch, codec)
-    if codec == DefaultRecordBatch.CODEC_GZIP:
-        out = default_records.gzip_decode(memoryview(data))
-    elif codec == DefaultRecordBatch.CODEC_SNAPPY:
-        out = default_records.snappy_decode(data)
-    elif codec == DefaultRecordBatch.CODEC_LZ4:
-        out = default_records.lz4_decode(data)
-    else:
-        out = default_records.zstd_decode(data)
-    return out if isinstance(out, bytes) else bytes(out)
+@dataclass(frozen=True, slots=True)
+class BatchDeadLetter:
+    """A whole record batch that goes to ``dead_letters`` as one row (:class:`BatchTooLarge`):
+    ``offset`` is its last offset (the position moves past it, as after a record), ``first_offset``
+    its first; ``value`` the raw batch as fetched (compressed: bounded by the fetch)."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    offset: int
+    timestamp: int | None
+    value: bytes
+    reason: str
+    detail: str
+    key: None = None
+
+
+def oversized_batch(topic: str, partition: int, raw: bytes, cause: BatchTooLarge) -> BatchDeadLetter:
+    """The dead letter of ``raw``, a v2 record batch (its header read here) over the limit."""
+    base_offset, _length = struct.unpack_from(">qi", raw, 0)
+    (last_delta,) = struct.unpack_from(">i", raw, 23)
+    (max_timestamp,) = struct.unpack_from(">q", raw, 35)
+    last_offset = base_offset + max(0, last_delta)
+    log.warning(
+        "batch_dead_lettered",
+        partition=partition,
+        first_offset=base_offset,
+        last_offset=last_offset,
+        reason=RejectReason.BATCH_TOO_LARGE.value,
+        detail=str(cause),
+    )
+    return BatchDeadLetter(
+        topic,
+        partition,
+        base_offset,
+        last_offset,
+        max_timestamp,
+        raw,
+        RejectReason.BATCH_TOO_LARGE.value,
+        f"offsets {base_offset}..{last_offset}: {cause}",
+    )
 
 
 class NativeDecoding:
@@ -307,7 +353,10 @@ class NativePartitionRecords(GuardedPartitionRecords):
         if native:
             assert fastpath is not None
             self._buffer = records._buffer
-            self._cursor = fastpath.Cursor(self._buffer, fetch_offset, decompress=decompress_records)
+            limit = self.decoding.limits.max_batch_bytes
+            self._cursor = fastpath.Cursor(
+                self._buffer, fetch_offset, decompress=lambda codec, data: decompress_records(codec, data, limit)
+            )
 
     def take(self, n: int | None = None) -> list[Any]:
         cursor = self._cursor
@@ -323,9 +372,17 @@ class NativePartitionRecords(GuardedPartitionRecords):
             )
         except fastpath.CorruptBatch as exc:
             offset: int = cursor.next_fetch_offset
-            self.drain()
             # A batch its codec could not decompress carries the codec's own error (the Python path's).
             codec_error = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+            if isinstance(codec_error, BatchTooLarge):
+                # As on the Python path: dead-lettered whole, the partition goes on after it.
+                raw = _batch_at(self._buffer, cursor.position)
+                letter = oversized_batch(tp.topic, tp.partition, raw, codec_error)
+                self.next_fetch_offset = letter.offset + 1
+                (self.leader_epoch,) = struct.unpack_from(">i", raw, 12)  # the position's epoch
+                self.drain()
+                return [letter]
+            self.drain()
             raise PartitionDecodeError(tp, offset, codec_error or CorruptRecordError(str(exc))) from exc
         self.next_fetch_offset = cursor.next_fetch_offset
         self.leader_epoch = cursor.leader_epoch
@@ -358,10 +415,17 @@ class NativePartitionRecords(GuardedPartitionRecords):
         return result
 
 
+def _batch_at(buffer: Any, position: int) -> bytes:
+    """The whole record batch that starts at ``position`` of a fetched buffer (framed already)."""
+    (length,) = struct.unpack_from(">i", buffer, position + 8)
+    return bytes(buffer[position : position + 12 + length])
+
+
 def install_native_decoder(consumer: KafkaConsumer, limits: ReadingLimits, binary: bool = False) -> None:
     """Make ``consumer``'s fetcher decode natively (this consumer only), its rows in COPY BINARY
     when ``binary``; also guards like :func:`install_decode_guard`."""
     install_lenient_header_keys()
+    install_bounded_decompression(limits.max_batch_bytes)
     decoding = NativeDecoding(limits, binary)
     records_class = type("ConsumerPartitionRecords", (NativePartitionRecords,), {"decoding": decoding})
     consumer._fetcher.PartitionRecords = records_class

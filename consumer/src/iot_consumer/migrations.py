@@ -53,8 +53,8 @@ BEGIN
         -- `iot-consumer verify` (run in the consumer's pod) counts rows per offset: those columns
         -- only, the consumer never reads values or payloads back
         GRANT SELECT (sensor_id, "timestamp", kafka_partition, kafka_offset) ON sensores TO iot_consumer;
-        GRANT SELECT (consumer_group, topic, kafka_partition, kafka_offset, replayed_at) ON dead_letters
-            TO iot_consumer;
+        GRANT SELECT (consumer_group, topic, kafka_partition, kafka_offset, kafka_last_offset, replayed_at)
+            ON dead_letters TO iot_consumer;
         GRANT SELECT, INSERT, UPDATE ON alertas TO iot_consumer;
         GRANT SELECT, INSERT, UPDATE, DELETE ON alert_states TO iot_consumer;
         -- the outbox publisher locks what it sends (SELECT ... FOR UPDATE needs UPDATE), deletes it once acked
@@ -431,6 +431,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         + FLEET_REBUILD_SQL
         + ";",
     ),
+    (
+        9,
+        "dead letters that stand for a whole record batch: its last offset",
+        """
+        -- A compressed batch too large to decompress is dead-lettered as one row for all its
+        -- offsets (kafka_offset .. kafka_last_offset); NULL: the row is one message.
+        -- NOT VALID: the rows already there hold NULL, so checking them would only scan the table
+        -- under this statement's exclusive lock; every row written from now on is checked.
+        ALTER TABLE dead_letters ADD COLUMN kafka_last_offset bigint;
+        ALTER TABLE dead_letters ADD CONSTRAINT dead_letters_last_offset_check
+            CHECK (kafka_last_offset IS NULL OR kafka_last_offset >= kafka_offset) NOT VALID;
+        COMMENT ON COLUMN dead_letters.kafka_last_offset IS
+            'Set when the row stands for a whole record batch (reason batch_too_large): its last offset';
+        """,
+    ),
 ]
 
 
@@ -487,6 +502,7 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
 
 # One privilege per grant group of GRANTS, newest first: when a role lacks any, GRANTS runs again.
 REQUIRED_PRIVILEGES = (
+    ("iot_consumer", "dead_letters.kafka_last_offset", "SELECT"),
     ("iot_consumer", "iot_expire_fleet_rollups()", "EXECUTE"),
     ("iot_consumer", "sensores_frota_hora", "UPDATE"),
     ("iot_dashboard", "sensores_frota_hora", "SELECT"),

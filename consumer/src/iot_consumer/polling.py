@@ -78,7 +78,7 @@ class Polling:
         if native:
             install_native_decoder(consumer, limits, binary_rows)
         else:
-            install_decode_guard(consumer)
+            install_decode_guard(consumer, limits)
         consumer.subscribe([self.topic], listener=self.positions.tracker)
         return consumer
 

@@ -103,13 +103,15 @@ def store_dead_letters(cur: psycopg2.extensions.cursor, group: str, letters: lis
             letter.key is not None and len(letter.key) > MAX_STORED_KEY,
             letter.reason,
             letter.detail[:1000],
+            letter.last_offset,
         )
         for letter in letters
     ]
     execute_values(
         cur,
         """INSERT INTO dead_letters (consumer_group, topic, kafka_partition, kafka_offset, kafka_timestamp,
-               message_key, payload, payload_size, payload_truncated, key_size, key_truncated, reason, detail)
+               message_key, payload, payload_size, payload_truncated, key_size, key_truncated, reason, detail,
+               kafka_last_offset)
            VALUES %s""",
         rows,
         page_size=1000,

@@ -107,7 +107,9 @@ def reconcile(conn: psycopg2.extensions.connection, settings: KafkaSettings, gro
             """WITH written AS (
                    SELECT kafka_partition AS p, kafka_offset AS o FROM sensores
                    UNION ALL
-                   SELECT kafka_partition, kafka_offset FROM dead_letters
+                   -- a dead letter for a whole batch accounts for each of its offsets
+                   SELECT kafka_partition, generate_series(kafka_offset, coalesce(kafka_last_offset, kafka_offset))
+                   FROM dead_letters
                    WHERE consumer_group = %(g)s AND topic = %(t)s AND replayed_at IS NULL)
                SELECT w.p, count(*), count(DISTINCT w.o), min(w.o),
                       count(*) FILTER (WHERE w.o >= coalesce(cp.next_offset, 0))
