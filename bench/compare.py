@@ -51,6 +51,7 @@ from bench.common import (
 from bench.consumer_bench import run_copy_only, run_kafka_only, run_seed
 
 WORK = REPO / ".bench"
+DEFAULT_READINGS = 300_000
 QUIX_VENV = WORK / "venv-quix"
 QUIX_VERSION = "3.28.1"
 PLUGINS = WORK / "connect" / "plugins"
@@ -126,6 +127,12 @@ def row_times(database: str) -> tuple[int, int, float, float]:
         return int(rows), int(distinct), float(first or 0), float(last or 0)
     finally:
         conn.close()
+
+
+def results_name(readings: int) -> str:
+    """bench/results/compare.md for the routine size, compare_<N>.md beside it for another (the
+    full-size run does not replace the routine table, whose latency it may skip)."""
+    return "compare" if readings == DEFAULT_READINGS else f"compare_{readings}"
 
 
 def count_rows(database: str) -> int:
@@ -389,7 +396,9 @@ def outcome_row(label: str, runs: list[Outcome], readings: int, seed_rate: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readings", type=int, default=300_000, help="per topic (10000000: the full-size run)")
+    parser.add_argument(
+        "--readings", type=int, default=DEFAULT_READINGS, help="per topic (10000000: the full-size run)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every pipeline (medians)")
     parser.add_argument(
         "--codec", default="lz4", choices=["gzip", "snappy", "lz4", "zstd", "none"], help="the compressed topic's codec"
@@ -545,10 +554,14 @@ def main() -> None:
                 ],
             )
         )
+    command = f"python -m bench.compare --readings {n} --rounds {args.rounds} --codec {args.codec}"
+    command += " --skip-latency" if args.skip_latency else ""
+    reproduce = f"make bench (or {command})" if results_name(n) == "compare" else command
     save(
-        "compare",
+        results_name(n),
         tables,
-        header=f"Reproduce: make bench (or python -m bench.compare --readings {n} --rounds {args.rounds} --codec {args.codec}).\n",
+        header=f"Reproduce: {reproduce}.\n",
+        script="compare",
     )
 
 

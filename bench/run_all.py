@@ -93,6 +93,7 @@ JDBC sink plugin from Maven Central on first use; raw tables land in `bench/resu
 
 ## Kafka → PostgreSQL
 {body("compare")}
+{optional("compare_10000000", "### The full-size run: 10,000,000 readings per topic (python -m bench.compare --readings 10000000)")}
 ### Where the latency goes (make bench-latency)
 {body("latency_profile")}
 ### iot-consumer: native decoder, writer thread and Python path (docs/PERFORMANCE.md)
