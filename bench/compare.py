@@ -160,7 +160,7 @@ def prepare_peer_table(database: str) -> None:
 def wait_for_rows(database: str, wanted: int, procs: list[Process], timeout: float) -> None:
     """Until ``wanted`` rows are committed. A count(*) of 10M rows takes a core for seconds, so
     the next count waits half the time the last two predict (0.25-10 s), not a fixed 0.25 s:
-    a dozen scans per run instead of thousands beside the pipeline under test. (PostgreSQL's
+    one scan per 10 s far from the end, closer only near it. (PostgreSQL's
     insert statistics cost nothing but lag: a backend idle in a transaction, as Quix's sink
     leaves its connection, never reports them.) A pipeline that stops by itself at its count
     (Quix) may commit its last batch during a count, so its exit is judged by a count after it."""
