@@ -159,40 +159,45 @@ def postgres_cpu_seconds() -> float:
     included; autovacuum and the checkpointer too, alike for every run)."""
     pid_file = (STACK.stack_dir / "postgres").resolve() / "data" / "postmaster.pid"
     postmaster = int(pid_file.read_text().split()[0])
-    ticks = os.sysconf("SC_CLK_TCK")
-
-    def stat(pid: int) -> list[str]:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-    fields = stat(postmaster)
+    fields = _stat(postmaster)
     total = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            child = stat(int(entry.name))
+            child = _stat(int(entry.name))
         except OSError:
             continue  # gone meanwhile: counted in the postmaster's children's times
         if int(child[1]) == postmaster:  # field 4: the parent
             total += int(child[11]) + int(child[12])
-    return total / ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (field 3, the state, is [0])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) one live process has used so far, its threads included."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def kafka_cpu_seconds() -> float:
     """CPU seconds (user + system) the stack's Kafka broker(s) have used so far (every node whose
     pid file the stack wrote, its threads included); differences are what a run cost the broker."""
     kafka = (STACK.stack_dir / "kafka").resolve()
-    total, nodes = 0, 0
+    total, nodes = 0.0, 0
     for pid_file in [kafka / "kafka.pid", *sorted(kafka.glob("node-*/kafka.pid"))]:
         try:
-            fields = Path(f"/proc/{int(pid_file.read_text().split()[0])}/stat").read_text().rsplit(")", 1)[1].split()
+            total += process_cpu_seconds(int(pid_file.read_text().split()[0]))
         except (OSError, ValueError, IndexError):
             continue  # no such node, or not running
-        total += int(fields[11]) + int(fields[12])
         nodes += 1
     if not nodes:
         raise RuntimeError(f"no running Kafka node has a pid file under {kafka} (make stack-up)")
-    return total / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def fresh_database(prefix: str) -> str:

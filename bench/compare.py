@@ -1,11 +1,13 @@
 """Kafka → PostgreSQL, side by side in one run on the same topic data and table shape:
 iot-consumer (1 and N processes), the seed-style baseline, Quix Streams' PostgreSQLSink and
 Kafka Connect 4.3.1 with the Debezium JDBC sink (tasks.max 1 and N); the machine's limits
-(PostgreSQL COPY alone, kafka-python reading alone); and end-to-end latency at a fixed offered
-rate. Fair by construction: every pipeline's rows are timed by the commit of the transaction
-that wrote them (track_commit_timestamp), every pipeline runs in each of --rounds interleaved
-rounds (the tables show medians), every table is checked for readings stored twice, and every
-pipeline also reads a topic its producers compressed (--codec).
+(PostgreSQL COPY alone, kafka-python reading alone); end-to-end latency at a fixed offered
+rate; and issue 27's goals against this same run, each throughput goal beside the CPU a row may
+cost to reach it and what a row cost (its processes, PostgreSQL, the broker). Fair by
+construction: every pipeline's rows are timed by the commit of the transaction that wrote them
+(track_commit_timestamp), every pipeline runs in each of --rounds interleaved rounds (the tables
+show medians), every table is checked for readings stored twice, and every pipeline also reads a
+topic its producers compressed (--codec).
 
 usage: python -m bench.compare [--readings 300000] [--rounds 3] [--codec lz4] [--processes 2]
                                [--latency-rate 10000] [--latency-seconds 30] [--skip-latency]
@@ -44,11 +46,14 @@ from bench.common import (
     fmt,
     fresh_database,
     fresh_topic,
+    kafka_cpu_seconds,
+    postgres_cpu_seconds,
     prefill,
+    process_cpu_seconds,
     require_commit_timestamps,
     save,
 )
-from bench.consumer_bench import run_copy_only, run_kafka_only, run_seed
+from bench.consumer_bench import TARGETS, run_copy_only, run_kafka_only, run_seed
 
 WORK = REPO / ".bench"
 DEFAULT_READINGS = 300_000
@@ -102,6 +107,8 @@ class Outcome:
     first_row: float
     last_row: float
     measured: Measured
+    postgres_cpu_s: float  # every server process from launch to exit, the bench's own counts left out
+    kafka_cpu_s: float  # the broker, from launch to exit
 
     @property
     def rate(self) -> float:
@@ -135,17 +142,34 @@ def results_name(readings: int) -> str:
     return "compare" if readings == DEFAULT_READINGS else f"compare_{readings}"
 
 
-def count_rows(database: str) -> int:
-    conn = connect(database)
-    try:
-        with conn.cursor() as cur:
+class RowCounter:
+    """Counts a database's stored rows over one connection, and knows what counting cost the
+    server: its backend's CPU, which a pipeline's PostgreSQL CPU leaves out (a count(*) of 10M
+    rows keeps a core busy for a second or more). Parallel workers are off, so that the whole scan
+    runs in the one backend measured."""
+
+    def __init__(self, database: str) -> None:
+        self.conn = connect(database)
+        self.conn.autocommit = True
+        with self.conn.cursor() as cur:
+            cur.execute("SET max_parallel_workers_per_gather = 0")
+            cur.execute("SELECT pg_backend_pid()")
+            self.backend = int(cur.fetchone()[0])  # type: ignore[index]
+
+    def count(self) -> int:
+        with self.conn.cursor() as cur:
             cur.execute("SELECT to_regclass('sensores') IS NOT NULL")
             if not cur.fetchone()[0]:  # type: ignore[index]
-                return 0
+                return 0  # ours creates the table when it starts
             cur.execute("SELECT count(*) FROM sensores")
             return int(cur.fetchone()[0])  # type: ignore[index]
-    finally:
-        conn.close()
+
+    def close(self) -> float:
+        """Closes the connection; the CPU seconds its backend used (connecting included)."""
+        try:
+            return process_cpu_seconds(self.backend)
+        finally:
+            self.conn.close()
 
 
 def prepare_peer_table(database: str) -> None:
@@ -157,7 +181,7 @@ def prepare_peer_table(database: str) -> None:
         conn.close()
 
 
-def wait_for_rows(database: str, wanted: int, procs: list[Process], timeout: float) -> None:
+def wait_for_rows(counter: RowCounter, wanted: int, procs: list[Process], timeout: float) -> None:
     """Until ``wanted`` rows are committed. A count(*) of 10M rows takes a core for seconds, so
     the next count waits half the time the last two predict (0.25-10 s), not a fixed 0.25 s:
     one scan per 10 s far from the end, closer only near it. (PostgreSQL's
@@ -168,7 +192,7 @@ def wait_for_rows(database: str, wanted: int, procs: list[Process], timeout: flo
     last_rows, last_at = 0, time.monotonic()
     while time.monotonic() < deadline:
         exited = all(p.poll() is not None for p in procs)
-        rows, now = count_rows(database), time.monotonic()
+        rows, now = counter.count(), time.monotonic()
         if rows >= wanted:
             return
         if exited:
@@ -179,7 +203,7 @@ def wait_for_rows(database: str, wanted: int, procs: list[Process], timeout: flo
         rate = (rows - last_rows) / max(now - last_at, 1e-3)
         last_rows, last_at = rows, now
         time.sleep(min(max((wanted - rows) / rate / 2 if rate > 0 else 1.0, 0.25), 10.0))
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {wanted:,} rows ({count_rows(database):,} stored)")
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {wanted:,} rows ({counter.count():,} stored)")
 
 
 def run_pipeline(
@@ -194,15 +218,20 @@ def run_pipeline(
     try:
         if peer_table:
             prepare_peer_table(database)
+        server_cpu, broker_cpu = postgres_cpu_seconds(), kafka_cpu_seconds()
+        counter = RowCounter(database)
         procs = start(database, f"bench-{name}-{uuid.uuid4().hex[:6]}")
         launched = min(p.started_at for p in procs)
         try:
-            wait_for_rows(database, readings, procs, timeout)
+            wait_for_rows(counter, readings, procs, timeout)
         finally:  # a pipeline that failed to get there must not go on loading the next one's machine
             for p in procs:
                 if p.poll() is None:
                     p.proc.send_signal(signal.SIGTERM)
             results = [p.wait() for p in procs]
+            counting_cpu = counter.close()
+        server_cpu = postgres_cpu_seconds() - server_cpu - counting_cpu
+        broker_cpu = kafka_cpu_seconds() - broker_cpu
         rows, distinct, first, last = row_times(database)
         measured = Measured(
             max(r.returncode for r in results),
@@ -211,7 +240,7 @@ def run_pipeline(
             max(r.peak_rss_mb for r in results),
             launched,
         )
-        return Outcome(rows, distinct, launched, first, last, measured)
+        return Outcome(rows, distinct, launched, first, last, measured, server_cpu, broker_cpu)
     finally:
         drop_database(database)
 
@@ -320,7 +349,11 @@ def measure_latency(name: str, starter: Starter, peer_table: bool, rate: int, se
         )
         if producer.wait().returncode != 0:
             raise RuntimeError("latency producer failed")
-        wait_for_rows(database, total, procs, 300)
+        counter = RowCounter(database)
+        try:
+            wait_for_rows(counter, total, procs, 300)
+        finally:
+            counter.close()
         for p in procs:
             if p.poll() is None:
                 p.proc.send_signal(signal.SIGTERM)
@@ -378,20 +411,200 @@ def pipelines(processes: int, readings: int) -> list[Pipeline]:
     ]
 
 
+@dataclass(frozen=True)
+class CpuPerRow:
+    """CPU µs one stored row cost, medians over the rounds: the pipeline's own processes,
+    PostgreSQL's server processes, the Kafka broker."""
+
+    client: float
+    postgres: float
+    broker: float
+
+    @classmethod
+    def of(cls, runs: list[Outcome]) -> CpuPerRow:
+        def median_us(seconds: Callable[[Outcome], float]) -> float:
+            return statistics.median(seconds(o) / max(o.rows, 1) for o in runs) * 1e6
+
+        return cls(
+            median_us(lambda o: o.measured.cpu_s),
+            median_us(lambda o: o.postgres_cpu_s),
+            median_us(lambda o: o.kafka_cpu_s),
+        )
+
+    @property
+    def total(self) -> float:
+        return self.client + self.postgres + self.broker
+
+    def cores_ceiling(self) -> float:
+        """Rows/s if every core of the machine did this work and nothing else."""
+        return CORES * 1e6 / self.total
+
+    def backend_ceiling(self, connections: int) -> float:
+        """Rows/s if the server work of each connection filled one core (a backend is one
+        process); a low bound, as the server's CPU also holds its WAL writer and checkpointer."""
+        return connections * 1e6 / self.postgres
+
+
+CORES = os.cpu_count() or 1
+
+
 def outcome_row(label: str, runs: list[Outcome], readings: int, seed_rate: float) -> list[str]:
     """Medians over the rounds; RSS the highest; every round exactly the readings, none twice."""
     rate = statistics.median(o.rate for o in runs)
     stored_once = all(o.rows == o.distinct == readings for o in runs)
     twice = max(o.rows - o.distinct for o in runs)
+    cpu = CpuPerRow.of(runs)
     return [
         label,
         fmt(rate),
         fmt(statistics.median(o.steady_rate for o in runs)),
         f"{rate / seed_rate:.0f}×",
-        fmt(statistics.median(o.measured.cpu_s / max(o.rows, 1) for o in runs) * 1e6, 1),
+        fmt(cpu.client, 1),
+        fmt(cpu.postgres, 1),
+        fmt(cpu.broker, 1),
         fmt(max(o.measured.peak_rss_mb for o in runs)),
         "yes" if stored_once else f"**NO** (rows {min(o.rows for o in runs):,}, stored twice {twice:,})",
     ]
+
+
+# Issue 27's goals besides TARGETS (× COPY text alone, per process count): N processes ≥ 4× Kafka
+# Connect with tasks.max=N; a compressed topic ≥ 90 % of the uncompressed rate; consumer RSS ≤
+# 150 MB; p99 ≤ 50 ms at 10,000 readings/s.
+GOAL_CONNECT_FACTOR = 4.0
+GOAL_COMPRESSED_SHARE = 0.9
+GOAL_RSS_MB = 150.0
+GOAL_P99_MS = 50.0
+GOAL_LATENCY_RATE = 10_000
+
+
+def goals_table(
+    outcomes: dict[tuple[str, str], list[Outcome]],
+    label_of: dict[str, str],
+    processes: int,
+    limits: dict[str, float],
+    p99_ms: float | None,
+    latency_rate: int,
+) -> Table:
+    """Issue 27's goals against this run: target, measured, met, and for each throughput goal the
+    CPU a row may cost to reach it beside what a row cost, and the ceilings that follow (a target
+    above a ceiling needs less CPU per row; a rate well under both waits rather than computes)."""
+
+    def rate(kind: str, name: str) -> float:
+        return statistics.median(o.rate for o in outcomes[(kind, label_of[name])])
+
+    def verdict(met: bool) -> str:
+        return "yes" if met else "**no**"
+
+    rows: list[list[str]] = []
+    counts = sorted({1, processes})
+    kinds = sorted({kind for kind, _ in outcomes}, key=lambda k: k != "uncompressed")
+    for kind in kinds:
+        topic = "" if kind == "uncompressed" else f", {kind} topic"
+        throughput_goals = [
+            (
+                f"{count} process{'es' if count > 1 else ''} ≥ {TARGETS[count]:g}× COPY text alone{topic}",
+                f"ours-native-{count}",
+                TARGETS[count] * limits["copy text"],
+                count,
+            )
+            for count in counts
+            if count in TARGETS
+        ]
+        connect = rate(kind, f"connect-{processes}")
+        throughput_goals.append(
+            (
+                f"{processes} process{'es' if processes > 1 else ''} ≥ {GOAL_CONNECT_FACTOR:g}× Kafka Connect"
+                f" tasks.max={processes}{topic}",
+                f"ours-native-{processes}",
+                GOAL_CONNECT_FACTOR * connect,
+                processes,
+            )
+        )
+        for goal, name, target, connections in throughput_goals:
+            measured = rate(kind, name)
+            cpu = CpuPerRow.of(outcomes[(kind, label_of[name])])
+            rows.append(
+                [
+                    goal,
+                    f"{fmt(target)} rows/s",
+                    f"{fmt(measured)} rows/s ({measured / target:.0%})",
+                    verdict(measured >= target),
+                    fmt(CORES * 1e6 / target, 1),
+                    f"{cpu.total:.1f} = {cpu.client:.1f} + {cpu.postgres:.1f} + {cpu.broker:.1f}",
+                    fmt(cpu.cores_ceiling()),
+                    fmt(cpu.backend_ceiling(connections)),
+                ]
+            )
+    for kind in kinds[1:]:
+        for count in counts:
+            name = f"ours-native-{count}"
+            share = rate(kind, name) / rate("uncompressed", name)
+            rows.append(
+                [
+                    f"{kind} topic ≥ {GOAL_COMPRESSED_SHARE:.0%} of uncompressed, {count} process{'es' if count > 1 else ''}",
+                    f"{GOAL_COMPRESSED_SHARE:.0%}",
+                    f"{share:.0%}",
+                    verdict(share >= GOAL_COMPRESSED_SHARE),
+                    *["–"] * 4,
+                ]
+            )
+    rss = max(
+        o.measured.peak_rss_mb
+        for (_, label), runs in outcomes.items()
+        if label.startswith("iot-consumer")
+        for o in runs
+    )
+    rows.append(
+        [
+            f"iot-consumer peak RSS ≤ {GOAL_RSS_MB:.0f} MB (every run)",
+            f"{GOAL_RSS_MB:.0f} MB",
+            f"{rss:.0f} MB",
+            verdict(rss <= GOAL_RSS_MB),
+            *["–"] * 4,
+        ]
+    )
+    p99_goal = f"p99 ≤ {GOAL_P99_MS:.0f} ms at {GOAL_LATENCY_RATE:,} readings/s, {processes} processes"
+    if p99_ms is None:
+        rows.append([p99_goal, f"{GOAL_P99_MS:.0f} ms", "not measured (--skip-latency)", "–", *["–"] * 4])
+    else:
+        at_goal_rate = latency_rate == GOAL_LATENCY_RATE
+        rows.append(
+            [
+                p99_goal,
+                f"{GOAL_P99_MS:.0f} ms",
+                f"{p99_ms:.0f} ms" + ("" if at_goal_rate else f" at {latency_rate:,}/s"),
+                verdict(p99_ms <= GOAL_P99_MS) if at_goal_rate else "– (another rate)",
+                *["–"] * 4,
+            ]
+        )
+    notes = [
+        f"Targets: issue 27's, × this run's own limits and peers above (COPY text alone {fmt(limits['copy text'])} rows/s).",
+        f"CPU per row, µs: the target's allowance is {CORES} cores ÷ the target; this run's is its processes + PostgreSQL + the broker (medians, the table above).",
+        f"Ceilings, rows/s: {CORES} cores ÷ this run's CPU per row; PostgreSQL's work of each process's one connection on one core (a low bound: the server's CPU also holds its WAL writer and checkpointer). A target above a ceiling cannot be met here without less CPU per row; a rate well under both waits rather than computes (where: bench/results/consumer_profile.md).",
+    ]
+    notes.append("Where the latency goes, Kafka alone beside iot-consumer: bench/results/latency_profile.md.")
+    for kind in kinds:
+        target = GOAL_CONNECT_FACTOR * rate(kind, f"connect-{processes}")
+        if target > limits["copy binary"]:
+            notes.append(
+                f"{GOAL_CONNECT_FACTOR:g}× Connect on the {kind} topic is {fmt(target)} rows/s:"
+                f" {target / limits['copy binary']:.1f}× PostgreSQL's own COPY BINARY of the same rows alone on one connection ({fmt(limits['copy binary'])} rows/s)."
+            )
+    return Table(
+        "Issue 27's goals in this run",
+        [
+            "goal",
+            "target",
+            "this run",
+            "met",
+            "CPU µs per row the target allows",
+            "CPU µs per row: processes + PostgreSQL + broker",
+            f"ceiling: {CORES} cores",
+            "ceiling: PostgreSQL, 1 core per connection",
+        ],
+        rows,
+        notes,
+    )
 
 
 def main() -> None:
@@ -435,9 +648,11 @@ def main() -> None:
                     runs = outcomes.setdefault((kind, label), [])
                     runs.append(run_pipeline(f"{name}-{kind}"[:20], topic, n, starter(topic), peer_table=peer))
         seed_rate, seed, seed_rows = run_seed(topics["uncompressed"], n, args.baseline_seconds)
+        kafka_only_broker_cpu = kafka_cpu_seconds()
         kafka_rate, kafka_only = run_kafka_only(topics["uncompressed"], n)
-        copy_rate, _ = run_copy_only(n)
-        copy_binary_rate, _ = run_copy_only(n, binary=True)
+        kafka_only_broker_cpu = kafka_cpu_seconds() - kafka_only_broker_cpu
+        copy_rate, copy_server_cpu = run_copy_only(n)
+        copy_binary_rate, copy_binary_server_cpu = run_copy_only(n, binary=True)
     finally:
         for topic in topics.values():
             drop_topic(topic)
@@ -450,6 +665,8 @@ def main() -> None:
             fmt(seed_rate),
             "1×",
             fmt(seed.cpu_s / seed_rows * 1e6, 1),
+            "–",
+            "–",
             fmt(seed.peak_rss_mb),
             f"{seed_rows:,} rows in {args.baseline_seconds:.0f} s",
         ]
@@ -461,17 +678,24 @@ def main() -> None:
             "–",
             f"{kafka_rate / seed_rate:.0f}×",
             fmt(kafka_only.cpu_s / n * 1e6, 1),
+            "–",
+            fmt(kafka_only_broker_cpu / n * 1e6, 1),
             fmt(kafka_only.peak_rss_mb),
             f"{n:,} read",
         ]
     )
-    for label, rate in (("text", copy_rate), ("BINARY", copy_binary_rate)):
+    for label, rate, server_cpu in (
+        ("text", copy_rate, copy_server_cpu),
+        ("BINARY", copy_binary_rate, copy_binary_server_cpu),
+    ):
         rows.append(
             [
                 f"limit: PostgreSQL COPY {label} alone (our table, 10k rows/tx)",
                 fmt(rate),
                 "–",
                 f"{rate / seed_rate:.0f}×",
+                "–",
+                fmt(server_cpu / n * 1e6, 1),
                 "–",
                 "–",
                 "–",
@@ -482,7 +706,9 @@ def main() -> None:
         "rows/s (launch → last commit)",
         "rows/s (first → last commit)",
         "vs seed",
-        "CPU s per 1M rows",
+        "CPU s per 1M rows: its processes",
+        "PostgreSQL",
+        "Kafka broker",
         "peak RSS MB",
         "every reading once",
     ]
@@ -496,7 +722,7 @@ def main() -> None:
             "Peers write (sensor_id uuid, timestamp timestamptz, temperatura, umidade) with an index on (sensor_id, timestamp); ours also stores partition/offset, partitions by day, rolls up per minute and hour, and stores positions in the same transaction.",
             "Every reading once: each round stored exactly the topic's readings, no (sensor_id, timestamp) twice.",
             f"Quix: commit_interval=1 s (its batch), include_metadata=False, schema_auto_update=False. Connect: standalone, tasks.max=1 and {args.processes} (one per iot-consumer process of the N-way run), batch.size=5000 with consumer.max.poll.records=5000, dialect.postgres.unnest.insert.enabled=true, JsonConverter with schema.content (no envelopes). Debezium 3.6.1.Final is not on Maven Central; 3.6.0.Final is the newest there.",
-            "CPU and RSS: the pipeline's own processes (JVM for Connect), not PostgreSQL's or the broker's, which share the same 2 cores.",
+            f"CPU per 1M rows, medians: the pipeline's own processes (JVM for Connect); every PostgreSQL server process (backends, WAL writer, checkpointer, autovacuum) and the broker's JVM, from launch to exit, less the bench's own row counts' backend; all share the same {CORES} cores. RSS: the pipeline's own processes.",
         ],
     )
     tables = [throughput]
@@ -521,6 +747,7 @@ def main() -> None:
                 ],
             )
         )
+    ours_p99: float | None = None
     if not args.skip_latency:
         total = args.latency_rate * args.latency_seconds
         starters: list[tuple[str, str, Starter, bool]] = [
@@ -543,6 +770,8 @@ def main() -> None:
         for lat_label, lat_name, lat_starter, lat_peer in starters:
             p50, p99 = measure_latency(lat_name, lat_starter, lat_peer, args.latency_rate, args.latency_seconds)
             lat_rows.append([lat_label, fmt(p50), fmt(p99)])
+            if lat_name == "ours":
+                ours_p99 = p99
         tables.append(
             Table(
                 f"End-to-end latency at {args.latency_rate:,} readings/s offered for {args.latency_seconds} s",
@@ -554,6 +783,16 @@ def main() -> None:
                 ],
             )
         )
+    tables.append(
+        goals_table(
+            outcomes,
+            {name: label for label, name, _, _ in compared},
+            args.processes,
+            {"copy text": copy_rate, "copy binary": copy_binary_rate},
+            ours_p99,
+            args.latency_rate,
+        )
+    )
     command = f"python -m bench.compare --readings {n} --rounds {args.rounds} --codec {args.codec}"
     command += " --skip-latency" if args.skip_latency else ""
     reproduce = f"make bench (or {command})" if results_name(n) == "compare" else command
