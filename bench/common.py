@@ -9,6 +9,7 @@ import os
 import platform
 import pstats
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -198,6 +199,42 @@ def kafka_cpu_seconds() -> float:
     if not nodes:
         raise RuntimeError(f"no running Kafka node has a pid file under {kafka} (make stack-up)")
     return total
+
+
+CORES = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class CpuPerRow:
+    """CPU µs one stored row cost: the pipeline's own processes, every PostgreSQL server process
+    (backends, WAL writer, checkpointer, autovacuum), the Kafka broker; and the rows/s ceilings
+    that follow on this machine."""
+
+    client: float
+    postgres: float
+    broker: float
+
+    @classmethod
+    def median_of(cls, runs: Sequence[tuple[float, float, float, int]]) -> CpuPerRow:
+        """Each part's median over runs of (client s, PostgreSQL s, broker s, rows stored)."""
+
+        def median_us(part: int) -> float:
+            return statistics.median(run[part] / max(run[3], 1) for run in runs) * 1e6
+
+        return cls(median_us(0), median_us(1), median_us(2))
+
+    @property
+    def total(self) -> float:
+        return self.client + self.postgres + self.broker
+
+    def cores_ceiling(self) -> float:
+        """Rows/s if every core of the machine did this work and nothing else."""
+        return CORES * 1e6 / self.total
+
+    def backend_ceiling(self, connections: int) -> float:
+        """Rows/s if the server work of each connection filled one core (a backend is one
+        process); a low bound, as the server's CPU also holds its WAL writer and checkpointer."""
+        return connections * 1e6 / self.postgres
 
 
 def fresh_database(prefix: str) -> str:

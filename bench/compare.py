@@ -33,9 +33,11 @@ from pathlib import Path
 
 from bench.common import (
     COMMITTED,
+    CORES,
     REPO,
     RESULTS,
     STACK,
+    CpuPerRow,
     Measured,
     Process,
     Table,
@@ -352,13 +354,13 @@ def measure_latency(name: str, starter: Starter, peer_table: bool, rate: int, se
         counter = RowCounter(database)
         try:
             wait_for_rows(counter, total, procs, 300)
-        finally:
+        finally:  # as in run_pipeline: a pipeline that failed must not go on loading the machine
             counter.close()
-        for p in procs:
-            if p.poll() is None:
-                p.proc.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
+            for p in procs:
+                if p.poll() is None:
+                    p.proc.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait()
         conn = connect(database)
         with conn.cursor() as cur:
             # Leave out the first 5 s of readings (first fetches, caches, JIT).
@@ -411,41 +413,8 @@ def pipelines(processes: int, readings: int) -> list[Pipeline]:
     ]
 
 
-@dataclass(frozen=True)
-class CpuPerRow:
-    """CPU µs one stored row cost, medians over the rounds: the pipeline's own processes,
-    PostgreSQL's server processes, the Kafka broker."""
-
-    client: float
-    postgres: float
-    broker: float
-
-    @classmethod
-    def of(cls, runs: list[Outcome]) -> CpuPerRow:
-        def median_us(seconds: Callable[[Outcome], float]) -> float:
-            return statistics.median(seconds(o) / max(o.rows, 1) for o in runs) * 1e6
-
-        return cls(
-            median_us(lambda o: o.measured.cpu_s),
-            median_us(lambda o: o.postgres_cpu_s),
-            median_us(lambda o: o.kafka_cpu_s),
-        )
-
-    @property
-    def total(self) -> float:
-        return self.client + self.postgres + self.broker
-
-    def cores_ceiling(self) -> float:
-        """Rows/s if every core of the machine did this work and nothing else."""
-        return CORES * 1e6 / self.total
-
-    def backend_ceiling(self, connections: int) -> float:
-        """Rows/s if the server work of each connection filled one core (a backend is one
-        process); a low bound, as the server's CPU also holds its WAL writer and checkpointer."""
-        return connections * 1e6 / self.postgres
-
-
-CORES = os.cpu_count() or 1
+def cpu_per_row(runs: list[Outcome]) -> CpuPerRow:
+    return CpuPerRow.median_of([(o.measured.cpu_s, o.postgres_cpu_s, o.kafka_cpu_s, o.rows) for o in runs])
 
 
 def outcome_row(label: str, runs: list[Outcome], readings: int, seed_rate: float) -> list[str]:
@@ -453,7 +422,7 @@ def outcome_row(label: str, runs: list[Outcome], readings: int, seed_rate: float
     rate = statistics.median(o.rate for o in runs)
     stored_once = all(o.rows == o.distinct == readings for o in runs)
     twice = max(o.rows - o.distinct for o in runs)
-    cpu = CpuPerRow.of(runs)
+    cpu = cpu_per_row(runs)
     return [
         label,
         fmt(rate),
@@ -522,7 +491,7 @@ def goals_table(
         )
         for goal, name, target, connections in throughput_goals:
             measured = rate(kind, name)
-            cpu = CpuPerRow.of(outcomes[(kind, label_of[name])])
+            cpu = cpu_per_row(outcomes[(kind, label_of[name])])
             rows.append(
                 [
                     goal,

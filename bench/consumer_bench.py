@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import struct
 import sys
@@ -29,8 +28,10 @@ from datetime import UTC, datetime, timedelta
 
 from bench.common import (
     COMMITTED,
+    CORES,
     RESULTS,
     STACK,
+    CpuPerRow,
     Measured,
     Process,
     Table,
@@ -318,7 +319,7 @@ def main() -> None:
             f"iot-consumer rows: median of {args.repeat} runs each (rounds interleaved), peak RSS the highest; "
             "rows/s = rows ÷ (last commit − process launch): start-up and group join included.",
             f"Topic prefilled by 2 iot-producer processes at {fmt(fill_rate)} readings/s (acks=all).",
-            "Client CPU excludes the PostgreSQL and Kafka server processes, which share the same 2 cores; "
+            f"Client CPU excludes the PostgreSQL and Kafka server processes, which share the same {CORES} cores; "
             "PostgreSQL CPU = every server process (backends, WAL writer, checkpointer, autovacuum) "
             "during the run, median; the COPY limits: medians of the same number of runs.",
             "Reproduce: make bench-consumer (or python -m bench.consumer_bench --readings N).",
@@ -336,21 +337,12 @@ def what_caps(runs: dict[tuple[str, int], list[OursRun]], readings: int, copy_te
     """The native consumer's ceilings on this machine, from the same runs' medians: all cores
     divided by the CPU one row costs everywhere (client, PostgreSQL, broker), and one PostgreSQL
     backend per process (each process writes through one connection: its server work is serial)."""
-    cores = os.cpu_count() or 1
     rows = []
     for (config, processes), results in runs.items():
         if config != "native":
             continue
-
-        def per_row_us(cpu_s: list[float]) -> float:
-            return statistics.median(cpu_s) / readings * 1e6
-
-        client = per_row_us([r.measured.cpu_s for r in results])
-        server = per_row_us([r.postgres_cpu_s for r in results])
-        broker = per_row_us([r.kafka_cpu_s for r in results])
-        total = per_row_us([r.measured.cpu_s + r.postgres_cpu_s + r.kafka_cpu_s for r in results])
-        cores_cap = cores * 1e6 / total
-        backend_cap = processes * 1e6 / server
+        cpu = CpuPerRow.median_of([(r.measured.cpu_s, r.postgres_cpu_s, r.kafka_cpu_s, readings) for r in results])
+        cores_cap, backend_cap = cpu.cores_ceiling(), cpu.backend_ceiling(processes)
         rate = statistics.median(r.rate for r in results)
         target = (
             f"{fmt(TARGETS[processes] * copy_text_rate)} ({TARGETS[processes]:g}×)" if processes in TARGETS else "–"
@@ -358,10 +350,10 @@ def what_caps(runs: dict[tuple[str, int], list[OursRun]], readings: int, copy_te
         rows.append(
             [
                 f"iot-consumer, native decoder, {processes} process{'es' if processes > 1 else ''}",
-                fmt(client, 1),
-                fmt(server, 1),
-                fmt(broker, 1),
-                fmt(total, 1),
+                fmt(cpu.client, 1),
+                fmt(cpu.postgres, 1),
+                fmt(cpu.broker, 1),
+                fmt(cpu.total, 1),
                 fmt(cores_cap),
                 fmt(backend_cap),
                 fmt(rate),
@@ -370,14 +362,14 @@ def what_caps(runs: dict[tuple[str, int], list[OursRun]], readings: int, copy_te
             ]
         )
     return Table(
-        f"What caps the native consumer on this machine ({cores} cores), CPU µs per row",
+        f"What caps the native consumer on this machine ({CORES} cores), CPU µs per row",
         [
             "pipeline",
             "client",
             "PostgreSQL",
             "Kafka broker",
             "all",
-            f"ceiling: {cores} cores ÷ all",
+            f"ceiling: {CORES} cores ÷ all",
             "ceiling: PostgreSQL's CPU on 1 core per process (low bound)",
             "rows/s",
             "of the lower ceiling",
@@ -386,7 +378,7 @@ def what_caps(runs: dict[tuple[str, int], list[OursRun]], readings: int, copy_te
         rows,
         [
             "CPU per row: medians of the runs above (client = the iot-consumer processes; PostgreSQL = every"
-            " server process; Kafka broker = its JVM; all = the median of each run's sum), start-up and the"
+            " server process; Kafka broker = its JVM; all = their sum), start-up and the"
             " idle exit included.",
             "Ceilings: rows/s if that were the only limit - every core busy with this pipeline's work, or"
             " PostgreSQL's work for each process (one connection, whose backend runs on one core) filling a core;"
